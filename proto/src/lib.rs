@@ -1,0 +1,6 @@
+//! faultline's contract, shared by the coordinator, the agents and the CLI.
+//!
+//! `limits` is the `chaos_limits` document operators write (the shape of the
+//! reference production-chaos report); both the coordinator and every agent
+//! enforce it, so a request that slips past one is still refused by the other.
+pub mod limits;
