@@ -1,0 +1,19 @@
+//! The clock the data path uses: `bpf_ktime_get_ns` is CLOCK_MONOTONIC, so deadlines
+//! written into maps must be computed on the same clock.
+use std::time::Duration;
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The monotonic deadline `d` from now, saturating rather than wrapping.
+pub fn deadline_after(d: Duration) -> u64 {
+    monotonic_ns().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,421 @@
+//! Local mode: `faultline-agent inject loss ...` applies one fault directly, shows
+//! live counters, and removes everything on exit, SIGINT, SIGTERM, SIGHUP and at the
+//! deadline. The same validation and caps apply as under a coordinator lease.
+use std::{
+    io::Write,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use faultline_common::{FLAG_LOG, FaultConfig, Filter, LossModel};
+use faultline_proto::limits::{ChaosLimits, Profile};
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    UsageError, clock,
+    ebpf::{AttachKind, Dir, DirCounters, Programs, TcMode},
+    faults::loss::LossArgs,
+    filter::FilterArgs,
+    journal::{Entry, Journal, JournalFile},
+    preflight, reconcile,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    Ingress,
+    Egress,
+    Both,
+}
+
+impl Direction {
+    fn dirs(self) -> &'static [Dir] {
+        match self {
+            Direction::Ingress => &[Dir::Ingress],
+            Direction::Egress => &[Dir::Egress],
+            Direction::Both => &[Dir::Ingress, Dir::Egress],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Hook {
+    /// tc (TCX or clsact): both directions.
+    Tc,
+    /// XDP: ingress only, earliest point in the receive path.
+    Xdp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    /// One JSON object per line (events "armed", "counters", "removed").
+    Json,
+}
+
+/// Where and for how long a network fault applies, and how it is shown.
+#[derive(Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Interface to act on (in the agent's network namespace).
+    #[arg(long)]
+    pub iface: String,
+    #[arg(long, value_enum, default_value_t = Direction::Ingress)]
+    pub direction: Direction,
+    /// How long the fault lasts, e.g. 60s or 2m; also written into the kernel as a deadline.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, value_enum, default_value_t = Hook::Tc)]
+    pub hook: Hook,
+    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
+    pub tc_mode: TcMode,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Emit aya-log records from the eBPF programs (costly; for debugging).
+    #[arg(long)]
+    pub debug_ebpf: bool,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// How often live counters are printed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub interval: Duration,
+}
+
+/// Which caps apply: a built-in profile or an operator's `chaos_limits` file.
+#[derive(Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Built-in caps: production (reference limits) or staging.
+    #[arg(long, global = true, default_value = "production")]
+    pub profile: Profile,
+    /// A chaos_limits YAML file that replaces the built-in profile's caps.
+    #[arg(long, global = true, env = "FAULTLINE_LIMITS")]
+    pub limits: Option<PathBuf>,
+}
+
+impl LimitArgs {
+    pub fn load(&self) -> Result<(ChaosLimits, String)> {
+        match &self.limits {
+            Some(path) => Ok((
+                ChaosLimits::from_file(path).map_err(|e| UsageError(e.to_string()))?,
+                format!("limits file {}", path.display()),
+            )),
+            None => Ok((
+                ChaosLimits::profile(self.profile),
+                format!("agent profile {}", self.profile),
+            )),
+        }
+    }
+}
+
+impl TargetArgs {
+    fn validate(&self) -> Result<(), UsageError> {
+        if self.duration.is_zero() {
+            return Err(UsageError("--duration must be greater than zero".into()));
+        }
+        if self.interval.is_zero() {
+            return Err(UsageError("--interval must be greater than zero".into()));
+        }
+        if self.hook == Hook::Xdp {
+            if self.direction != Direction::Ingress {
+                return Err(UsageError(
+                    "--hook xdp only sees ingress traffic; use --hook tc for egress".into(),
+                ));
+            }
+            if self.tc_mode != TcMode::Auto {
+                return Err(UsageError("--tc-mode applies to --hook tc only".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything decided before the kernel is touched.
+struct Plan {
+    cfg_template: FaultConfig,
+    summary: String,
+}
+
+fn plan(target: &TargetArgs, filter: Filter, loss: LossModel, what: String) -> Plan {
+    let directions = target
+        .direction
+        .dirs()
+        .iter()
+        .fold(0, |acc, d| acc | d.bit());
+    Plan {
+        cfg_template: FaultConfig {
+            armed: 1,
+            directions,
+            deadline_ns: 0,
+            flags: if target.debug_ebpf { FLAG_LOG } else { 0 },
+            filter,
+            loss,
+            ..Default::default()
+        },
+        summary: format!("{what}, filter: {}", target.filter.describe()),
+    }
+}
+
+pub async fn loss(
+    state_dir: PathBuf,
+    limits: LimitArgs,
+    target: TargetArgs,
+    loss: LossArgs,
+) -> Result<()> {
+    // 1. Input alone: nothing below touches the system if any of this fails.
+    target.validate()?;
+    let filter = target.filter.to_kernel()?;
+    let loss_plan = loss.plan()?;
+    let (caps, caps_source) = limits.load()?;
+    caps.check_loss(loss_plan.expected, target.duration, &caps_source)
+        .map_err(|e| UsageError(e.to_string()))?;
+    let plan = plan(
+        &target,
+        filter,
+        loss_plan.model,
+        format!("loss {}", loss_plan.description),
+    );
+
+    // 2. The environment.
+    preflight::check_privileges()?;
+    preflight::check_bpf_support()?;
+    preflight::interface_index(&target.iface)?;
+    let mode = target.tc_mode.resolve()?;
+
+    run(state_dir, target, mode, plan).await
+}
+
+async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -> Result<()> {
+    let journal = JournalFile::open(&state_dir)?;
+    let mut out = Printer::new(target.output);
+    for line in reconcile::reconcile(&journal).await? {
+        out.note(&line);
+    }
+
+    let mut programs = Programs::load(target.debug_ebpf)?;
+    let mut cfg = plan.cfg_template;
+    cfg.deadline_ns = clock::deadline_after(target.duration);
+    programs.configure(&cfg)?;
+
+    let attached = attach(&journal, &mut programs, &target, mode).await;
+    let attached = match attached {
+        Ok(kinds) => kinds,
+        Err(e) => {
+            remove(&journal, &mut programs, &target).await?;
+            return Err(e);
+        }
+    };
+    let started = Instant::now();
+    out.armed(&target, &attached, programs.program_ids(), &plan.summary);
+
+    let reason = watch(&programs, &target, started, &mut out).await;
+
+    remove(&journal, &mut programs, &target).await?;
+    let totals = programs.counters()?;
+    out.removed(reason, started.elapsed(), &totals);
+    Ok(())
+}
+
+async fn attach(
+    journal: &JournalFile,
+    programs: &mut Programs,
+    target: &TargetArgs,
+    mode: TcMode,
+) -> Result<Vec<AttachKind>> {
+    if target.hook == Hook::Xdp {
+        return Ok(vec![programs.attach_xdp(&target.iface)?]);
+    }
+    if mode == TcMode::Netlink {
+        // Write-ahead: record the filters (and a clsact we are about to create)
+        // before they exist, so a crash at any point leaves a journal that covers it.
+        let ifindex = preflight::interface_index(&target.iface)?;
+        let created_clsact = !crate::tc::has_clsact(ifindex).await?;
+        let entries = target
+            .direction
+            .dirs()
+            .iter()
+            .map(|&dir| Entry {
+                iface: target.iface.clone(),
+                direction: dir,
+                program: dir.program().to_owned(),
+                created_clsact,
+            })
+            .collect();
+        journal.store(&Journal { entries })?;
+        if created_clsact {
+            aya::programs::tc::qdisc_add_clsact(&target.iface)?;
+        }
+    }
+    let mut kinds = Vec::new();
+    for &dir in target.direction.dirs() {
+        kinds.push(programs.attach_tc(&target.iface, dir, mode)?);
+    }
+    Ok(kinds)
+}
+
+/// Disarms with one map write (effective on the next packet), then detaches and
+/// removes a clsact qdisc the agent created.
+async fn remove(journal: &JournalFile, programs: &mut Programs, target: &TargetArgs) -> Result<()> {
+    let disarm = FaultConfig::default();
+    let disarmed = programs.configure(&disarm);
+    programs.detach_all();
+    let recorded = journal.load()?;
+    if recorded.entries.iter().any(|e| e.created_clsact) {
+        reconcile::remove_own_clsact(&target.iface).await?;
+    }
+    journal.store(&Journal::default())?;
+    disarmed
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopReason {
+    Deadline,
+    Signal(&'static str),
+}
+
+async fn watch(
+    programs: &Programs,
+    target: &TargetArgs,
+    started: Instant,
+    out: &mut Printer,
+) -> StopReason {
+    let deadline = tokio::time::Instant::from_std(started + target.duration);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(started + target.interval),
+        target.interval,
+    );
+    let (mut int, mut term, mut hup) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        _ => return StopReason::Signal("signal handler setup failed"),
+    };
+    let mut last = DirCounters::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return StopReason::Deadline,
+            _ = int.recv() => return StopReason::Signal("SIGINT"),
+            _ = term.recv() => return StopReason::Signal("SIGTERM"),
+            _ = hup.recv() => return StopReason::Signal("SIGHUP"),
+            _ = tick.tick() => {
+                if let Ok(now) = programs.counters() {
+                    out.counters(started.elapsed(), &now, &last);
+                    last = now;
+                }
+            }
+        }
+    }
+}
+
+/// Human or JSON-lines output on stdout.
+struct Printer {
+    format: Output,
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+impl Printer {
+    fn new(format: Output) -> Self {
+        Self { format }
+    }
+
+    fn emit(&mut self, value: serde_json::Value, text: String) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = match self.format {
+            Output::Json => writeln!(stdout, "{value}"),
+            Output::Text => writeln!(stdout, "{text}"),
+        };
+        let _ = stdout.flush();
+    }
+
+    fn note(&mut self, line: &str) {
+        self.emit(
+            json!({"event": "reconciled", "detail": line}),
+            format!("faultline-agent: {line}"),
+        );
+    }
+
+    fn armed(
+        &mut self,
+        target: &TargetArgs,
+        attached: &[AttachKind],
+        program_ids: &[u32],
+        summary: &str,
+    ) {
+        let how: Vec<String> = attached.iter().map(ToString::to_string).collect();
+        self.emit(
+            json!({
+                "event": "armed",
+                "iface": target.iface,
+                "attachments": attached,
+                "program_ids": program_ids,
+                "pid": std::process::id(),
+                "duration_ms": target.duration.as_millis() as u64,
+                "fault": summary,
+            }),
+            format!(
+                "faultline-agent: {summary}\n  on {} ({}) for {} — Ctrl-C removes it",
+                target.iface,
+                how.join(", "),
+                humantime::format_duration(target.duration)
+            ),
+        );
+    }
+
+    fn counters(&mut self, elapsed: Duration, now: &DirCounters, last: &DirCounters) {
+        let line = |name: &str, n: &crate::ebpf::CounterView, l: &crate::ebpf::CounterView| {
+            let matched = n.matched - l.matched;
+            let dropped = n.dropped - l.dropped;
+            format!(
+                "{name} seen {:>8} matched {:>8} dropped {:>8} ({:5.2}% now, {:5.2}% total)",
+                n.seen,
+                n.matched,
+                n.dropped,
+                pct(dropped, matched),
+                pct(n.dropped, n.matched)
+            )
+        };
+        self.emit(
+            json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64, "counters": now}),
+            format!(
+                "[{:>5.1}s] {} | {}",
+                elapsed.as_secs_f64(),
+                line("ingress", &now.ingress, &last.ingress),
+                line("egress", &now.egress, &last.egress)
+            ),
+        );
+    }
+
+    fn removed(&mut self, reason: StopReason, elapsed: Duration, totals: &DirCounters) {
+        let why = match reason {
+            StopReason::Deadline => "deadline".to_owned(),
+            StopReason::Signal(s) => s.to_owned(),
+        };
+        let summary = |name: &str, c: &crate::ebpf::CounterView| {
+            format!(
+                "  {name}: seen {} matched {} dropped {} ({:.3}% of matched)",
+                c.seen,
+                c.matched,
+                c.dropped,
+                pct(c.dropped, c.matched)
+            )
+        };
+        self.emit(
+            json!({"event": "removed", "reason": why, "elapsed_ms": elapsed.as_millis() as u64, "counters": totals}),
+            format!(
+                "faultline-agent: fault removed ({why}) after {:.1}s; nothing left attached\n{}\n{}",
+                elapsed.as_secs_f64(),
+                summary("ingress", &totals.ingress),
+                summary("egress", &totals.egress)
+            ),
+        );
+    }
+}

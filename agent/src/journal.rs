@@ -1,0 +1,100 @@
+//! What the agent changed in the kernel that would outlive it, written *before* the
+//! change, so that the next start (after a crash or SIGKILL) can undo it.
+//!
+//! TCX and XDP links are owned by file descriptors and vanish with the process;
+//! clsact filters (and a clsact qdisc the agent created) do not. One journal and one
+//! lock exist per network namespace: only one agent may manage a namespace at a
+//! time, otherwise a starting agent would remove a running agent's faults.
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{UsageError, ebpf::Dir};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    pub entries: Vec<Entry>,
+}
+
+/// One clsact attachment (intended or made).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub iface: String,
+    pub direction: Dir,
+    /// Program (and netlink filter) name; how our filters are told from others'.
+    pub program: String,
+    /// The agent added the clsact qdisc and must remove it when it is empty again.
+    pub created_clsact: bool,
+}
+
+/// The locked journal of this network namespace.
+pub struct JournalFile {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl JournalFile {
+    /// Takes the namespace's lock (refusing if another agent holds it).
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        let netns = fs::metadata("/proc/self/ns/net")
+            .context("reading /proc/self/ns/net")?
+            .ino();
+        let lock_path = state_dir.join(format!("netns-{netns}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        // SAFETY: valid fd owned by `lock`.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(UsageError(format!(
+                "another faultline-agent is managing this network namespace (lock {} is held)",
+                lock_path.display()
+            ))
+            .into());
+        }
+        Ok(Self {
+            path: state_dir.join(format!("netns-{netns}.journal.json")),
+            _lock: lock,
+        })
+    }
+
+    pub fn load(&self) -> Result<Journal> {
+        match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing journal {}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        }
+    }
+
+    /// Durably replaces the journal (write, fsync, rename).
+    pub fn store(&self, journal: &Journal) -> Result<()> {
+        if journal.entries.is_empty() {
+            return match fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
+        let tmp = self.path.with_extension("tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(journal)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("writing journal {}", self.path.display()))?;
+        Ok(())
+    }
+}

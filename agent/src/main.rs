@@ -1,0 +1,116 @@
+//! faultline-agent: the privileged node-local daemon. In this release it runs faults
+//! locally (`inject`) and removes what a killed agent left behind (`cleanup`).
+mod clock;
+mod ebpf;
+mod faults;
+mod filter;
+mod inject;
+mod journal;
+mod preflight;
+mod reconcile;
+mod tc;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Bad input or an unusable environment: reported with exit code 2, and raised only
+/// before anything was applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Parser)]
+#[command(
+    name = "faultline-agent",
+    version,
+    about = "faultline's node-local fault agent"
+)]
+struct Cli {
+    /// Where the agent keeps its per-network-namespace lock and journal.
+    #[arg(long, global = true, default_value = "/run/faultline")]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    limits: inject::LimitArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply one fault now, show live counters, remove it on exit or at the deadline.
+    Inject {
+        #[command(subcommand)]
+        fault: Box<Fault>,
+    },
+    /// Remove every faultline filter and qdisc left in this network namespace by an
+    /// agent that was killed.
+    Cleanup,
+}
+
+#[derive(Subcommand)]
+enum Fault {
+    /// Drop a share of the matching packets in the kernel.
+    Loss {
+        #[command(flatten)]
+        target: inject::TargetArgs,
+        #[command(flatten)]
+        loss: faults::loss::LossArgs,
+    },
+}
+
+async fn cleanup(state_dir: PathBuf) -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    let journal = journal::JournalFile::open(&state_dir)?;
+    let removed = reconcile::reconcile(&journal).await?;
+    if removed.is_empty() {
+        println!("faultline-agent: nothing to clean up");
+    }
+    for line in removed {
+        println!("faultline-agent: {line}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faultline-agent: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Inject { fault } => match *fault {
+                Fault::Loss { target, loss } => {
+                    inject::loss(cli.state_dir, cli.limits, target, loss).await
+                }
+            },
+            Command::Cleanup => cleanup(cli.state_dir).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faultline-agent: error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

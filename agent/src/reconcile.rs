@@ -1,0 +1,76 @@
+//! Removing what an earlier agent left behind in this network namespace: faultline's
+//! own clsact filters (recognised by program name; nothing else is touched) and any
+//! clsact qdisc it created that is now empty.
+use anyhow::Result;
+use aya::programs::tc::qdisc_detach_program;
+
+use crate::{
+    ebpf::Dir,
+    journal::{Journal, JournalFile},
+    preflight, tc,
+};
+
+/// Returns one line per thing removed.
+pub async fn reconcile(journal: &JournalFile) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let recorded = journal.load()?;
+    for iface in preflight::interface_names() {
+        let Ok(ifindex) = preflight::interface_index(&iface) else {
+            continue; // vanished meanwhile
+        };
+        // Filters live only under a clsact (or ingress) qdisc; skip the netlink
+        // round trips on every other interface.
+        if !tc::has_clsact(ifindex).await? {
+            continue;
+        }
+        for dir in [Dir::Ingress, Dir::Egress] {
+            match qdisc_detach_program(&iface, dir.tc_attach_type(), dir.program()) {
+                Ok(()) => removed.push(format!(
+                    "removed leftover {} filter on {iface} {dir}",
+                    dir.program()
+                )),
+                Err(aya::programs::tc::TcError::IoError(e))
+                    if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "cannot remove leftover {} filter on {iface} {dir}: {e}",
+                        dir.program()
+                    ));
+                }
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    for entry in recorded.entries.iter().filter(|e| e.created_clsact) {
+        if seen.contains(&entry.iface) {
+            continue;
+        }
+        seen.push(entry.iface.clone());
+        if let Some(line) = remove_own_clsact(&entry.iface).await? {
+            removed.push(line);
+        }
+    }
+    journal.store(&Journal::default())?;
+    Ok(removed)
+}
+
+/// Deletes the clsact qdisc the agent created on `iface`, unless someone else's
+/// filters now depend on it.
+pub async fn remove_own_clsact(iface: &str) -> Result<Option<String>> {
+    let Ok(ifindex) = preflight::interface_index(iface) else {
+        return Ok(None); // interface gone, and its qdisc with it
+    };
+    if !tc::has_clsact(ifindex).await? {
+        return Ok(None);
+    }
+    let others = tc::clsact_filter_count(ifindex).await?;
+    if others > 0 {
+        return Ok(Some(format!(
+            "kept the clsact qdisc on {iface}: {others} filter(s) of other software use it"
+        )));
+    }
+    tc::delete_clsact(ifindex).await?;
+    Ok(Some(format!(
+        "removed the clsact qdisc faultline added on {iface}"
+    )))
+}
