@@ -1,0 +1,147 @@
+//! The real `faultline-agent` binary as a child process in a namespace.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// The agent binary of the same build as this test (target/<profile>/).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("faultline-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: build the workspace first (cargo build --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `chaos_limits` file that lets tests ask for large faults (the production caps
+/// are tested separately).
+pub fn limits_file(max_loss: &str, max_duration: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "faultline-test-limits-{}-{max_loss}-{max_duration}.yaml",
+        std::process::id()
+    ));
+    let text = format!(
+        "chaos_limits:\n\
+         \x20 latency_injection: {{ max_latency: 500ms, max_duration: 300s }}\n\
+         \x20 packet_loss: {{ max_loss: {max_loss}, max_duration: {max_duration} }}\n\
+         \x20 cpu_stress: {{ max_stress: 50%, max_duration: 60s }}\n\
+         \x20 memory_stress: {{ max_stress: 30%, max_duration: 60s }}\n\
+         \x20 blast_radius: {{ max_nodes: 1, max_concurrent: 1 }}\n"
+    );
+    std::fs::write(&path, text).expect("write limits");
+    path
+}
+
+/// A running agent whose JSON-lines stdout is read on a thread.
+pub struct Agent {
+    pub child: Child,
+    events: mpsc::Receiver<Value>,
+}
+
+impl Agent {
+    /// Starts `faultline-agent <args> --output json` inside namespace `ns` and waits
+    /// for its "armed" event.
+    pub fn start(ns: &str, state_dir: &std::path::Path, args: &[&str]) -> (Self, Value) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(agent_binary())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(args)
+            .args(["--output", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agent");
+        let events = reader(child.stdout.take().expect("stdout"));
+        let mut agent = Self { child, events };
+        let armed = agent
+            .wait_event("armed", Duration::from_secs(20))
+            .expect("agent never armed");
+        (agent, armed)
+    }
+
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Option<Value> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let left = until.checked_duration_since(std::time::Instant::now())?;
+            let ev = self.events.recv_timeout(left).ok()?;
+            if ev["event"] == name {
+                return Some(ev);
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// SIGTERM, then the final "removed" event.
+    pub fn stop(mut self) -> Value {
+        self.signal(libc::SIGTERM);
+        let removed = self
+            .wait_event("removed", Duration::from_secs(10))
+            .expect("no removed event after SIGTERM");
+        let status = self.child.wait().expect("wait agent");
+        assert!(status.success(), "agent exited with {status}");
+        removed
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn reader(stdout: ChildStdout) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs the agent to completion (for inputs that must be refused).
+pub fn run_agent(ns: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(agent_binary());
+            c
+        }
+        None => Command::new(agent_binary()),
+    };
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agent")
+}
+
+/// Sum of one counter over the "counters" object of an event, for one direction.
+pub fn counter(ev: &Value, dir: &str, name: &str) -> u64 {
+    ev["counters"][dir][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {dir}.{name} in {ev}"))
+}

@@ -1,0 +1,126 @@
+//! Network namespaces and veth pairs that delete themselves.
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` with `args`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Output of a command run inside `ns` (e.g. `tc filter show`).
+pub fn run_in(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A network namespace named `fl<pid>-<n><tag>`, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "fl{}-{}{tag}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets created there stay
+    /// in the namespace wherever they are used afterwards.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).expect("open netns");
+            // SAFETY: valid fd of a network namespace; affects this thread only.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+
+impl Netns {
+    /// A private agent state directory for this namespace (removed on drop).
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{}-state", self.name));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        dir
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", self.name)));
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` (10.200.N.1, fd00:fa17:N::1) and `b`
+/// (10.200.N.2, fd00:fa17:N::2). The interface in each is called `veth0`.
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+    pub subnet: u32,
+}
+
+pub const IFACE: &str = "veth0";
+
+impl Pair {
+    pub fn new() -> Self {
+        let a = Netns::new("a");
+        let b = Netns::new("b");
+        let subnet = 1 + NEXT.fetch_add(1, Ordering::Relaxed) % 250;
+        ip(&[
+            "link", "add", "flpeer", "netns", &a.name, "type", "veth", "peer", "name", "flpeer",
+            "netns", &b.name,
+        ]);
+        for (ns, host) in [(&a, 1), (&b, 2)] {
+            ip(&["-n", &ns.name, "link", "set", "flpeer", "name", IFACE]);
+            let v4 = format!("10.200.{subnet}.{host}/24");
+            let v6 = format!("fd00:fa17:{subnet}::{host}/64");
+            ip(&["-n", &ns.name, "addr", "add", &v4, "dev", IFACE]);
+            ip(&["-n", &ns.name, "addr", "add", &v6, "dev", IFACE, "nodad"]);
+            ip(&["-n", &ns.name, "link", "set", IFACE, "up"]);
+        }
+        Self { a, b, subnet }
+    }
+
+    pub fn v4(&self, host: u8) -> String {
+        format!("10.200.{}.{host}", self.subnet)
+    }
+
+    pub fn v6(&self, host: u8) -> String {
+        format!("fd00:fa17:{}::{host}", self.subnet)
+    }
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
