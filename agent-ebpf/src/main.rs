@@ -8,13 +8,13 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod deadline;
 mod filter;
 mod loss;
 mod packet;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -105,9 +105,7 @@ fn decide(
     if cfg.armed == 0 || cfg.directions & dir_bit == 0 {
         return Verdict::Pass;
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now >= cfg.deadline_ns {
+    if deadline::expired(cfg.deadline_ns) {
         return Verdict::Pass;
     }
     if !parse(meta) || !filter::matches(&cfg.filter, meta) {

@@ -33,6 +33,22 @@ const IPV6_EXT_MAX: usize = 4;
 /// Copies `N` bytes at `offset` out of the packet; false when the packet is shorter.
 pub trait Loader {
     fn load<const N: usize>(&self, offset: usize, buf: &mut [u8; N]) -> bool;
+    /// The packet's linear data as (start, end) addresses, for direct reads at
+    /// constant offsets (the verifier tracks those; it cannot track variable ones).
+    fn linear(&self) -> (usize, usize);
+}
+
+/// Copies the first `N` bytes: directly when they are in the linear area (no helper
+/// call), through the helper otherwise.
+#[inline(always)]
+fn load_head<L: Loader, const N: usize>(pkt: &L, buf: &mut [u8; N]) -> bool {
+    let (start, end) = pkt.linear();
+    if start + N <= end {
+        // SAFETY: bounds checked against the packet end just above.
+        *buf = unsafe { core::ptr::read_unaligned(start as *const [u8; N]) };
+        return true;
+    }
+    pkt.load(0, buf)
 }
 
 impl Loader for TcContext {
@@ -48,6 +64,11 @@ impl Loader for TcContext {
             ) == 0
         }
     }
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
+    }
 }
 
 impl Loader for XdpContext {
@@ -57,6 +78,11 @@ impl Loader for XdpContext {
         unsafe {
             bpf_xdp_load_bytes(self.ctx, offset as u32, buf.as_mut_ptr().cast(), N as u32) == 0
         }
+    }
+
+    #[inline(always)]
+    fn linear(&self) -> (usize, usize) {
+        (self.data(), self.data_end())
     }
 }
 
@@ -109,8 +135,45 @@ pub fn parse<L: Loader>(pkt: &L, meta: &mut PacketMeta) -> bool {
     parse_into(pkt, meta).is_some()
 }
 
+/// Ethernet + IPv4 without options + the 4 port bytes: one helper call covers the
+/// common IPv4 packet.
+const FAST_V4_LEN: usize = ETH_HLEN + 20 + 4;
+
 #[inline(always)]
 fn parse_into<L: Loader>(pkt: &L, meta: &mut PacketMeta) -> Option<()> {
+    let mut head = [0u8; FAST_V4_LEN];
+    if load_head(pkt, &mut head) && be16(&head, 12) == ETH_P_IP && head[ETH_HLEN] & 0x0f == 5 {
+        ipv4_fields(&head[ETH_HLEN..], meta);
+        if be16(&head, ETH_HLEN + 6) & 0x1fff == 0 && carries_ports(meta.proto) {
+            meta.sport = be16(&head, ETH_HLEN + 20);
+            meta.dport = be16(&head, ETH_HLEN + 22);
+            meta.has_ports = true;
+        }
+        return Some(());
+    }
+    parse_slow(pkt, meta)
+}
+
+#[inline(always)]
+fn ipv4_fields(h: &[u8], meta: &mut PacketMeta) {
+    meta.family = 4;
+    meta.proto = h[9];
+    meta.src[0] = word(h, 12);
+    meta.dst[0] = word(h, 16);
+}
+
+#[inline(always)]
+fn carries_ports(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+    )
+}
+
+/// Everything else: VLAN tags, IPv4 options, IPv6 and its extension headers, short
+/// packets.
+#[inline(always)]
+fn parse_slow<L: Loader>(pkt: &L, meta: &mut PacketMeta) -> Option<()> {
     let mut two = [0u8; 2];
     let mut l3 = ETH_HLEN;
     pkt.load(12, &mut two).then_some(())?;
@@ -135,10 +198,7 @@ fn parse_into<L: Loader>(pkt: &L, meta: &mut PacketMeta) -> Option<()> {
             if ihl < 20 {
                 return Some(()); // malformed: stays family 0, never matches a family
             }
-            meta.family = 4;
-            meta.proto = h[9];
-            meta.src[0] = word(&h, 12);
-            meta.dst[0] = word(&h, 16);
+            ipv4_fields(&h, meta);
             if be16(&h, 6) & 0x1fff != 0 {
                 return Some(()); // a later fragment carries no L4 header
             }
@@ -180,10 +240,7 @@ fn parse_into<L: Loader>(pkt: &L, meta: &mut PacketMeta) -> Option<()> {
         _ => return Some(()),
     };
 
-    if matches!(
-        meta.proto,
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
-    ) {
+    if carries_ports(meta.proto) {
         let mut ports = [0u8; 4];
         pkt.load(l4, &mut ports).then_some(())?;
         meta.sport = be16(&ports, 0);
