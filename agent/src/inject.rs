@@ -77,6 +77,10 @@ pub struct TargetArgs {
     pub debug_ebpf: bool,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Attach with the fault disarmed: the programs run and count but never act.
+    /// For benchmarks of the idle cost of an attached program.
+    #[arg(long, hide = true)]
+    pub disarmed: bool,
     /// How often live counters are printed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub interval: Duration,
@@ -144,7 +148,7 @@ fn plan(target: &TargetArgs, filter: Filter, loss: LossModel, what: String) -> P
         .fold(0, |acc, d| acc | d.bit());
     Plan {
         cfg_template: FaultConfig {
-            armed: 1,
+            armed: u32::from(!target.disarmed),
             directions,
             deadline_ns: 0,
             flags: if target.debug_ebpf { FLAG_LOG } else { 0 },
@@ -187,7 +191,7 @@ pub async fn loss(
 
 async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -> Result<()> {
     let journal = JournalFile::open(&state_dir)?;
-    let mut out = Printer::new(target.output);
+    let mut out = Printer::new(target.output, target.direction.dirs());
     for line in reconcile::reconcile(&journal).await? {
         out.note(&line);
     }
@@ -312,6 +316,7 @@ async fn watch(
 /// Human or JSON-lines output on stdout.
 struct Printer {
     format: Output,
+    dirs: &'static [Dir],
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -323,8 +328,8 @@ fn pct(part: u64, whole: u64) -> f64 {
 }
 
 impl Printer {
-    fn new(format: Output) -> Self {
-        Self { format }
+    fn new(format: Output, dirs: &'static [Dir]) -> Self {
+        Self { format, dirs }
     }
 
     fn emit(&mut self, value: serde_json::Value, text: String) {
@@ -383,14 +388,17 @@ impl Printer {
                 pct(n.dropped, n.matched)
             )
         };
+        let parts: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|d| match d {
+                Dir::Ingress => line("ingress", &now.ingress, &last.ingress),
+                Dir::Egress => line("egress", &now.egress, &last.egress),
+            })
+            .collect();
         self.emit(
             json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64, "counters": now}),
-            format!(
-                "[{:>5.1}s] {} | {}",
-                elapsed.as_secs_f64(),
-                line("ingress", &now.ingress, &last.ingress),
-                line("egress", &now.egress, &last.egress)
-            ),
+            format!("[{:>5.1}s] {}", elapsed.as_secs_f64(), parts.join(" | ")),
         );
     }
 
@@ -408,13 +416,20 @@ impl Printer {
                 pct(c.dropped, c.matched)
             )
         };
+        let lines: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|d| match d {
+                Dir::Ingress => summary("ingress", &totals.ingress),
+                Dir::Egress => summary("egress", &totals.egress),
+            })
+            .collect();
         self.emit(
             json!({"event": "removed", "reason": why, "elapsed_ms": elapsed.as_millis() as u64, "counters": totals}),
             format!(
-                "faultline-agent: fault removed ({why}) after {:.1}s; nothing left attached\n{}\n{}",
+                "faultline-agent: fault removed ({why}) after {:.1}s; nothing left attached\n{}",
                 elapsed.as_secs_f64(),
-                summary("ingress", &totals.ingress),
-                summary("egress", &totals.egress)
+                lines.join("\n")
             ),
         );
     }
