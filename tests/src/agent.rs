@@ -9,18 +9,22 @@ use std::{
 
 use serde_json::Value;
 
-/// The agent binary of the same build as this test (target/<profile>/).
+/// The agent binary of the same build as the running program: beside it (xtask in
+/// target/<profile>/) or one level up (tests in target/<profile>/deps/).
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test>-<hash>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("faultline-agent");
-    assert!(
-        bin.exists(),
-        "{} missing: build the workspace first (cargo build --workspace)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join("faultline-agent"), dir.join("../faultline-agent")];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "faultline-agent not found beside {}: build the workspace first",
+                exe.display()
+            )
+        })
 }
 
 /// A `chaos_limits` file that lets tests ask for large faults (the production caps
