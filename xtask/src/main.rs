@@ -1,0 +1,100 @@
+//! Developer tasks. `cargo xtask --help` lists them.
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "faultline developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks (apt packages, bpf-linker, toolchain link); idempotent.
+    Setup,
+    /// Build the eBPF object (release, with BTF) and print where it is.
+    BuildEbpf,
+    /// Set up, build, and run every test (needs root: tests load programs and create
+    /// network namespaces). This is what CI runs.
+    Test,
+    /// Set up, build, and run a loss experiment between two network-namespace nodes.
+    Demo,
+    /// Set up, build, and run the benchmarks (per-packet cost, throughput).
+    Bench,
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command from the workspace root, failing with its name on error.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn require_root(task: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {task}` loads eBPF programs and creates network namespaces: run it as root"
+        );
+    }
+    Ok(())
+}
+
+fn build_workspace() -> Result<()> {
+    run(cargo().args(["build", "--workspace", "--all-targets"]))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::BuildEbpf => {
+            setup::setup()?;
+            let object = setup::build_ebpf()?;
+            println!("eBPF object: {}", object.display());
+            Ok(())
+        }
+        Task::Test => {
+            require_root("test")?;
+            setup::setup()?;
+            build_workspace()?;
+            // Each end-to-end test builds its own namespaces; two at a time keeps the
+            // packet rates of the statistical tests well inside this machine's means.
+            run(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))
+        }
+        Task::Demo => {
+            require_root("demo")?;
+            setup::setup()?;
+            run(cargo().args(["build", "--package", "faultline-agent"]))?;
+            demo::run()
+        }
+        Task::Bench => {
+            require_root("bench")?;
+            setup::setup()?;
+            // `cargo bench` runs from target/release and looks for the agent there.
+            run(cargo().args(["build", "--release", "--package", "faultline-agent"]))?;
+            run(cargo().args(["bench", "--package", "faultline-tests"]))
+        }
+    }
+}
