@@ -19,7 +19,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use aya_log_ebpf::debug;
+use aya_log_ebpf::info;
 use faultline_common::{
     Counters, DIR_COUNT, DIR_EGRESS, DIR_INDEX_EGRESS, DIR_INDEX_INGRESS, DIR_INGRESS, FLAG_LOG,
     FaultConfig,
@@ -126,7 +126,7 @@ fn decide(
 
 #[inline(always)]
 fn log_drop<C: aya_ebpf::EbpfContext>(ctx: &C, meta: &PacketMeta) {
-    debug!(
+    info!(
         ctx,
         "faultline: drop family={} proto={} sport={} dport={}",
         meta.family,

@@ -504,3 +504,62 @@ fn xdp_hook_drops_on_ingress() {
     );
     assert_nothing_attached(&pair);
 }
+
+/// `--debug-ebpf` turns on aya-log records from the data path; without it the
+/// programs emit none (the level is patched to 0 at load).
+#[test]
+fn debug_ebpf_logs_each_drop_only_when_asked() {
+    for debug in [true, false] {
+        let pair = Pair::new();
+        let limits = limits_file("100%", "300s");
+        let mut args = vec![
+            "--limits",
+            limits.to_str().unwrap(),
+            "inject",
+            "loss",
+            "--iface",
+            IFACE,
+            "--percent",
+            "100",
+            "--duration",
+            "60s",
+            "--proto",
+            "udp",
+            "--port",
+            "7600",
+        ];
+        if debug {
+            args.push("--debug-ebpf");
+        }
+        let state = pair.b.state_dir();
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &pair.b.name])
+            .arg(faultline_tests::agent_binary())
+            .arg("--state-dir")
+            .arg(&state)
+            .args(&args)
+            .args(["--output", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        send(
+            &sender(&pair.a, addr("0.0.0.0", 0)),
+            addr(&pair.v4(2), 7600),
+            5,
+            1000,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let records = stderr.matches("faultline: drop family=4 proto=17").count();
+        if debug {
+            assert_eq!(records, 5, "expected one record per drop: {stderr}");
+        } else {
+            assert_eq!(records, 0, "records without --debug-ebpf: {stderr}");
+        }
+    }
+}
