@@ -189,7 +189,27 @@ pub async fn loss(
     run(state_dir, target, mode, plan).await
 }
 
+/// SIGINT, SIGTERM and SIGHUP, caught from before the first change to the kernel:
+/// a signal that arrives while the fault is being applied must still lead to its
+/// removal, not to the default action (death with the fault in place).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -> Result<()> {
+    let mut signals = Signals::install()?;
     let journal = JournalFile::open(&state_dir)?;
     let mut out = Printer::new(target.output, target.direction.dirs());
     for line in reconcile::reconcile(&journal).await? {
@@ -212,7 +232,7 @@ async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -
     let started = Instant::now();
     out.armed(&target, &attached, programs.program_ids(), &plan.summary);
 
-    let reason = watch(&programs, &target, started, &mut out).await;
+    let reason = watch(&programs, &target, started, &mut signals, &mut out).await;
 
     remove(&journal, &mut programs, &target).await?;
     let totals = programs.counters()?;
@@ -281,6 +301,7 @@ async fn watch(
     programs: &Programs,
     target: &TargetArgs,
     started: Instant,
+    signals: &mut Signals,
     out: &mut Printer,
 ) -> StopReason {
     let deadline = tokio::time::Instant::from_std(started + target.duration);
@@ -288,21 +309,13 @@ async fn watch(
         tokio::time::Instant::from_std(started + target.interval),
         target.interval,
     );
-    let (mut int, mut term, mut hup) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        _ => return StopReason::Signal("signal handler setup failed"),
-    };
     let mut last = DirCounters::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return StopReason::Deadline,
-            _ = int.recv() => return StopReason::Signal("SIGINT"),
-            _ = term.recv() => return StopReason::Signal("SIGTERM"),
-            _ = hup.recv() => return StopReason::Signal("SIGHUP"),
+            _ = signals.int.recv() => return StopReason::Signal("SIGINT"),
+            _ = signals.term.recv() => return StopReason::Signal("SIGTERM"),
+            _ = signals.hup.recv() => return StopReason::Signal("SIGHUP"),
             _ = tick.tick() => {
                 if let Ok(now) = programs.counters() {
                     out.counters(started.elapsed(), &now, &last);
