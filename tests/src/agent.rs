@@ -54,8 +54,18 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `faultline-agent <args> --output json` inside namespace `ns` and waits
-    /// for its "armed" event.
+    /// for its "armed" event. The agent's stderr goes to the test's stderr.
     pub fn start(ns: &str, state_dir: &std::path::Path, args: &[&str]) -> (Self, Value) {
+        Self::start_with_stderr(ns, state_dir, args, Stdio::inherit())
+    }
+
+    /// Like `start`, with the agent's stderr sent to `stderr` (e.g. a file).
+    pub fn start_with_stderr(
+        ns: &str,
+        state_dir: &std::path::Path,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> (Self, Value) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(agent_binary())
@@ -65,7 +75,7 @@ impl Agent {
             .args(["--output", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn agent");
         let events = reader(child.stdout.take().expect("stdout"));
@@ -96,7 +106,7 @@ impl Agent {
     pub fn stop(mut self) -> Value {
         self.signal(libc::SIGTERM);
         let removed = self
-            .wait_event("removed", Duration::from_secs(10))
+            .wait_event("removed", Duration::from_secs(60))
             .expect("no removed event after SIGTERM");
         let status = self.child.wait().expect("wait agent");
         assert!(status.success(), "agent exited with {status}");

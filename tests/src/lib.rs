@@ -12,3 +12,18 @@ pub mod traffic;
 pub use agent::{Agent, agent_binary, limits_file};
 pub use checks::assert_nothing_attached;
 pub use netns::{Netns, Pair};
+
+/// The running kernel's (major, minor), e.g. (6, 18).
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// TCX (tc BPF links) exists from Linux 6.6.
+pub fn has_tcx() -> bool {
+    kernel_version() >= (6, 6)
+}

@@ -314,9 +314,71 @@ fn in_kernel_deadline_stops_loss_while_the_agent_is_frozen() {
 }
 
 #[test]
+fn auto_mode_picks_tcx_from_6_6_and_clsact_before() {
+    let pair = Pair::new();
+    let limits = limits_file("100%", "300s");
+    let (agent, armed) = Agent::start(
+        &pair.b.name,
+        &pair.b.state_dir(),
+        &[
+            "--limits",
+            limits.to_str().unwrap(),
+            "inject",
+            "loss",
+            "--iface",
+            IFACE,
+            "--percent",
+            "10",
+            "--duration",
+            "60s",
+        ],
+    );
+    let kind = armed["attachments"][0]["kind"].as_str().unwrap().to_owned();
+    agent.stop();
+    let expected = if faultline_tests::has_tcx() {
+        "tcx"
+    } else {
+        "netlink"
+    };
+    assert_eq!(
+        kind,
+        expected,
+        "kernel {:?}: {armed}",
+        faultline_tests::kernel_version()
+    );
+    assert_nothing_attached(&pair);
+}
+
+#[test]
 fn sigkill_leaves_no_tcx_link_or_program() {
     let pair = Pair::new();
     let limits = limits_file("100%", "300s");
+    if !faultline_tests::has_tcx() {
+        // Before 6.6 there is no TCX: asking for it must be refused up front.
+        let out = faultline_tests::agent::run_agent(
+            Some(&pair.b.name),
+            &[
+                "--state-dir",
+                pair.b.state_dir().to_str().unwrap(),
+                "--limits",
+                limits.to_str().unwrap(),
+                "inject",
+                "loss",
+                "--iface",
+                IFACE,
+                "--percent",
+                "10",
+                "--duration",
+                "60s",
+                "--tc-mode",
+                "tcx",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs kernel >= 6.6"));
+        assert_nothing_attached(&pair);
+        return;
+    }
     let (mut agent, armed) = Agent::start(
         &pair.b.name,
         &pair.b.state_dir(),
@@ -531,30 +593,24 @@ fn debug_ebpf_logs_each_drop_only_when_asked() {
         if debug {
             args.push("--debug-ebpf");
         }
-        let state = pair.b.state_dir();
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &pair.b.name])
-            .arg(faultline_tests::agent_binary())
-            .arg("--state-dir")
-            .arg(&state)
-            .args(&args)
-            .args(["--output", "json"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let child = cmd.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
+        let log = std::env::temp_dir().join(format!("{}-agent.stderr", pair.b.name));
+        let (agent, _) = Agent::start_with_stderr(
+            &pair.b.name,
+            &pair.b.state_dir(),
+            &args,
+            std::fs::File::create(&log).unwrap().into(),
+        );
         send(
             &sender(&pair.a, addr("0.0.0.0", 0)),
             addr(&pair.v4(2), 7600),
             5,
             1000,
         );
+        // Records travel through a ring buffer that the agent polls; give it a moment.
         std::thread::sleep(Duration::from_millis(500));
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        agent.stop();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
         let records = stderr.matches("faultline: drop family=4 proto=17").count();
         if debug {
             assert_eq!(records, 5, "expected one record per drop: {stderr}");

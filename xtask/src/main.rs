@@ -1,6 +1,7 @@
 //! Developer tasks. `cargo xtask --help` lists them.
 mod demo;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -21,12 +22,15 @@ enum Task {
     /// Build the eBPF object (release, with BTF) and print where it is.
     BuildEbpf,
     /// Set up, build, and run every test (needs root: tests load programs and create
-    /// network namespaces). This is what CI runs.
+    /// network namespaces), here and in the stock-kernel VM lane. This is what CI runs.
     Test,
     /// Set up, build, and run a loss experiment between two network-namespace nodes.
     Demo,
     /// Set up, build, and run the benchmarks (per-packet cost, throughput).
     Bench,
+    /// Run the kernel-facing tests inside Debian's stock kernel under qemu (cached
+    /// in target/vm; part of `test`).
+    VmTest,
 }
 
 pub fn workspace_root() -> std::path::PathBuf {
@@ -36,9 +40,12 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command from the workspace root, failing with its name on error.
+/// Runs a command (from the workspace root unless it has a directory of its own),
+/// failing with its name on error.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    cmd.current_dir(workspace_root());
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(workspace_root());
+    }
     let status = cmd
         .status()
         .with_context(|| format!("cannot start {cmd:?}"))?;
@@ -48,7 +55,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
@@ -81,7 +88,13 @@ fn main() -> Result<()> {
             build_workspace()?;
             // Each end-to-end test builds its own namespaces; two at a time keeps the
             // packet rates of the statistical tests well inside this machine's means.
-            run(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))
+            run(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))?;
+            vm::vm_test()
+        }
+        Task::VmTest => {
+            require_root("vm-test")?;
+            setup::setup()?;
+            vm::vm_test()
         }
         Task::Demo => {
             require_root("demo")?;

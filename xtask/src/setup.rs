@@ -29,15 +29,15 @@ const LLVM_MAJOR: u32 = 22;
 pub const BPF_TOOLCHAIN: &str = "faultline-bpf";
 const SYSTEM_RUSTC: &str = "/usr/bin/rustc";
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn apt_missing() -> Vec<&'static str> {
-    APT_PACKAGES
+fn apt_missing<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -87,8 +87,9 @@ fn linker_is_current(linker: &Path) -> bool {
         && linker_llvm_major(linker) == Some(LLVM_MAJOR)
 }
 
-pub fn setup() -> Result<()> {
-    let missing = apt_missing();
+/// Installs the Debian packages in `packages` that are missing.
+pub fn ensure_apt(packages: &[&str]) -> Result<()> {
+    let missing = apt_missing(packages);
     if !missing.is_empty() {
         println!("setup: installing Debian packages: {}", missing.join(" "));
         run(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -97,6 +98,11 @@ pub fn setup() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+    Ok(())
+}
+
+pub fn setup() -> Result<()> {
+    ensure_apt(APT_PACKAGES)?;
 
     let linker = bpf_linker();
     if !linker_is_current(&linker) {

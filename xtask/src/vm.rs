@@ -1,0 +1,396 @@
+//! The stock-kernel test lane: the agent's kernel-facing tests inside Debian's own
+//! kernel (6.1: sch_fq, netem, cgroup v2, no TCX) under qemu/TCG.
+//!
+//! Everything comes from Debian's archive through apt and is cached in target/vm:
+//! the kernel package (unpacked, never installed on the host), the uncompressed
+//! vmlinux (booted directly through its PVH entry, about twice as fast as bzImage),
+//! and an initramfs with busybox, iproute2, the modules the tests need and the shared
+//! libraries of every binary. The test binaries and the agent are shared over 9p.
+//! The guest reports its exit code through the isa-debug-exit port: qemu then exits
+//! with `(code << 1) | 1`, so a plain poweroff or a panic (exit 0) reads as failure.
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{run, setup, workspace_root};
+
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "cpio",
+    "xz-utils",
+    "iproute2",
+];
+/// Modules the tests need; their dependencies are resolved through modules.dep.
+const MODULES: &[&str] = &[
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "cls_u32",
+    "sch_fq",
+    "sch_netem",
+    "ifb",
+    "act_mirred",
+    "act_gact",
+    "9p",
+    "9pnet_virtio",
+    "virtio_pci",
+];
+/// Test binaries of the tests crate that run in the guest.
+const GUEST_TESTS: &[&str] = &["loss", "bad_input"];
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+struct Kernel {
+    version: String,
+    vmlinux: PathBuf,
+    root: PathBuf,
+}
+
+fn cache_dir() -> PathBuf {
+    workspace_root().join("target").join("vm")
+}
+
+/// The kernel package `linux-image-amd64` points to, e.g. linux-image-6.1.0-56-amd64.
+fn kernel_package() -> Result<String> {
+    let deps = setup::output(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))
+        .context("apt-cache depends linux-image-amd64")?;
+    deps.lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(|p| p.trim().to_owned())
+        .context("no kernel package behind linux-image-amd64 (run apt-get update)")
+}
+
+fn prepare_kernel(cache: &Path) -> Result<Kernel> {
+    let package = kernel_package()?;
+    let version = package.trim_start_matches("linux-image-").to_owned();
+    let dir = cache.join(&package);
+    let root = dir.join("root");
+    let vmlinux = dir.join("vmlinux");
+    if vmlinux.exists()
+        && root
+            .join("lib/modules")
+            .join(&version)
+            .join("modules.dep")
+            .exists()
+    {
+        return Ok(Kernel {
+            version,
+            vmlinux,
+            root,
+        });
+    }
+    println!(
+        "vm: fetching {package} from Debian (cached in {})",
+        dir.display()
+    );
+    fs::create_dir_all(&dir)?;
+    run(Command::new("apt-get")
+        .args(["download", &package])
+        .current_dir(&dir))?;
+    let deb = fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("downloaded kernel package not found")?;
+    let _ = fs::remove_dir_all(&root);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    // The package ships no modules.dep; generate it for this tree only.
+    run(Command::new("depmod").arg("-b").arg(&root).arg(&version))?;
+    extract_vmlinux(
+        &root.join("boot").join(format!("vmlinuz-{version}")),
+        &vmlinux,
+    )?;
+    fs::remove_file(&deb)?;
+    Ok(Kernel {
+        version,
+        vmlinux,
+        root,
+    })
+}
+
+/// bzImage carries the kernel as an xz stream; the raw ELF boots directly (PVH).
+fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
+    const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+    let image = fs::read(vmlinuz)?;
+    let start = image
+        .windows(XZ_MAGIC.len())
+        .position(|w| w == XZ_MAGIC)
+        .context("no xz payload in vmlinuz")?;
+    let mut child = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(fs::File::create(out)?)
+        .spawn()?;
+    use std::io::Write;
+    // xz stops reading at the end of its stream; what follows it in the image is
+    // not its business, so a broken pipe here is expected.
+    match child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&image[start..])
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    if !child.wait()?.success() {
+        bail!(
+            "xz could not unpack the kernel payload of {}",
+            vmlinuz.display()
+        );
+    }
+    Ok(())
+}
+
+/// Modules in load order (dependencies first), as paths relative to the modules dir.
+fn module_order(kernel: &Kernel) -> Result<Vec<String>> {
+    let moddir = kernel.root.join("lib/modules").join(&kernel.version);
+    let dep = fs::read_to_string(moddir.join("modules.dep"))?;
+    let deps: Vec<(String, Vec<String>)> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| {
+            (
+                m.to_owned(),
+                d.split_whitespace().map(str::to_owned).collect(),
+            )
+        })
+        .collect();
+    let builtin = fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
+    fn visit(m: &str, deps: &[(String, Vec<String>)], out: &mut Vec<String>) {
+        if out.iter().any(|o| o == m) {
+            return;
+        }
+        if let Some((_, ds)) = deps.iter().find(|(p, _)| p == m) {
+            // modules.dep lists a module's dependencies so that the last loads first.
+            for d in ds.iter().rev() {
+                visit(d, deps, out);
+            }
+        }
+        out.push(m.to_owned());
+    }
+    let mut order = Vec::new();
+    for name in MODULES {
+        let file = format!("/{name}.ko");
+        if let Some((path, _)) = deps.iter().find(|(p, _)| p.ends_with(&file)) {
+            visit(path, &deps, &mut order);
+        } else if !builtin.lines().any(|l| l.ends_with(&file)) {
+            bail!(
+                "module {name} is neither in modules.dep nor built into {}",
+                kernel.version
+            );
+        }
+    }
+    Ok(order)
+}
+
+/// Shared libraries (and the loader) that `binary` needs, by absolute path.
+fn libraries(binary: &Path, into: &mut BTreeSet<PathBuf>) -> Result<()> {
+    let out = setup::output(Command::new("ldd").arg(binary))
+        .with_context(|| format!("ldd {}", binary.display()))?;
+    for line in out.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            into.insert(PathBuf::from(p));
+        }
+    }
+    Ok(())
+}
+
+fn copy_into(root: &Path, file: &Path) -> Result<()> {
+    let dest = root.join(file.strip_prefix("/").unwrap_or(file));
+    fs::create_dir_all(dest.parent().expect("parent"))?;
+    fs::copy(file, &dest).with_context(|| format!("copying {}", file.display()))?;
+    Ok(())
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /run /tmp /var /mnt
+mount -t tmpfs run /run
+mount -t tmpfs tmp /tmp
+ln -s /run /var/run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+for m in $(cat /modules.load); do
+    insmod "/lib/modules/$m" || echo "vm: insmod $m failed"
+done
+ip link set lo up
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host0 /mnt
+echo "vm: $(uname -r) up; cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+cd /mnt && sh ./run.sh
+rc=$?
+echo "vm: tests exited with $rc"
+printf "\\$(printf %o $rc)" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+poweroff -f
+"#;
+
+fn build_initramfs(cache: &Path, kernel: &Kernel, libs: &BTreeSet<PathBuf>) -> Result<PathBuf> {
+    let root = cache.join("initramfs");
+    let _ = fs::remove_dir_all(&root);
+    for d in ["bin", "sbin", "usr/sbin", "proc", "sys", "dev", "etc"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+    for tool in ["/usr/sbin/ip", "/usr/sbin/tc"] {
+        copy_into(&root, Path::new(tool))?;
+    }
+    for lib in libs {
+        copy_into(&root, lib)?;
+    }
+    let moddir = kernel.root.join("lib/modules").join(&kernel.version);
+    let order = module_order(kernel)?;
+    for m in &order {
+        let dest = root.join("lib/modules").join(m);
+        fs::create_dir_all(dest.parent().expect("parent"))?;
+        fs::copy(moddir.join(m), dest)?;
+    }
+    fs::write(root.join("modules.load"), order.join("\n"))?;
+    fs::write(root.join("init"), INIT)?;
+    run(Command::new("chmod").arg("+x").arg(root.join("init")))?;
+    let image = cache.join("initramfs.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+            root.display(),
+            image.display()
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("building the initramfs failed");
+    }
+    Ok(image)
+}
+
+/// Builds the guest test binaries and returns (name, path) pairs plus the agent.
+fn build_binaries() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
+    run(crate::cargo().args(["build", "--package", "faultline-agent"]))?;
+    let out = crate::cargo()
+        .args([
+            "test",
+            "--package",
+            "faultline-tests",
+            "--tests",
+            "--no-run",
+        ])
+        .args(["--message-format=json"])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = msg["target"]["name"].as_str().unwrap_or_default();
+        if let Some(exe) = msg["executable"].as_str()
+            && GUEST_TESTS.contains(&name)
+        {
+            tests.push((name.to_owned(), PathBuf::from(exe)));
+        }
+    }
+    if tests.len() != GUEST_TESTS.len() {
+        bail!("expected test binaries {GUEST_TESTS:?}, found {tests:?}");
+    }
+    Ok((tests, workspace_root().join("target/debug/faultline-agent")))
+}
+
+pub fn vm_test() -> Result<()> {
+    setup::ensure_apt(VM_PACKAGES)?;
+    let cache = cache_dir();
+    let kernel = prepare_kernel(&cache)?;
+    let (tests, agent) = build_binaries()?;
+
+    let share = cache.join("share");
+    let _ = fs::remove_dir_all(&share);
+    fs::create_dir_all(&share)?;
+    let mut libs = BTreeSet::new();
+    for tool in ["/usr/sbin/ip", "/usr/sbin/tc"] {
+        libraries(Path::new(tool), &mut libs)?;
+    }
+    libraries(&agent, &mut libs)?;
+    fs::copy(&agent, share.join("faultline-agent"))?;
+    // FAULTLINE_VM_TESTS=<substring> runs only the matching tests (for debugging).
+    let filter = std::env::var("FAULTLINE_VM_TESTS").unwrap_or_default();
+    let mut script = String::from("rc=0\n");
+    for (name, exe) in &tests {
+        libraries(exe, &mut libs)?;
+        fs::copy(exe, share.join(name))?;
+        // One test at a time: the guest is emulated, and the statistical tests want
+        // the CPU to themselves.
+        script.push_str(&format!(
+            "echo \"vm: running {name}\"; ./{name} --test-threads=1 {filter} || rc=1\n"
+        ));
+    }
+    script.push_str("exit $rc\n");
+    fs::write(share.join("run.sh"), script)?;
+    let initramfs = build_initramfs(&cache, &kernel, &libs)?;
+
+    println!("vm: booting {} under qemu (TCG)", kernel.version);
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-nic", "none", "-kernel"])
+        .arg(&kernel.vmlinux)
+        .arg("-initrd")
+        .arg(&initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=host0,security_model=none",
+            share.display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > BOOT_TIMEOUT {
+            let _ = child.kill();
+            bail!("vm: no result after {:?}", BOOT_TIMEOUT);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let code = status.code().unwrap_or(0);
+    println!(
+        "vm: qemu exited with {code} after {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    if code % 2 == 1 && code >> 1 == 0 {
+        Ok(())
+    } else if code % 2 == 1 {
+        bail!("vm: tests failed in the guest (exit code {})", code >> 1)
+    } else {
+        bail!("vm: the guest stopped without reporting a result (poweroff or panic)")
+    }
+}
