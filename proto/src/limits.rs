@@ -284,6 +284,65 @@ impl ChaosLimits {
     }
 }
 
+impl ChaosLimits {
+    /// Checks a CPU stress request (share of the node's total CPU).
+    pub fn check_cpu(
+        &self,
+        share: Percent,
+        duration: Duration,
+        source: &str,
+    ) -> Result<(), LimitExceeded> {
+        check_stress(
+            &self.cpu_stress,
+            "cpu_stress",
+            "CPU stress",
+            share,
+            duration,
+            source,
+        )
+    }
+
+    /// Checks a memory stress request (share of the node's MemTotal).
+    pub fn check_memory(
+        &self,
+        share: Percent,
+        duration: Duration,
+        source: &str,
+    ) -> Result<(), LimitExceeded> {
+        check_stress(
+            &self.memory_stress,
+            "memory_stress",
+            "memory stress",
+            share,
+            duration,
+            source,
+        )
+    }
+}
+
+fn check_stress(
+    l: &StressLimits,
+    section: &'static str,
+    what: &str,
+    share: Percent,
+    duration: Duration,
+    source: &str,
+) -> Result<(), LimitExceeded> {
+    let (max_stress, max_duration) = match section {
+        "cpu_stress" => ("cpu_stress.max_stress", "cpu_stress.max_duration"),
+        _ => ("memory_stress.max_stress", "memory_stress.max_duration"),
+    };
+    if share > l.max_stress {
+        return Err(LimitExceeded {
+            what: format!("{what} {share}"),
+            limit: max_stress,
+            allowed: l.max_stress.to_string(),
+            source_name: source.to_owned(),
+        });
+    }
+    check_duration(duration, l.max_duration, max_duration, source)
+}
+
 fn check_duration(
     duration: Duration,
     max: Duration,
@@ -377,5 +436,29 @@ chaos_limits:
                 .check_loss(Percent(5.1), secs(60), "staging")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn stress_checks_name_their_own_section() {
+        let prod = ChaosLimits::profile(Profile::Production);
+        let limit = |r: Result<(), LimitExceeded>| r.unwrap_err().limit;
+        assert!(prod.check_cpu(Percent(15.0), secs(60), "p").is_ok());
+        assert_eq!(
+            limit(prod.check_cpu(Percent(16.0), secs(1), "p")),
+            "cpu_stress.max_stress"
+        );
+        assert_eq!(
+            limit(prod.check_cpu(Percent(1.0), secs(61), "p")),
+            "cpu_stress.max_duration"
+        );
+        assert!(prod.check_memory(Percent(10.0), secs(60), "p").is_ok());
+        assert_eq!(
+            limit(prod.check_memory(Percent(11.0), secs(1), "p")),
+            "memory_stress.max_stress"
+        );
+        let staging = ChaosLimits::profile(Profile::Staging);
+        assert!(staging.check_cpu(Percent(50.0), secs(60), "s").is_ok());
+        assert!(staging.check_memory(Percent(30.0), secs(60), "s").is_ok());
+        assert!(staging.check_memory(Percent(31.0), secs(60), "s").is_err());
     }
 }
