@@ -208,6 +208,28 @@ impl Signals {
     }
 }
 
+pub async fn cpu(limits: LimitArgs, args: crate::faults::cpu::CpuArgs) -> Result<()> {
+    args.stress.validate()?;
+    let (caps, source) = limits.load()?;
+    caps.check_cpu(args.percent, args.stress.duration, &source)
+        .map_err(|e| UsageError(e.to_string()))?;
+    preflight::check_root_for_cgroups()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let plan = crate::faults::cpu::plan(&args, cpus);
+    crate::stress::run(args.stress, plan).await
+}
+
+pub async fn memory(limits: LimitArgs, args: crate::faults::memory::MemoryArgs) -> Result<()> {
+    args.stress.validate()?;
+    let (caps, source) = limits.load()?;
+    caps.check_memory(args.percent, args.stress.duration, &source)
+        .map_err(|e| UsageError(e.to_string()))?;
+    preflight::check_root_for_cgroups()?;
+    let node = crate::stress::NodeSample::now()?;
+    let plan = crate::faults::memory::plan(&args, &node)?;
+    crate::stress::run(args.stress, plan).await
+}
+
 async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -> Result<()> {
     let mut signals = Signals::install()?;
     let journal = JournalFile::open(&state_dir)?;

@@ -1,5 +1,6 @@
 //! faultline-agent: the privileged node-local daemon. In this release it runs faults
 //! locally (`inject`) and removes what a killed agent left behind (`cleanup`).
+mod cgroup;
 mod clock;
 mod ebpf;
 mod faults;
@@ -8,6 +9,7 @@ mod inject;
 mod journal;
 mod preflight;
 mod reconcile;
+mod stress;
 mod tc;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -43,9 +45,16 @@ enum Command {
         #[command(subcommand)]
         fault: Box<Fault>,
     },
-    /// Remove every faultline filter and qdisc left in this network namespace by an
-    /// agent that was killed.
-    Cleanup,
+    /// Remove every faultline filter and qdisc left in this network namespace, and
+    /// every stress cgroup, by an agent that was killed.
+    Cleanup {
+        /// Root of the cgroup filesystem.
+        #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+        cgroup_root: PathBuf,
+    },
+    /// A stressor process (started by the agent itself).
+    #[command(name = "__stressor", hide = true)]
+    Stressor(stress::StressorArgs),
 }
 
 #[derive(Subcommand)]
@@ -57,12 +66,19 @@ enum Fault {
         #[command(flatten)]
         loss: faults::loss::LossArgs,
     },
+    /// Burn a share of the node's CPU inside a cgroup whose quota enforces it.
+    Cpu(faults::cpu::CpuArgs),
+    /// Allocate a share of the node's memory inside a fencing memory cgroup.
+    Memory(faults::memory::MemoryArgs),
 }
 
-async fn cleanup(state_dir: PathBuf) -> anyhow::Result<()> {
+async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow::Result<()> {
     preflight::check_privileges()?;
     let journal = journal::JournalFile::open(&state_dir)?;
-    let removed = reconcile::reconcile(&journal).await?;
+    let mut removed = reconcile::reconcile(&journal).await?;
+    if let Ok(fs) = cgroup::detect(&cgroup_root, None) {
+        removed.extend(cgroup::reconcile(fs.as_ref())?);
+    }
     if removed.is_empty() {
         println!("faultline-agent: nothing to clean up");
     }
@@ -74,6 +90,13 @@ async fn cleanup(state_dir: PathBuf) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Stressor(args) = &cli.command {
+        // No runtime, no logging: a stressor is a tight loop or a memory block.
+        return match stress::stressor(args.clone()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -98,8 +121,11 @@ fn main() -> ExitCode {
                 Fault::Loss { target, loss } => {
                     inject::loss(cli.state_dir, cli.limits, target, loss).await
                 }
+                Fault::Cpu(args) => inject::cpu(cli.limits, args).await,
+                Fault::Memory(args) => inject::memory(cli.limits, args).await,
             },
-            Command::Cleanup => cleanup(cli.state_dir).await,
+            Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,
+            Command::Stressor(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

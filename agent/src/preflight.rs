@@ -40,6 +40,19 @@ pub fn check_privileges() -> Result<(), UsageError> {
     )))
 }
 
+/// Creating cgroups and moving processes into them needs root (CAP_SYS_ADMIN over
+/// the cgroup filesystem, which is owned by root).
+pub fn check_root_for_cgroups() -> Result<(), UsageError> {
+    let caps = effective_caps()?;
+    if caps & (1u64 << CAP_SYS_ADMIN) == 0 {
+        return Err(UsageError(
+            "node stress needs CAP_SYS_ADMIN to create cgroups (run faultline-agent as root)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A kernel built without CONFIG_BPF_SYSCALL answers every bpf() call with ENOSYS.
 /// An invalid command is harmless: a kernel with BPF answers EINVAL (or EPERM).
 pub fn check_bpf_support() -> Result<(), UsageError> {

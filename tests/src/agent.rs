@@ -59,6 +59,26 @@ impl Agent {
         Self::start_with_stderr(ns, state_dir, args, Stdio::inherit())
     }
 
+    /// Starts the agent in the host network namespace (node-wide faults).
+    pub fn start_host(state_dir: &std::path::Path, args: &[&str]) -> (Self, Value) {
+        let mut child = Command::new(agent_binary())
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(args)
+            .args(["--output", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agent");
+        let events = reader(child.stdout.take().expect("stdout"));
+        let mut agent = Self { child, events };
+        let armed = agent
+            .wait_event("armed", Duration::from_secs(20))
+            .expect("agent never armed");
+        (agent, armed)
+    }
+
     /// Like `start`, with the agent's stderr sent to `stderr` (e.g. a file).
     pub fn start_with_stderr(
         ns: &str,

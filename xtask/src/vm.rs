@@ -44,7 +44,7 @@ const MODULES: &[&str] = &[
     "virtio_pci",
 ];
 /// Test binaries of the tests crate that run in the guest.
-const GUEST_TESTS: &[&str] = &["loss", "bad_input"];
+const GUEST_TESTS: &[&str] = &["loss", "bad_input", "stress", "stress_memory"];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 struct Kernel {
@@ -225,6 +225,8 @@ mount -t tmpfs run /run
 mount -t tmpfs tmp /tmp
 ln -s /run /var/run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# What systemd does on a v2 host: delegate cpu and memory below the root.
+echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 mount -t bpf bpf /sys/fs/bpf
 for m in $(cat /modules.load); do
     insmod "/lib/modules/$m" || echo "vm: insmod $m failed"

@@ -1,0 +1,328 @@
+//! The cgroups the agent creates to fence its stressors, on cgroup v1 or v2 behind
+//! one small trait.
+//!
+//! Every group lives under a `faultline` parent at the root of each hierarchy (or
+//! under an operator-named target cgroup) and is named `stress-<kind>-<agent pid>`,
+//! so a later agent can tell a leftover (owner dead) from a group in use by another
+//! running agent.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::UsageError;
+
+const PARENT: &str = "faultline";
+const PREFIX: &str = "stress-";
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// One hierarchy flavour: where groups go and how limits are written.
+pub trait CgroupFs: Send + Sync {
+    fn version(&self) -> u8;
+    /// Directories (one per hierarchy involved) that hold faultline groups.
+    fn parents(&self) -> Vec<PathBuf>;
+    /// Creates the group's directories under `parents()`.
+    fn create(&self, name: &str) -> Result<Group>;
+    fn set_cpu_quota(&self, group: &Group, quota_us: u64) -> Result<()>;
+    fn set_memory_max(&self, group: &Group, bytes: u64) -> Result<()>;
+    /// CPU time the group has used, in microseconds.
+    fn cpu_usage_us(&self, group: &Group) -> Result<u64>;
+    fn memory_current(&self, group: &Group) -> Result<u64>;
+    /// How many processes the memory fence OOM-killed.
+    fn oom_kills(&self, group: &Group) -> Result<u64>;
+}
+
+/// A group the agent created: one directory per hierarchy (v1) or one (v2).
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub dirs: Vec<PathBuf>,
+}
+
+fn read_u64(path: &Path) -> Result<u64> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} is not a number", path.display()))
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).with_context(|| format!("writing '{value}' to {}", path.display()))
+}
+
+fn keyed(path: &Path, key: &str) -> Result<u64> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        .with_context(|| format!("no {key} in {}", path.display()))
+}
+
+impl Group {
+    /// `cgroup.procs` of each directory: writing "0" there moves the writer itself,
+    /// which a child does between fork and exec (no allocation needed).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Kills whatever still runs in the group, waits for it to leave, and removes the
+    /// directories.
+    pub fn remove(&self) -> Result<()> {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) on a pid read from our own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if Instant::now() > until {
+                bail!("processes in {:?} did not exit after SIGKILL", self.dirs);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for dir in &self.dirs {
+            match fs::remove_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", dir.display()));
+                }
+                _ => {}
+            }
+            // The shared `faultline` parent goes too once no agent uses it; another
+            // agent's group keeps it (ENOTEMPTY/EBUSY), which is fine.
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct V1 {
+    cpu: PathBuf,
+    memory: PathBuf,
+    /// cpuacct, where it is mounted apart from cpu (usage is counted there).
+    cpuacct: Option<PathBuf>,
+}
+
+pub struct V2 {
+    parent: PathBuf,
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(e).with_context(|| format!("creating {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl CgroupFs for V1 {
+    fn version(&self) -> u8 {
+        1
+    }
+    fn parents(&self) -> Vec<PathBuf> {
+        let mut p = vec![self.cpu.clone(), self.memory.clone()];
+        p.extend(self.cpuacct.clone());
+        p
+    }
+    fn create(&self, name: &str) -> Result<Group> {
+        let mut dirs = Vec::new();
+        for parent in self.parents() {
+            ensure_dir(&parent)?;
+            let dir = parent.join(name);
+            ensure_dir(&dir)?;
+            dirs.push(dir);
+        }
+        Ok(Group { dirs })
+    }
+    fn set_cpu_quota(&self, g: &Group, quota_us: u64) -> Result<()> {
+        write(
+            &g.dirs[0].join("cpu.cfs_period_us"),
+            &CPU_PERIOD_US.to_string(),
+        )?;
+        write(&g.dirs[0].join("cpu.cfs_quota_us"), &quota_us.to_string())
+    }
+    fn set_memory_max(&self, g: &Group, bytes: u64) -> Result<()> {
+        write(&g.dirs[1].join("memory.limit_in_bytes"), &bytes.to_string())
+    }
+    fn cpu_usage_us(&self, g: &Group) -> Result<u64> {
+        // v1 counts usage in cpuacct: co-mounted with cpu, or its own hierarchy.
+        let dir = if self.cpuacct.is_some() {
+            &g.dirs[2]
+        } else {
+            &g.dirs[0]
+        };
+        Ok(read_u64(&dir.join("cpuacct.usage"))? / 1000)
+    }
+    fn memory_current(&self, g: &Group) -> Result<u64> {
+        read_u64(&g.dirs[1].join("memory.usage_in_bytes"))
+    }
+    fn oom_kills(&self, g: &Group) -> Result<u64> {
+        keyed(&g.dirs[1].join("memory.oom_control"), "oom_kill ")
+    }
+}
+
+impl CgroupFs for V2 {
+    fn version(&self) -> u8 {
+        2
+    }
+    fn parents(&self) -> Vec<PathBuf> {
+        vec![self.parent.clone()]
+    }
+    fn create(&self, name: &str) -> Result<Group> {
+        ensure_dir(&self.parent)?;
+        // Children of the parent get the cpu and memory controllers; the parent
+        // itself never holds processes, as v2 requires.
+        write(&self.parent.join("cgroup.subtree_control"), "+cpu +memory")?;
+        let dir = self.parent.join(name);
+        ensure_dir(&dir)?;
+        Ok(Group { dirs: vec![dir] })
+    }
+    fn set_cpu_quota(&self, g: &Group, quota_us: u64) -> Result<()> {
+        write(
+            &g.dirs[0].join("cpu.max"),
+            &format!("{quota_us} {CPU_PERIOD_US}"),
+        )
+    }
+    fn set_memory_max(&self, g: &Group, bytes: u64) -> Result<()> {
+        write(&g.dirs[0].join("memory.max"), &bytes.to_string())
+    }
+    fn cpu_usage_us(&self, g: &Group) -> Result<u64> {
+        keyed(&g.dirs[0].join("cpu.stat"), "usage_usec ")
+    }
+    fn memory_current(&self, g: &Group) -> Result<u64> {
+        read_u64(&g.dirs[0].join("memory.current"))
+    }
+    fn oom_kills(&self, g: &Group) -> Result<u64> {
+        keyed(&g.dirs[0].join("memory.events"), "oom_kill ")
+    }
+}
+
+/// Finds the cgroup hierarchy of this host. `under` places faultline's groups below
+/// a target cgroup (a path relative to the hierarchy root, e.g.
+/// `system.slice/app.service`) so stressors compete inside its limits.
+pub fn detect(root: &Path, under: Option<&Path>) -> Result<Box<dyn CgroupFs>> {
+    let rel = under.unwrap_or(Path::new(""));
+    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
+        bail!(UsageError(format!(
+            "--target-cgroup {} must be relative to the cgroup root, without '..'",
+            rel.display()
+        )));
+    }
+    let unified = root.join("cgroup.controllers");
+    if let Ok(controllers) = fs::read_to_string(&unified) {
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        if !has("cpu") || !has("memory") {
+            bail!(UsageError(format!(
+                "cgroup v2 at {} lacks the cpu or memory controller",
+                root.display()
+            )));
+        }
+        let base = root.join(rel);
+        check_target(&base, under)?;
+        return Ok(Box::new(V2 {
+            parent: base.join(PARENT),
+        }));
+    }
+    let (cpu, memory) = (root.join("cpu"), root.join("memory"));
+    if cpu.join("cpu.cfs_quota_us").exists() && memory.join("memory.limit_in_bytes").exists() {
+        check_target(&cpu.join(rel), under)?;
+        check_target(&memory.join(rel), under)?;
+        let cpuacct = root.join("cpuacct");
+        let separate_acct =
+            !cpu.join("cpuacct.usage").exists() && cpuacct.join("cpuacct.usage").exists();
+        return Ok(Box::new(V1 {
+            cpu: cpu.join(rel).join(PARENT),
+            memory: memory.join(rel).join(PARENT),
+            cpuacct: separate_acct.then(|| cpuacct.join(rel).join(PARENT)),
+        }));
+    }
+    bail!(UsageError(format!(
+        "no usable cgroup hierarchy at {} (need v2 with cpu+memory, or v1 cpu and memory)",
+        root.display()
+    )))
+}
+
+fn check_target(dir: &Path, under: Option<&Path>) -> Result<()> {
+    if under.is_some() && !dir.is_dir() {
+        bail!(UsageError(format!(
+            "target cgroup {} does not exist",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The name of a group this agent owns for `kind`.
+pub fn group_name(kind: &str) -> String {
+    format!("{PREFIX}{kind}-{}", std::process::id())
+}
+
+fn owner_alive(name: &str) -> bool {
+    let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        return false;
+    };
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    pid != std::process::id() as i32
+        && String::from_utf8_lossy(&cmdline).contains("faultline-agent")
+}
+
+/// Removes groups left by agents that are gone (their owner pid is dead or is no
+/// longer an agent), killing anything still inside. Returns what was removed.
+pub fn reconcile(fs_: &dyn CgroupFs) -> Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for parent in fs_.parents() {
+        let Ok(entries) = fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(PREFIX) && e.path().is_dir() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    for name in names {
+        if owner_alive(&name) {
+            continue;
+        }
+        let group = Group {
+            dirs: fs_
+                .parents()
+                .into_iter()
+                .map(|p| p.join(&name))
+                .filter(|d| d.is_dir())
+                .collect(),
+        };
+        group.remove()?;
+        removed.push(format!(
+            "removed leftover cgroup {name} (v{})",
+            fs_.version()
+        ));
+    }
+    Ok(removed)
+}

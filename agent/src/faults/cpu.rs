@@ -1,0 +1,57 @@
+//! CPU stress: burners in a cgroup whose CFS quota is exactly the requested share
+//! of the node, so the kernel enforces the share, not a sleep loop.
+use clap::Args;
+use faultline_proto::limits::Percent;
+
+use crate::{
+    cgroup::CPU_PERIOD_US,
+    faults::loss::parse_percent,
+    stress::{StressArgs, StressPlan},
+};
+
+#[derive(Args, Clone, Debug)]
+pub struct CpuArgs {
+    /// Share of the whole node's CPU (all cores) to consume, in percent.
+    #[arg(long, value_parser = parse_percent, allow_negative_numbers = true)]
+    pub percent: Percent,
+    #[command(flatten)]
+    pub stress: StressArgs,
+}
+
+/// The CFS quota per period that gives `share` of `cpus` CPUs.
+pub fn quota_us(share: Percent, cpus: usize) -> u64 {
+    ((share.value() / 100.0) * cpus as f64 * CPU_PERIOD_US as f64).round() as u64
+}
+
+pub fn plan(args: &CpuArgs, cpus: usize) -> StressPlan {
+    let full = quota_us(args.percent, cpus);
+    StressPlan {
+        kind: "cpu",
+        summary: format!(
+            "cpu stress {} of {cpus} CPU(s) (quota {full}us per {CPU_PERIOD_US}us)",
+            args.percent
+        ),
+        // One burner per CPU: the quota is spread over all of them, as uniform
+        // pressure on the node.
+        workers: cpus,
+        worker_args: vec!["cpu".into()],
+        apply: Box::new(move |fs, group, fraction| {
+            // A zero quota is invalid; 1 ms per period is the smallest the kernel takes.
+            let q = ((full as f64 * fraction).round() as u64).max(1000);
+            fs.set_cpu_quota(group, q)
+        }),
+        oom_first: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_is_the_share_of_all_cpus() {
+        assert_eq!(quota_us(Percent::new(15.0).unwrap(), 2), 30_000);
+        assert_eq!(quota_us(Percent::new(50.0).unwrap(), 4), 200_000);
+        assert_eq!(quota_us(Percent::new(100.0).unwrap(), 1), 100_000);
+    }
+}

@@ -1,0 +1,64 @@
+//! Memory stress: a stressor allocates and touches the requested share of MemTotal
+//! inside a memory cgroup whose hard limit fences it. Under pressure only the
+//! stressor can be OOM-killed (its own fence, and the highest oom_score_adj), never
+//! a node process. Refused when the node would be left below a safety floor.
+use clap::Args;
+use faultline_proto::limits::Percent;
+
+use crate::{
+    UsageError,
+    faults::loss::parse_percent,
+    stress::{NodeSample, StressArgs, StressPlan},
+};
+
+/// Room for the stressor's own pages (binary, stack, allocator) above the block.
+const FENCE_HEADROOM: u64 = 16 << 20;
+
+#[derive(Args, Clone, Debug)]
+pub struct MemoryArgs {
+    /// Share of the node's MemTotal to allocate and touch, in percent.
+    #[arg(long, value_parser = parse_percent, allow_negative_numbers = true)]
+    pub percent: Percent,
+    /// Refuse when available memory would drop below this share of MemTotal.
+    #[arg(long, value_parser = parse_percent, default_value = "15")]
+    pub floor: Percent,
+    /// Test hook: the stressor touches this many percent more than its fence allows,
+    /// to prove the fence kills only the stressor.
+    #[arg(long, hide = true, value_parser = parse_percent)]
+    pub overask: Option<Percent>,
+    #[command(flatten)]
+    pub stress: StressArgs,
+}
+
+pub fn plan(args: &MemoryArgs, node: &NodeSample) -> Result<StressPlan, UsageError> {
+    let bytes = (node.mem_total as f64 * args.percent.value() / 100.0) as u64;
+    let floor = (node.mem_total as f64 * args.floor.value() / 100.0) as u64;
+    let left = node.mem_available.saturating_sub(bytes);
+    if left < floor {
+        return Err(UsageError(format!(
+            "memory stress of {} MiB would leave {} MiB available, below the safety floor of {} MiB ({} of MemTotal)",
+            bytes >> 20,
+            left >> 20,
+            floor >> 20,
+            args.floor
+        )));
+    }
+    let fence = bytes + FENCE_HEADROOM;
+    let touch = match args.overask {
+        Some(extra) => bytes + (node.mem_total as f64 * extra.value() / 100.0) as u64,
+        None => bytes,
+    };
+    Ok(StressPlan {
+        kind: "memory",
+        summary: format!(
+            "memory stress {} of MemTotal ({} MiB, fence {} MiB)",
+            args.percent,
+            bytes >> 20,
+            fence >> 20
+        ),
+        workers: 1,
+        worker_args: vec!["memory".into(), "--bytes".into(), touch.to_string()],
+        apply: Box::new(move |fs, group, _| fs.set_memory_max(group, fence)),
+        oom_first: true,
+    })
+}

@@ -1,0 +1,358 @@
+//! Node stress end to end: the real agent, real cgroups (v1 here, v2 in the VM
+//! lane), real processes, measured through /proc like an operator would.
+//!
+//! These tests measure node-wide CPU, so they run one at a time, and the memory
+//! tests live in their own binary (stress_memory): freeing gigabytes keeps the
+//! kernel busy for a while afterwards, which a CPU measurement would count.
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use faultline_tests::{Agent, agent::run_agent, limits_file};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// (busy, total) jiffies over all CPUs from /proc/stat.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let idle = v[3] + v[4];
+    let total: u64 = v.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// CPU time of every task on the node in nanoseconds, as the kernel accounts it
+/// precisely: the root cgroup's counter (cpuacct.usage on v1, cpu.stat usage_usec
+/// on v2).
+fn node_cpu_ns() -> u64 {
+    if let Ok(v1) = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/cpuacct.usage") {
+        return v1.trim().parse().unwrap();
+    }
+    let stat = std::fs::read_to_string("/sys/fs/cgroup/cpu.stat")
+        .expect("no root CPU counter (cpuacct.usage or cpu.stat)");
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .map(|v| v.trim().parse::<u64>().unwrap() * 1000)
+        .unwrap()
+}
+
+/// Node CPU busy percent over `window`, two ways: (/proc/stat, precise). /proc/stat
+/// charges CPU time per timer tick; with a CFS quota throttling tasks at tick
+/// granularity it reads high on this machine's kernel (measured: 15.8-19.8 % for a
+/// 15 % share), while the precise counter agrees with the request to ~0.1 point.
+fn node_cpu(window: Duration) -> (f64, f64) {
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let (b0, t0) = cpu_ticks();
+    let n0 = node_cpu_ns();
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let (b1, t1) = cpu_ticks();
+    let n1 = node_cpu_ns();
+    let elapsed = start.elapsed().as_nanos() as f64;
+    (
+        100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
+        100.0 * (n1 - n0) as f64 / elapsed / cpus,
+    )
+}
+
+fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
+    armed["cgroup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn no_stress_cgroups_left() {
+    for dir in [
+        "/sys/fs/cgroup/faultline",
+        "/sys/fs/cgroup/cpu/faultline",
+        "/sys/fs/cgroup/memory/faultline",
+        "/sys/fs/cgroup/cpuacct/faultline",
+    ] {
+        assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
+    }
+}
+
+fn state() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fl-stress-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The agent in the host network namespace (stress is node-wide, not per netns).
+fn start(args: &[&str]) -> (Agent, serde_json::Value) {
+    Agent::start_host(&state(), args)
+}
+
+#[test]
+fn cpu_share_is_enforced_by_the_kernel_and_released() {
+    let _g = serial();
+    // Flush dirty pages first (a build just before leaves gigabytes to write back,
+    // kernel CPU that would land in the measurement window).
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_secs(1));
+    let (base_stat, base) = node_cpu(Duration::from_secs(3));
+    let (agent, armed) = start(&["inject", "cpu", "--percent", "15", "--duration", "16s"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (during_stat, during) = node_cpu(Duration::from_secs(10));
+    let removed = agent.stop();
+    let (after_stat, after) = node_cpu(Duration::from_secs(2));
+    let rise = during - base;
+    let rise_stat = during_stat - base_stat;
+    eprintln!("cpu 15%: precise rise {rise:.2} pp, /proc/stat rise {rise_stat:.2} pp");
+    assert!(
+        (rise - 15.0).abs() <= 1.5,
+        "node CPU (precise) rose {rise:.2} pp (baseline {base:.2}%, during {during:.2}%)"
+    );
+    // Tick sampling only over-charges here; under-delivery would still show.
+    assert!(
+        rise_stat >= 13.5,
+        "node CPU (/proc/stat) rose only {rise_stat:.2} pp (baseline {base_stat:.2}%, during {during_stat:.2}%)"
+    );
+    assert!(
+        after - base < 1.5 && after_stat - base_stat < 3.0,
+        "2 s after removal node CPU is {after:.2}% ({after_stat:.2}% by /proc/stat) vs baseline {base:.2}%"
+    );
+    assert_eq!(removed["reason"], "SIGTERM");
+    for dir in cgroup_dirs(&armed) {
+        assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+    }
+    no_stress_cgroups_left();
+}
+
+/// The group's share of the whole node between two readings, in percent.
+fn group_share(a: &serde_json::Value, b: &serde_json::Value, cpus: f64) -> f64 {
+    let us = b["group_cpu_us"].as_u64().unwrap() - a["group_cpu_us"].as_u64().unwrap();
+    let ms = b["elapsed_ms"].as_u64().unwrap() - a["elapsed_ms"].as_u64().unwrap();
+    100.0 * us as f64 / 1000.0 / ms as f64 / cpus
+}
+
+#[test]
+fn ramp_reaches_the_share_gradually() {
+    let _g = serial();
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let (mut agent, _) = start(&[
+        "inject",
+        "cpu",
+        "--percent",
+        "15",
+        "--duration",
+        "20s",
+        "--ramp",
+        "8s",
+    ]);
+    // Readings every second carry the fence group's own CPU counter (cpuacct or
+    // cpu.stat), which other activity on the node cannot disturb.
+    let readings: Vec<serde_json::Value> = (0..14)
+        .map(|_| {
+            agent
+                .wait_event("reading", Duration::from_secs(5))
+                .expect("reading")
+        })
+        .collect();
+    agent.stop();
+    let early = group_share(&readings[0], &readings[2], cpus);
+    let middle = group_share(&readings[3], &readings[5], cpus);
+    let full = group_share(&readings[9], &readings[13], cpus);
+    assert!(early < 6.0, "seconds 1-3 of an 8 s ramp: {early:.2} %");
+    assert!(
+        middle > early && middle < full,
+        "not gradual: {early:.2} -> {middle:.2} -> {full:.2}"
+    );
+    assert!((full - 15.0).abs() <= 1.0, "after the ramp: {full:.2} %");
+    no_stress_cgroups_left();
+}
+
+#[test]
+fn stressors_stop_at_the_deadline_while_the_agent_is_frozen() {
+    let _g = serial();
+    let (agent, armed) = start(&["inject", "cpu", "--percent", "10", "--duration", "3s"]);
+    agent.signal(libc::SIGSTOP);
+    let pids: Vec<u64> = armed["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(4000));
+    for pid in &pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "stressor {pid} still running at monotonic {}s{:09}: {stat}\ncmdline: {}",
+            ts.tv_sec,
+            ts.tv_nsec,
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        );
+    }
+    agent.signal(libc::SIGCONT);
+    agent.stop();
+    no_stress_cgroups_left();
+}
+
+#[test]
+fn sigkill_leaves_no_stressor_and_the_next_start_removes_the_cgroup() {
+    let _g = serial();
+    let (mut agent, armed) = start(&["inject", "cpu", "--percent", "10", "--duration", "30s"]);
+    let pids: Vec<u64> = armed["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    agent.signal(libc::SIGKILL);
+    agent.child.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    for pid in &pids {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z") {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "stressor {pid} survived the agent: {stat}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The fence group outlives a SIGKILLed agent; cleanup (or the next start) removes it.
+    assert!(
+        cgroup_dirs(&armed)
+            .iter()
+            .any(|d| std::path::Path::new(d).exists())
+    );
+    let out = run_agent(None, &["--state-dir", state().to_str().unwrap(), "cleanup"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("removed leftover cgroup stress-cpu-"),
+        "{text}"
+    );
+    no_stress_cgroups_left();
+}
+
+#[test]
+fn stress_bad_inputs_are_refused_with_nothing_created() {
+    let _g = serial();
+    let limits = limits_file("100%", "300s");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["inject", "cpu", "--percent", "16", "--duration", "10s"],
+            "cpu_stress.max_stress = 15%",
+        ),
+        (
+            &["inject", "cpu", "--percent", "10", "--duration", "61s"],
+            "cpu_stress.max_duration = 1m",
+        ),
+        (
+            &["inject", "memory", "--percent", "11", "--duration", "10s"],
+            "memory_stress.max_stress = 10%",
+        ),
+        (
+            &["inject", "cpu", "--percent", "101", "--duration", "10s"],
+            "between 0 and 100",
+        ),
+        (
+            &[
+                "inject",
+                "cpu",
+                "--percent",
+                "5",
+                "--duration",
+                "10s",
+                "--ramp",
+                "20s",
+            ],
+            "--ramp 20s is longer",
+        ),
+        (
+            &["inject", "cpu", "--percent", "5", "--duration", "0s"],
+            "greater than zero",
+        ),
+        (
+            &[
+                "inject",
+                "cpu",
+                "--percent",
+                "5",
+                "--duration",
+                "10s",
+                "--target-cgroup",
+                "no/such/group",
+            ],
+            "does not exist",
+        ),
+        (
+            &[
+                "inject",
+                "cpu",
+                "--percent",
+                "5",
+                "--duration",
+                "10s",
+                "--target-cgroup",
+                "../etc",
+            ],
+            "without '..'",
+        ),
+        (
+            &[
+                "--limits",
+                limits.to_str().unwrap(),
+                "inject",
+                "memory",
+                "--percent",
+                "31",
+                "--duration",
+                "10s",
+            ],
+            "memory_stress.max_stress = 30%",
+        ),
+        (
+            &[
+                "inject",
+                "memory",
+                "--percent",
+                "10",
+                "--floor",
+                "95",
+                "--duration",
+                "10s",
+            ],
+            "below the safety floor",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run_agent(None, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected '{needle}' in {stderr}"
+        );
+        no_stress_cgroups_left();
+    }
+}
