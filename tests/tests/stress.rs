@@ -101,11 +101,13 @@ fn start(args: &[&str]) -> (Agent, serde_json::Value) {
 #[test]
 fn cpu_share_is_enforced_by_the_kernel_and_released() {
     let _g = serial();
-    // Flush dirty pages first (a build just before leaves gigabytes to write back,
-    // kernel CPU that would land in the measurement window).
+    // A node-wide measurement needs a quiet node: flush dirty pages (a build just
+    // before leaves gigabytes to write back) and let the kernel finish tearing down
+    // the network namespaces of earlier tests (deferred work that takes seconds).
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
-    std::thread::sleep(Duration::from_secs(1));
+    let quiet_by = Instant::now() + Duration::from_secs(20);
+    while node_cpu(Duration::from_secs(1)).1 > 2.0 && Instant::now() < quiet_by {}
     let (base_stat, base) = node_cpu(Duration::from_secs(3));
     let (agent, armed) = start(&["inject", "cpu", "--percent", "15", "--duration", "16s"]);
     std::thread::sleep(Duration::from_secs(1));
