@@ -279,15 +279,20 @@ pub fn group_name(kind: &str) -> String {
     format!("{PREFIX}{kind}-{}", std::process::id())
 }
 
-fn owner_alive(name: &str) -> bool {
-    let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-        return false;
-    };
+/// True when `pid` is another running faultline-agent (not this one).
+pub fn agent_alive(pid: i32) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     pid != std::process::id() as i32
         && String::from_utf8_lossy(&cmdline).contains("faultline-agent")
+}
+
+fn owner_alive(name: &str) -> bool {
+    name.rsplit('-')
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(agent_alive)
 }
 
 /// Removes groups left by agents that are gone (their owner pid is dead or is no

@@ -10,6 +10,7 @@ mod journal;
 mod preflight;
 mod reconcile;
 mod stress;
+mod targets;
 mod tc;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -70,6 +71,10 @@ enum Fault {
     Cpu(faults::cpu::CpuArgs),
     /// Allocate a share of the node's memory inside a fencing memory cgroup.
     Memory(faults::memory::MemoryArgs),
+    /// Squeeze a workload cgroup's soft memory limit to make its collector work.
+    Gc(faults::gc::GcArgs),
+    /// Evict page cache (of files, or of a cgroup on v2) and watch it rebuild.
+    Cache(faults::cache::CacheArgs),
 }
 
 async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow::Result<()> {
@@ -79,6 +84,7 @@ async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow::Result<()>
     if let Ok(fs) = cgroup::detect(&cgroup_root, None) {
         removed.extend(cgroup::reconcile(fs.as_ref())?);
     }
+    removed.extend(targets::TargetJournal::new(&state_dir)?.reconcile()?);
     if removed.is_empty() {
         println!("faultline-agent: nothing to clean up");
     }
@@ -123,6 +129,12 @@ fn main() -> ExitCode {
                 }
                 Fault::Cpu(args) => inject::cpu(cli.limits, args).await,
                 Fault::Memory(args) => inject::memory(cli.limits, args).await,
+                Fault::Gc(args) => faults::gc::run(cli.state_dir, cli.limits, args).await,
+                // Eviction is instantaneous; only the observation takes time.
+                Fault::Cache(args) => tokio::task::spawn_blocking(move || faults::cache::run(args))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r),
             },
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,
             Command::Stressor(_) => unreachable!("handled before the runtime starts"),

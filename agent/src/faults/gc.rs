@@ -1,0 +1,241 @@
+//! GC pressure: squeeze a workload cgroup's soft memory limit below its current
+//! usage for the duration, so the kernel reclaims from it and its runtime's collector
+//! has to work; optionally also run the runtime's own GC trigger (e.g. a JVM's
+//! `jcmd <pid> GC.run`). The previous limit is journalled first and restored exactly.
+//!
+//! cgroup v2: `memory.high` (throttles and reclaims above it, never OOM-kills).
+//! cgroup v1: `memory.soft_limit_in_bytes`, which the kernel only enforces under
+//! node-wide memory pressure, so on v1 the squeeze is best effort.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use faultline_proto::limits::Percent;
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    UsageError, faults::loss::parse_percent, inject::LimitArgs, inject::Output, preflight,
+    targets::TargetJournal,
+};
+
+#[derive(Args, Clone, Debug)]
+pub struct GcArgs {
+    /// The workload's cgroup, relative to the cgroup root (e.g. system.slice/app.service).
+    #[arg(long)]
+    pub target_cgroup: PathBuf,
+    /// Squeeze the soft limit to this share of the cgroup's current usage (50-99).
+    #[arg(long, value_parser = parse_percent, default_value = "80")]
+    pub to_percent: Percent,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// A command that asks the runtime to collect (run once, without a shell).
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    pub runtime_command: Option<Vec<String>>,
+    #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+    pub cgroup_root: PathBuf,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub interval: Duration,
+}
+
+/// The files GC pressure reads and writes in the target group.
+struct Target {
+    version: u8,
+    dir: PathBuf,
+    limit_file: PathBuf,
+    usage_file: PathBuf,
+}
+
+fn target(root: &Path, rel: &Path) -> Result<Target, UsageError> {
+    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
+        return Err(UsageError(format!(
+            "--target-cgroup {} must be relative to the cgroup root, without '..'",
+            rel.display()
+        )));
+    }
+    let (version, dir) = if root.join("cgroup.controllers").exists() {
+        (2, root.join(rel))
+    } else {
+        (1, root.join("memory").join(rel))
+    };
+    if rel.as_os_str().is_empty() || !dir.is_dir() {
+        return Err(UsageError(format!(
+            "target cgroup {} does not exist",
+            dir.display()
+        )));
+    }
+    let (limit, usage) = if version == 2 {
+        ("memory.high", "memory.current")
+    } else {
+        ("memory.soft_limit_in_bytes", "memory.usage_in_bytes")
+    };
+    if !dir.join(limit).exists() {
+        return Err(UsageError(format!(
+            "{} has no {limit}: the memory controller is not enabled for it",
+            dir.display()
+        )));
+    }
+    Ok(Target {
+        version,
+        limit_file: dir.join(limit),
+        usage_file: dir.join(usage),
+        dir,
+    })
+}
+
+fn read_u64(p: &Path) -> Result<u64> {
+    fs::read_to_string(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} is not a number", p.display()))
+}
+
+/// `some avg10` of the group's memory PSI (v2), or the node's (v1 has no per-group
+/// pressure).
+fn pressure(t: &Target) -> Option<f64> {
+    let file = if t.version == 2 {
+        t.dir.join("memory.pressure")
+    } else {
+        PathBuf::from("/proc/pressure/memory")
+    };
+    let text = fs::read_to_string(file).ok()?;
+    let some = text.lines().find(|l| l.starts_with("some"))?;
+    some.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
+/// Pages the kernel reclaimed from the group so far.
+fn reclaimed(t: &Target) -> Option<u64> {
+    let key = if t.version == 2 {
+        "pgsteal "
+    } else {
+        "total_pgpgout "
+    };
+    let text = fs::read_to_string(t.dir.join("memory.stat")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+}
+
+pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<()> {
+    if args.duration.is_zero() {
+        return Err(UsageError("--duration must be greater than zero".into()).into());
+    }
+    let to = args.to_percent.value();
+    if !(50.0..=99.0).contains(&to) {
+        return Err(UsageError(format!(
+            "--to-percent {to} is outside 50-99: a harder squeeze stalls the workload rather than pressing its collector"
+        ))
+        .into());
+    }
+    // GC pressure is a memory fault: it runs under memory_stress.max_duration.
+    let (caps, source) = limits.load()?;
+    caps.check_memory(Percent::new(0.0).expect("0"), args.duration, &source)
+        .map_err(|e| UsageError(e.to_string()))?;
+    preflight::check_root_for_cgroups()?;
+    let t = target(&args.cgroup_root, &args.target_cgroup)?;
+
+    let (mut int, mut term, mut hup) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+    );
+    let journal = TargetJournal::new(&state_dir)?;
+    let print = |v: serde_json::Value, text: String| match args.output {
+        Output::Json => println!("{v}"),
+        Output::Text => println!("{text}"),
+    };
+    for line in journal.reconcile()? {
+        print(
+            json!({"event": "reconciled", "detail": line}),
+            format!("faultline-agent: {line}"),
+        );
+    }
+
+    let usage = read_u64(&t.usage_file)?;
+    // The kernel keeps these limits in whole pages; write a page multiple so that
+    // what is reported is exactly what is in force.
+    let page = 4096;
+    let squeezed = (usage as f64 * to / 100.0) as u64 / page * page;
+    let change = journal.change(&t.limit_file, &squeezed.to_string())?;
+    let started = Instant::now();
+    let reclaim0 = reclaimed(&t).unwrap_or(0);
+    print(
+        json!({"event": "armed", "kind": "gc", "file": t.limit_file, "original": change.original.trim(),
+               "squeezed": squeezed, "usage": usage, "cgroup_version": t.version, "pid": std::process::id()}),
+        format!(
+            "faultline-agent: gc pressure on {}: {} {} -> {} ({}% of usage {} MiB) for {}",
+            t.dir.display(),
+            t.limit_file
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy(),
+            change.original.trim(),
+            squeezed,
+            to,
+            usage >> 20,
+            humantime::format_duration(args.duration)
+        ),
+    );
+    if let Some(cmd) = &args.runtime_command {
+        let status = Command::new(&cmd[0]).args(&cmd[1..]).status();
+        let what = match status {
+            Ok(s) => format!("runtime command exited with {s}"),
+            Err(e) => format!("runtime command failed to start: {e}"),
+        };
+        print(
+            json!({"event": "hook", "detail": what}),
+            format!("faultline-agent: {what}"),
+        );
+    }
+
+    let deadline = tokio::time::Instant::from_std(started + args.duration);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(started + args.interval),
+        args.interval,
+    );
+    let mut peak_psi: f64 = 0.0;
+    let reason = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break "deadline",
+            _ = int.recv() => break "SIGINT",
+            _ = term.recv() => break "SIGTERM",
+            _ = hup.recv() => break "SIGHUP",
+            _ = tick.tick() => {
+                let psi = pressure(&t).unwrap_or(0.0);
+                peak_psi = peak_psi.max(psi);
+                let usage = read_u64(&t.usage_file).unwrap_or(0);
+                let limit = fs::read_to_string(&t.limit_file).unwrap_or_default();
+                print(
+                    json!({"event": "reading", "elapsed_ms": started.elapsed().as_millis() as u64,
+                           "usage": usage, "limit": limit.trim(), "psi_some_avg10": psi,
+                           "reclaimed_pages": reclaimed(&t).unwrap_or(0).saturating_sub(reclaim0)}),
+                    format!("[{:>5.1}s] usage {} MiB, limit {}, memory PSI some avg10 {psi:.2}",
+                        started.elapsed().as_secs_f64(), usage >> 20, limit.trim()),
+                );
+            }
+        }
+    };
+    journal.restore(&change)?;
+    let restored = fs::read_to_string(&t.limit_file).unwrap_or_default();
+    let reclaimed_pages = reclaimed(&t).unwrap_or(0).saturating_sub(reclaim0);
+    print(
+        json!({"event": "removed", "reason": reason, "restored": restored.trim(),
+               "peak_psi_some_avg10": peak_psi, "reclaimed_pages": reclaimed_pages}),
+        format!(
+            "faultline-agent: gc pressure removed ({reason}); {} restored to {}; peak memory PSI {peak_psi:.2}, {reclaimed_pages} pages reclaimed",
+            t.limit_file.display(),
+            restored.trim()
+        ),
+    );
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! GC pressure end to end: a real workload process in its own cgroup (v1 here, v2
+//! in the VM lane) has its soft memory limit squeezed and restored exactly.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use faultline_tests::{Agent, agent::run_agent, agent_binary};
+
+/// A workload cgroup with one process holding 64 MiB; removed on drop.
+struct Workload {
+    rel: String,
+    dir: PathBuf,
+    limit_file: PathBuf,
+    child: Child,
+}
+
+impl Workload {
+    fn new(tag: &str) -> Self {
+        let rel = format!("fltest-{tag}-{}", std::process::id());
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let dir = if v2 {
+            PathBuf::from("/sys/fs/cgroup").join(&rel)
+        } else {
+            PathBuf::from("/sys/fs/cgroup/memory").join(&rel)
+        };
+        std::fs::create_dir(&dir).unwrap();
+        let limit_file = dir.join(if v2 {
+            "memory.high"
+        } else {
+            "memory.soft_limit_in_bytes"
+        });
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let until = (ts.tv_sec as u64 + 120) * 1_000_000_000;
+        // Join the group first, then allocate: memory is charged where it is touched.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec {} __stressor memory --bytes {} --until-ns {until}",
+            dir.display(),
+            agent_binary().display(),
+            64u64 << 20
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let usage = dir.join(if v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        });
+        for _ in 0..100 {
+            let u: u64 = std::fs::read_to_string(&usage)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            if u >= 60 << 20 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            rel,
+            dir,
+            limit_file,
+            child,
+        }
+    }
+
+    fn limit(&self) -> String {
+        std::fs::read_to_string(&self.limit_file).unwrap()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn state(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fl-gc-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn squeezes_below_usage_and_restores_the_exact_value() {
+    let w = Workload::new("gc");
+    let original = w.limit();
+    let (mut agent, armed) = Agent::start_host(
+        &state("a"),
+        &[
+            "inject",
+            "gc",
+            "--target-cgroup",
+            &w.rel,
+            "--to-percent",
+            "70",
+            "--duration",
+            "3s",
+        ],
+    );
+    let squeezed = armed["squeezed"].as_u64().unwrap();
+    let usage = armed["usage"].as_u64().unwrap();
+    assert!(squeezed < usage, "{armed}");
+    assert_eq!(
+        w.limit().trim(),
+        squeezed.to_string(),
+        "limit not squeezed while armed"
+    );
+    assert_eq!(armed["original"], original.trim());
+    let removed = agent
+        .wait_event("removed", Duration::from_secs(15))
+        .expect("removed");
+    assert!(agent.child.wait().unwrap().success());
+    assert_eq!(removed["reason"], "deadline");
+    assert_eq!(w.limit(), original, "limit not restored byte for byte");
+}
+
+#[test]
+fn a_killed_agents_squeeze_is_restored_by_cleanup() {
+    let w = Workload::new("gckill");
+    let original = w.limit();
+    let dir = state("kill");
+    let (mut agent, armed) = Agent::start_host(
+        &dir,
+        &[
+            "inject",
+            "gc",
+            "--target-cgroup",
+            &w.rel,
+            "--to-percent",
+            "80",
+            "--duration",
+            "30s",
+        ],
+    );
+    agent.signal(libc::SIGKILL);
+    agent.child.wait().unwrap();
+    assert_eq!(
+        w.limit().trim(),
+        armed["squeezed"].as_u64().unwrap().to_string()
+    );
+    let out = run_agent(None, &["--state-dir", dir.to_str().unwrap(), "cleanup"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restored"),
+        "{out:?}"
+    );
+    assert_eq!(
+        w.limit(),
+        original,
+        "cleanup did not restore the original limit"
+    );
+}
+
+#[test]
+fn gc_bad_inputs_are_refused_and_change_nothing() {
+    let w = Workload::new("gcbad");
+    let original = w.limit();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--target-cgroup", "no-such-group", "--duration", "5s"],
+            "does not exist",
+        ),
+        (
+            &["--target-cgroup", "../x", "--duration", "5s"],
+            "without '..'",
+        ),
+        (
+            &[
+                "--target-cgroup",
+                &w.rel,
+                "--to-percent",
+                "30",
+                "--duration",
+                "5s",
+            ],
+            "outside 50-99",
+        ),
+        (
+            &["--target-cgroup", &w.rel, "--duration", "0s"],
+            "greater than zero",
+        ),
+        (
+            &["--target-cgroup", &w.rel, "--duration", "61s"],
+            "memory_stress.max_duration = 1m",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["--state-dir", "/tmp/fl-gc-bad", "inject", "gc"];
+        args.extend_from_slice(extra);
+        let out = run_agent(None, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{extra:?}: expected '{needle}' in {stderr}"
+        );
+        assert_eq!(w.limit(), original);
+    }
+}
