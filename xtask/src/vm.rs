@@ -27,6 +27,7 @@ const VM_PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "iproute2",
+    "e2fsprogs",
 ];
 /// Modules the tests need; their dependencies are resolved through modules.dep.
 const MODULES: &[&str] = &[
@@ -42,9 +43,20 @@ const MODULES: &[&str] = &[
     "9p",
     "9pnet_virtio",
     "virtio_pci",
+    "virtio_blk",
+    // ext4 asks for a crc32c implementation at mount time (not a modules.dep edge).
+    "crc32c_generic",
+    "ext4",
 ];
 /// Test binaries of the tests crate that run in the guest.
-const GUEST_TESTS: &[&str] = &["loss", "bad_input", "stress", "stress_memory"];
+const GUEST_TESTS: &[&str] = &[
+    "loss",
+    "bad_input",
+    "stress",
+    "stress_memory",
+    "gc",
+    "cache",
+];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 struct Kernel {
@@ -233,6 +245,11 @@ for m in $(cat /modules.load); do
 done
 ip link set lo up
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host0 /mnt
+# A small ext4 disk: the guest's only page-cache-backed filesystem (/tmp is tmpfs,
+# whose shmem pages no fadvise evicts), for the cache-eviction tests.
+for i in $(seq 100); do [ -b /dev/vda ] && break; usleep 50000; done
+mkdir -p /scratch
+if mount -t ext4 /dev/vda /scratch; then export FAULTLINE_TEST_CACHE_DIR=/scratch; fi
 echo "vm: $(uname -r) up; cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 cd /mnt && sh ./run.sh
 rc=$?
@@ -345,6 +362,10 @@ pub fn vm_test() -> Result<()> {
     script.push_str("exit $rc\n");
     fs::write(share.join("run.sh"), script)?;
     let initramfs = build_initramfs(&cache, &kernel, &libs)?;
+    let disk = cache.join("scratch.ext4");
+    let _ = fs::remove_file(&disk);
+    fs::File::create(&disk)?.set_len(160 << 20)?;
+    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk))?;
 
     println!("vm: booting {} under qemu (TCG)", kernel.version);
     let started = Instant::now();
@@ -365,6 +386,8 @@ pub fn vm_test() -> Result<()> {
         .arg(&initramfs)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", disk.display()))
         .arg("-virtfs")
         .arg(format!(
             "local,path={},mount_tag=host0,security_model=none",

@@ -1,0 +1,246 @@
+//! Cache invalidation: evict the page cache of given files (precise, per
+//! application: `posix_fadvise(DONTNEED)` on every file under the paths) and/or of a
+//! workload cgroup (cgroup v2 `memory.reclaim` of its file pages), then watch the
+//! cache rebuild. Residency is measured exactly with `mincore()`, so the report
+//! gives before / after / rebuilt for recovery tracking.
+//!
+//! cgroup v1 has no per-cgroup reclaim knob that spares a workload's anonymous
+//! memory (`memory.force_empty` takes everything), so on v1 eviction is by path only.
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use crate::{UsageError, inject::Output, preflight};
+
+#[derive(Args, Clone, Debug)]
+pub struct CacheArgs {
+    /// A file or directory (recursively) whose page cache to evict; repeatable.
+    #[arg(long = "path")]
+    pub paths: Vec<PathBuf>,
+    /// cgroup v2: reclaim this workload cgroup's file cache (relative to the root).
+    #[arg(long)]
+    pub target_cgroup: Option<PathBuf>,
+    /// Watch the cache rebuild for this long after the eviction.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub observe: Duration,
+    #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+    pub cgroup_root: PathBuf,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub interval: Duration,
+}
+
+/// Page-cache residency of a set of files, in pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Residency {
+    resident: u64,
+    total: u64,
+}
+
+impl Residency {
+    fn percent(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            100.0 * self.resident as f64 / self.total as f64
+        }
+    }
+}
+
+fn files_under(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_file() {
+        out.push(path.to_owned());
+    } else if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            files_under(&e?.path(), out)?;
+        }
+    }
+    Ok(())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+/// Resident pages of one file, from mincore() on a read-only mapping.
+fn file_residency(path: &Path) -> Result<Residency> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(Residency::default());
+    }
+    let page = page_size() as usize;
+    let pages = len.div_ceil(page);
+    // SAFETY: a private read-only mapping of an open file, unmapped below; mincore
+    // only reads the page tables into `vec`, which has one byte per page.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mapping {}", path.display()));
+        }
+        let mut vec = vec![0u8; pages];
+        let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+        libc::munmap(addr, len);
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("mincore on {}", path.display()));
+        }
+        Ok(Residency {
+            resident: vec.iter().filter(|b| *b & 1 == 1).count() as u64,
+            total: pages as u64,
+        })
+    }
+}
+
+fn residency(files: &[PathBuf]) -> Residency {
+    files
+        .iter()
+        .filter_map(|f| file_residency(f).ok())
+        .fold(Residency::default(), |a, r| Residency {
+            resident: a.resident + r.resident,
+            total: a.total + r.total,
+        })
+}
+
+fn evict(files: &[PathBuf]) -> Result<()> {
+    for path in files {
+        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: valid fd; advice only.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc))
+                .with_context(|| format!("fadvise on {}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The v2 cgroup directory for `rel`, or why it cannot be used.
+fn v2_target(root: &Path, rel: &Path) -> Result<PathBuf, UsageError> {
+    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
+        return Err(UsageError(format!(
+            "--target-cgroup {} must be relative to the cgroup root, without '..'",
+            rel.display()
+        )));
+    }
+    if !root.join("cgroup.controllers").exists() {
+        return Err(UsageError(
+            "--target-cgroup needs cgroup v2 (memory.reclaim); on cgroup v1 evict by --path".into(),
+        ));
+    }
+    let dir = root.join(rel);
+    if !dir.join("memory.reclaim").exists() {
+        return Err(UsageError(format!(
+            "target cgroup {} does not exist or has no memory.reclaim",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+fn file_bytes(dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("file ")?.trim().parse().ok())
+}
+
+pub fn run(args: CacheArgs) -> Result<()> {
+    if args.paths.is_empty() && args.target_cgroup.is_none() {
+        return Err(UsageError("name what to evict: --path and/or --target-cgroup".into()).into());
+    }
+    if args.interval.is_zero() {
+        return Err(UsageError("--interval must be greater than zero".into()).into());
+    }
+    let mut files = Vec::new();
+    for p in &args.paths {
+        if !p.exists() {
+            return Err(UsageError(format!("path {} does not exist", p.display())).into());
+        }
+        files_under(p, &mut files)?;
+    }
+    let group = match &args.target_cgroup {
+        Some(rel) => Some(v2_target(&args.cgroup_root, rel)?),
+        None => None,
+    };
+    if group.is_some() {
+        preflight::check_root_for_cgroups()?;
+    }
+    let print = |v: serde_json::Value, text: String| match args.output {
+        Output::Json => println!("{v}"),
+        Output::Text => println!("{text}"),
+    };
+
+    let before = residency(&files);
+    let group_before = group.as_deref().and_then(file_bytes);
+    evict(&files)?;
+    if let (Some(dir), Some(bytes)) = (&group, group_before) {
+        // EAGAIN means "reclaimed less than asked": a partial result, reported below.
+        let _ = std::fs::write(dir.join("memory.reclaim"), bytes.to_string());
+    }
+    let after = residency(&files);
+    let group_after = group.as_deref().and_then(file_bytes);
+    let page = page_size();
+    print(
+        json!({"event": "evicted", "files": files.len(),
+               "resident_before_bytes": before.resident * page, "resident_after_bytes": after.resident * page,
+               "total_bytes": before.total * page, "resident_before_percent": before.percent(),
+               "resident_after_percent": after.percent(),
+               "cgroup_file_before_bytes": group_before, "cgroup_file_after_bytes": group_after}),
+        format!(
+            "faultline-agent: evicted the page cache of {} file(s): {} -> {} MiB resident ({:.1}% -> {:.1}%){}",
+            files.len(),
+            (before.resident * page) >> 20,
+            (after.resident * page) >> 20,
+            before.percent(),
+            after.percent(),
+            match (group_before, group_after) {
+                (Some(b), Some(a)) => format!("; cgroup file cache {} -> {} MiB", b >> 20, a >> 20),
+                _ => String::new(),
+            }
+        ),
+    );
+
+    let started = Instant::now();
+    while started.elapsed() < args.observe {
+        std::thread::sleep(
+            args.interval
+                .min(args.observe.saturating_sub(started.elapsed())),
+        );
+        let now = residency(&files);
+        let group_now = group.as_deref().and_then(file_bytes);
+        print(
+            json!({"event": "reading", "elapsed_ms": started.elapsed().as_millis() as u64,
+                   "resident_bytes": now.resident * page, "resident_percent": now.percent(),
+                   "cgroup_file_bytes": group_now}),
+            format!(
+                "[{:>5.1}s] resident {} MiB ({:.1}%){}",
+                started.elapsed().as_secs_f64(),
+                (now.resident * page) >> 20,
+                now.percent(),
+                group_now
+                    .map(|b| format!(", cgroup file cache {} MiB", b >> 20))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Cache invalidation end to end: real files in the page cache, evicted by the real
+//! agent, measured with mincore() by the agent and rebuilt by a re-read.
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use faultline_tests::{Agent, agent::run_agent, agent_binary};
+
+/// Where test files go: a filesystem with a real page cache. The temp dir by
+/// default; the VM lane points this at a 9p mount with cache=loose, since its /tmp
+/// is tmpfs (shmem pages, which no fadvise evicts).
+fn scratch() -> PathBuf {
+    std::env::var_os("FAULTLINE_TEST_CACHE_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+/// 8 files x 4 MiB of data, read once so they sit in the page cache.
+fn file_set(tag: &str) -> PathBuf {
+    let dir = scratch().join(format!("fl-cache-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..8u8 {
+        let data: Vec<u8> = (0..4u32 << 20).map(|b| (b as u8) ^ i).collect();
+        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
+    }
+    // SAFETY: sync(2); clean pages are what fadvise can drop at once.
+    unsafe { libc::sync() };
+    read_all(&dir);
+    dir
+}
+
+fn read_all(dir: &PathBuf) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        std::hint::black_box(std::fs::read(e.unwrap().path()).unwrap());
+    }
+}
+
+fn state() -> PathBuf {
+    std::env::temp_dir().join(format!("fl-cache-state-{}", std::process::id()))
+}
+
+#[test]
+fn evicts_a_file_set_and_watches_it_rebuild() {
+    let dir = file_set("evict");
+    let (mut agent, evicted) = Agent::start_host_event(
+        &state(),
+        &[
+            "inject",
+            "cache",
+            "--path",
+            dir.to_str().unwrap(),
+            "--observe",
+            "4s",
+        ],
+        "evicted",
+    );
+    let before = evicted["resident_before_percent"].as_f64().unwrap();
+    let after = evicted["resident_after_percent"].as_f64().unwrap();
+    assert_eq!(evicted["files"], 8);
+    assert!(before >= 95.0, "files not cached before: {evicted}");
+    assert!(after <= 5.0, "page cache not evicted: {evicted}");
+    // The workload reads its files again: the cache rebuilds, and the agent sees it.
+    read_all(&dir);
+    let mut rebuilt = 0.0;
+    while let Some(r) = agent.wait_event("reading", Duration::from_secs(5)) {
+        rebuilt = r["resident_percent"].as_f64().unwrap();
+        if rebuilt >= 95.0 {
+            break;
+        }
+    }
+    assert!(rebuilt >= 95.0, "cache did not rebuild: {rebuilt:.1}%");
+    assert!(agent.child.wait().unwrap().success());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// cgroup v2: a workload's file cache is reclaimed through memory.reclaim. cgroup
+/// v1 has no such knob: there the request must be refused, naming the alternative.
+#[test]
+fn evicts_a_workload_cgroups_file_cache_on_v2_and_refuses_on_v1() {
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let rel = format!("fltest-cache-{}", std::process::id());
+    if !v2 {
+        let out = run_agent(None, &["inject", "cache", "--target-cgroup", &rel]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("needs cgroup v2 (memory.reclaim); on cgroup v1 evict by --path"),
+            "{stderr}"
+        );
+        return;
+    }
+    let dir = file_set("cg");
+    let cg = PathBuf::from("/sys/fs/cgroup").join(&rel);
+    std::fs::create_dir(&cg).unwrap();
+    // The workload reads the files from inside its cgroup, so the cache is charged there.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && for f in {}/*; do cat $f > /dev/null; done",
+        cg.display(),
+        dir.display()
+    );
+    // Drop the cache first so the reads inside the group are what charge it.
+    let _ = run_agent(None, &["inject", "cache", "--path", dir.to_str().unwrap()]);
+    assert!(
+        Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = run_agent(
+        None,
+        &[
+            "inject",
+            "cache",
+            "--target-cgroup",
+            &rel,
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let ev: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let before = ev["cgroup_file_before_bytes"].as_u64().unwrap();
+    let after = ev["cgroup_file_after_bytes"].as_u64().unwrap();
+    assert!(
+        before >= 30 << 20,
+        "workload cache not charged to its cgroup: {ev}"
+    );
+    assert!(
+        after <= before / 10,
+        "memory.reclaim left {after} of {before} bytes: {ev}"
+    );
+    std::fs::remove_dir(&cg).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    let _ = agent_binary();
+}
+
+#[test]
+fn cache_bad_inputs_are_refused() {
+    for (args, needle) in [
+        (vec!["inject", "cache"], "name what to evict"),
+        (
+            vec!["inject", "cache", "--path", "/no/such/path"],
+            "does not exist",
+        ),
+        (
+            vec!["inject", "cache", "--target-cgroup", "../etc"],
+            "cgroup",
+        ),
+    ] {
+        let out = run_agent(None, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected '{needle}' in {stderr}"
+        );
+    }
+}
