@@ -61,6 +61,15 @@ impl Agent {
 
     /// Starts the agent in the host network namespace (node-wide faults).
     pub fn start_host(state_dir: &std::path::Path, args: &[&str]) -> (Self, Value) {
+        Self::start_host_event(state_dir, args, "armed")
+    }
+
+    /// Like `start_host`, waiting for the first event named `first`.
+    pub fn start_host_event(
+        state_dir: &std::path::Path,
+        args: &[&str],
+        first: &str,
+    ) -> (Self, Value) {
         let mut child = Command::new(agent_binary())
             .arg("--state-dir")
             .arg(state_dir)
@@ -74,8 +83,8 @@ impl Agent {
         let events = reader(child.stdout.take().expect("stdout"));
         let mut agent = Self { child, events };
         let armed = agent
-            .wait_event("armed", Duration::from_secs(20))
-            .expect("agent never armed");
+            .wait_event(first, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("agent never reported {first}"));
         (agent, armed)
     }
 
