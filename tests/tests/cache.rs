@@ -136,6 +136,7 @@ fn evicts_a_workload_cgroups_file_cache_on_v2_and_refuses_on_v1() {
 fn cache_bad_inputs_are_refused() {
     for (args, needle) in [
         (vec!["inject", "cache"], "name what to evict"),
+        (vec!["inject", "cache", "--hook", "nourl"], "NAME=URL"),
         (
             vec!["inject", "cache", "--path", "/no/such/path"],
             "does not exist",
@@ -153,4 +154,76 @@ fn cache_bad_inputs_are_refused() {
             "{args:?}: expected '{needle}' in {stderr}"
         );
     }
+}
+
+/// A local HTTP endpoint that answers 204 and reports the request lines it saw.
+fn hook_server(requests: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            seen.push(line.trim().to_owned());
+            // Drain the headers before answering.
+            let mut h = String::new();
+            while reader.read_line(&mut h).unwrap() > 2 {
+                h.clear();
+            }
+            stream
+                .write_all(
+                    b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .unwrap();
+        }
+        seen
+    });
+    (port, handle)
+}
+
+#[test]
+fn hooks_ask_each_component_and_failures_are_named() {
+    let (port, server) = hook_server(2);
+    let api = format!("api=http://127.0.0.1:{port}/cache/drop");
+    let consensus = format!("consensus=http://127.0.0.1:{port}/consensus/cache");
+    let out = run_agent(
+        None,
+        &[
+            "inject", "cache", "--hook", &api, "--hook", &consensus, "--output", "json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let seen = server.join().unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            "POST /cache/drop HTTP/1.1",
+            "POST /consensus/cache HTTP/1.1"
+        ]
+    );
+
+    // An unreachable component is reported by name; the others still ran; exit 1.
+    let (port, server) = hook_server(1);
+    let ok = format!("api=http://127.0.0.1:{port}/cache/drop");
+    let dead = "scheduler=http://127.0.0.1:9/cache/drop";
+    let out = run_agent(None, &["inject", "cache", "--hook", dead, "--hook", &ok]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("hook scheduler: FAILED"), "{stdout}");
+    assert!(stdout.contains("hook api: done"), "{stdout}");
+    assert!(stderr.contains("hook(s) failed: scheduler"), "{stderr}");
+    assert_eq!(server.join().unwrap(), vec!["POST /cache/drop HTTP/1.1"]);
+
+    // A malformed hook is refused before anything happens.
+    let out = run_agent(
+        None,
+        &["inject", "cache", "--hook", "api=https://127.0.0.1/x"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be an http:// URL"));
 }

@@ -361,3 +361,58 @@ fn stress_bad_inputs_are_refused_with_nothing_created() {
         no_stress_cgroups_left();
     }
 }
+
+/// `--target-cgroup` nests the fence group under a workload's cgroup, so the
+/// stressors compete inside its limits; the workload's group is left as it was.
+#[test]
+fn stress_can_run_inside_a_target_cgroup() {
+    let _g = serial();
+    let rel = format!("fltest-target-{}", std::process::id());
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let dirs: Vec<std::path::PathBuf> = if v2 {
+        vec![std::path::PathBuf::from("/sys/fs/cgroup").join(&rel)]
+    } else {
+        ["cpu", "memory", "cpuacct"]
+            .iter()
+            .map(|h| {
+                std::path::PathBuf::from("/sys/fs/cgroup")
+                    .join(h)
+                    .join(&rel)
+            })
+            .collect()
+    };
+    for d in &dirs {
+        std::fs::create_dir(d).unwrap();
+    }
+    if v2 {
+        // What a delegating manager (systemd) does for a unit with sub-groups.
+        std::fs::write(dirs[0].join("cgroup.subtree_control"), "+cpu +memory").unwrap();
+    }
+    let (agent, armed) = start(&[
+        "inject",
+        "cpu",
+        "--percent",
+        "5",
+        "--duration",
+        "30s",
+        "--target-cgroup",
+        &rel,
+    ]);
+    let groups = cgroup_dirs(&armed);
+    agent.stop();
+    for g in &groups {
+        assert!(
+            g.contains(&format!("/{rel}/faultline/stress-cpu-")),
+            "fence group not under the target: {g}"
+        );
+        assert!(!std::path::Path::new(g).exists(), "{g} left behind");
+    }
+    for d in &dirs {
+        assert!(
+            !d.join("faultline").exists(),
+            "faultline parent left in {}",
+            d.display()
+        );
+        std::fs::remove_dir(d).unwrap();
+    }
+}

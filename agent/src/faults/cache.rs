@@ -27,6 +27,10 @@ pub struct CacheArgs {
     /// cgroup v2: reclaim this workload cgroup's file cache (relative to the root).
     #[arg(long)]
     pub target_cgroup: Option<PathBuf>,
+    /// Ask an application component to drop its own cache: NAME=http://URL (POST);
+    /// repeatable, e.g. --hook api=http://127.0.0.1:8080/cache/drop.
+    #[arg(long = "hook")]
+    pub hooks: Vec<crate::faults::hooks::Hook>,
     /// Watch the cache rebuild for this long after the eviction.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub observe: Duration,
@@ -164,8 +168,10 @@ fn file_bytes(dir: &Path) -> Option<u64> {
 }
 
 pub fn run(args: CacheArgs) -> Result<()> {
-    if args.paths.is_empty() && args.target_cgroup.is_none() {
-        return Err(UsageError("name what to evict: --path and/or --target-cgroup".into()).into());
+    if args.paths.is_empty() && args.target_cgroup.is_none() && args.hooks.is_empty() {
+        return Err(
+            UsageError("name what to evict: --path, --target-cgroup and/or --hook".into()).into(),
+        );
     }
     if args.interval.is_zero() {
         return Err(UsageError("--interval must be greater than zero".into()).into());
@@ -219,6 +225,22 @@ pub fn run(args: CacheArgs) -> Result<()> {
         ),
     );
 
+    // Each component's own cache, by its hook; one failing does not stop the rest,
+    // and each outcome is reported by name.
+    let results = crate::faults::hooks::call_all(&args.hooks);
+    for r in &results {
+        print(
+            json!({"event": "hook", "result": r}),
+            format!(
+                "faultline-agent: hook {}: {} ({}, {} ms)",
+                r.name,
+                if r.ok { "done" } else { "FAILED" },
+                r.detail,
+                r.elapsed_ms
+            ),
+        );
+    }
+
     let started = Instant::now();
     while started.elapsed() < args.observe {
         std::thread::sleep(
@@ -240,6 +262,17 @@ pub fn run(args: CacheArgs) -> Result<()> {
                     .map(|b| format!(", cgroup file cache {} MiB", b >> 20))
                     .unwrap_or_default()
             ),
+        );
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "cache invalidation done, but hook(s) failed: {} (see above)",
+            failed.join(", ")
         );
     }
     Ok(())

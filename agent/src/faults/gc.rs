@@ -34,6 +34,9 @@ pub struct GcArgs {
     pub to_percent: Percent,
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// An HTTP endpoint that asks the runtime to collect: NAME=http://URL (POST once).
+    #[arg(long = "hook")]
+    pub hooks: Vec<crate::faults::hooks::Hook>,
     /// A command that asks the runtime to collect (run once, without a shell).
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub runtime_command: Option<Vec<String>>,
@@ -198,6 +201,19 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
         );
     }
 
+    let hook_results = crate::faults::hooks::call_all(&args.hooks);
+    for r in &hook_results {
+        print(
+            json!({"event": "hook", "result": r}),
+            format!(
+                "faultline-agent: hook {}: {} ({})",
+                r.name,
+                if r.ok { "done" } else { "FAILED" },
+                r.detail
+            ),
+        );
+    }
+
     let deadline = tokio::time::Instant::from_std(started + args.duration);
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::from_std(started + args.interval),
@@ -237,5 +253,16 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
             restored.trim()
         ),
     );
+    let failed: Vec<&str> = hook_results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "gc pressure done and restored, but hook(s) failed: {}",
+            failed.join(", ")
+        );
+    }
     Ok(())
 }

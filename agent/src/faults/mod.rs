@@ -2,5 +2,6 @@
 pub mod cache;
 pub mod cpu;
 pub mod gc;
+pub mod hooks;
 pub mod loss;
 pub mod memory;

@@ -1,0 +1,111 @@
+//! Application hooks: named HTTP endpoints the agent POSTs to as part of a fault,
+//! e.g. asking each component of an application to drop its caches
+//! (`--hook consensus=http://127.0.0.1:8081/cache/drop`) or its runtime to collect.
+//! Plain HTTP to the node's own services only: hooks are local by design.
+use std::{str::FromStr, time::Duration};
+
+use serde::Serialize;
+
+/// `NAME=URL`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hook {
+    pub name: String,
+    pub url: String,
+}
+
+impl FromStr for Hook {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("hook '{s}' is not NAME=URL"))?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "hook name '{name}' must be letters, digits, '-' or '_'"
+            ));
+        }
+        let uri: ureq::http::Uri = url
+            .parse()
+            .map_err(|e| format!("hook {name}: '{url}' is not a URL ({e})"))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(format!(
+                "hook {name}: '{url}' must be an http:// URL of a local service"
+            ));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+}
+
+/// What one hook call did.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookResult {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    pub elapsed_ms: u64,
+}
+
+/// POSTs to every hook (each with a 5 s budget) and reports each one; a failing hook
+/// does not stop the others.
+pub fn call_all(hooks: &[Hook]) -> Vec<HookResult> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    hooks
+        .iter()
+        .map(|h| {
+            let started = std::time::Instant::now();
+            let (ok, detail) = match agent.post(&h.url).send_empty() {
+                Ok(resp) if resp.status().is_success() => (true, format!("HTTP {}", resp.status())),
+                Ok(resp) => (false, format!("HTTP {}", resp.status())),
+                Err(e) => (false, e.to_string()),
+            };
+            HookResult {
+                name: h.name.clone(),
+                ok,
+                detail,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_parse_and_bad_ones_are_refused() {
+        let h: Hook = "api=http://127.0.0.1:8080/cache/drop".parse().unwrap();
+        assert_eq!(h.name, "api");
+        assert!("noequals".parse::<Hook>().unwrap_err().contains("NAME=URL"));
+        assert!(
+            "bad name=http://x/"
+                .parse::<Hook>()
+                .unwrap_err()
+                .contains("letters")
+        );
+        assert!(
+            "x=ftp://host/"
+                .parse::<Hook>()
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(
+            "x=https://host/"
+                .parse::<Hook>()
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!("x=not a url".parse::<Hook>().is_err());
+    }
+}
