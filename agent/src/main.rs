@@ -56,6 +56,9 @@ enum Command {
     /// A stressor process (started by the agent itself).
     #[command(name = "__stressor", hide = true)]
     Stressor(stress::StressorArgs),
+    /// The deadline keeper of a gc-pressure squeeze (started by the agent itself).
+    #[command(name = "__restorer", hide = true)]
+    Restorer(faults::gc::RestorerArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,6 +99,15 @@ async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow::Result<()>
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Restorer(args) = &cli.command {
+        return match faults::gc::restorer(&cli.state_dir, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("faultline-agent restorer: error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Command::Stressor(args) = &cli.command {
         // No runtime, no logging: a stressor is a tight loop or a memory block.
         return match stress::stressor(args.clone()) {
@@ -137,7 +149,9 @@ fn main() -> ExitCode {
                     .and_then(|r| r),
             },
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,
-            Command::Stressor(_) => unreachable!("handled before the runtime starts"),
+            Command::Stressor(_) | Command::Restorer(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

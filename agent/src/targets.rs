@@ -123,6 +123,26 @@ impl TargetJournal {
         self.store(&changes)
     }
 
+    /// True while `file` has a journalled change.
+    pub fn has(&self, file: &Path) -> Result<bool> {
+        let _l = self.lock()?;
+        Ok(self.load()?.iter().any(|c| c.file == file))
+    }
+
+    /// The deadline's restore: if `file` is still journalled, put its original back
+    /// and drop the entry. Returns whether it did.
+    pub fn restore_at_deadline(&self, file: &Path) -> Result<bool> {
+        let _l = self.lock()?;
+        let mut changes = self.load()?;
+        let Some(c) = changes.iter().find(|c| c.file == file).cloned() else {
+            return Ok(false);
+        };
+        write_original(&c)?;
+        changes.retain(|x| x.file != file);
+        self.store(&changes)?;
+        Ok(true)
+    }
+
     /// Restores every change whose agent is gone. Returns what was restored.
     pub fn reconcile(&self) -> Result<Vec<String>> {
         let _l = self.lock()?;

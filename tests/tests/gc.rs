@@ -215,3 +215,56 @@ fn gc_bad_inputs_are_refused_and_change_nothing() {
         assert_eq!(w.limit(), original);
     }
 }
+
+/// The squeeze has a deadline of its own: with the agent frozen, the original limit
+/// is back at the deadline anyway, and nothing of the agent's stays behind.
+#[test]
+fn the_squeeze_ends_at_its_deadline_while_the_agent_is_frozen() {
+    let w = Workload::new("gcfrozen");
+    let original = w.limit();
+    let dir = state("frozen");
+    let (agent, armed) = Agent::start_host(
+        &dir,
+        &[
+            "inject",
+            "gc",
+            "--target-cgroup",
+            &w.rel,
+            "--to-percent",
+            "75",
+            "--duration",
+            "2s",
+        ],
+    );
+    agent.signal(libc::SIGSTOP);
+    assert_eq!(
+        w.limit().trim(),
+        armed["squeezed"].as_u64().unwrap().to_string()
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while w.limit() != original {
+        assert!(
+            std::time::Instant::now() < until,
+            "limit still squeezed after the deadline"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.signal(libc::SIGCONT);
+    agent.stop();
+    assert_eq!(w.limit(), original);
+    // The restorer exits once the change is restored.
+    std::thread::sleep(Duration::from_millis(500));
+    let restorers = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy())
+                        && String::from_utf8_lossy(&c).contains("__restorer")
+                })
+                .unwrap_or(false)
+        })
+        .count();
+    assert_eq!(restorers, 0, "a restorer process outlived its change");
+}

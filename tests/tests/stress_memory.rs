@@ -171,8 +171,73 @@ fn memory_share_is_allocated_fenced_and_released() {
     no_stress_cgroups_left();
 }
 
+/// Under --target-cgroup with a memory limit, the share is of that limit: 50 % of a
+/// 256 MiB workload group is 128 MiB, nested and fenced inside it.
+fn share_of_a_target_cgroups_limit() {
+    let rel = format!("fltest-memtarget-{}", std::process::id());
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let dirs: Vec<std::path::PathBuf> = if v2 {
+        vec![std::path::PathBuf::from("/sys/fs/cgroup").join(&rel)]
+    } else {
+        ["cpu", "memory", "cpuacct"]
+            .iter()
+            .map(|h| {
+                std::path::PathBuf::from("/sys/fs/cgroup")
+                    .join(h)
+                    .join(&rel)
+            })
+            .collect()
+    };
+    for d in &dirs {
+        std::fs::create_dir(d).unwrap();
+    }
+    let limit: u64 = 256 << 20;
+    if v2 {
+        std::fs::write(dirs[0].join("cgroup.subtree_control"), "+cpu +memory").unwrap();
+        std::fs::write(dirs[0].join("memory.max"), limit.to_string()).unwrap();
+    } else {
+        std::fs::write(dirs[1].join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+    }
+    let (mut agent, armed) = start(&[
+        "inject",
+        "memory",
+        "--percent",
+        "10",
+        "--duration",
+        "30s",
+        "--target-cgroup",
+        &rel,
+    ]);
+    assert!(
+        armed["fault"]
+            .as_str()
+            .unwrap()
+            .contains("of the target cgroup's limit (25 MiB"),
+        "{armed}"
+    );
+    let mut group = 0;
+    for _ in 0..20 {
+        group = agent.wait_event("reading", Duration::from_secs(5)).unwrap()["group_mem_bytes"]
+            .as_u64()
+            .unwrap();
+        if group >= limit / 10 {
+            break;
+        }
+    }
+    assert!(
+        group >= limit / 10 && group < limit / 10 + (8 << 20),
+        "group holds {group} bytes"
+    );
+    agent.stop();
+    for d in &dirs {
+        assert!(!d.join("faultline").exists());
+        std::fs::remove_dir(d).unwrap();
+    }
+}
+
 #[test]
 fn memory_stress_is_fenced_allocated_and_released() {
     memory_share_is_allocated_fenced_and_released();
+    share_of_a_target_cgroups_limit();
     an_over_asking_stressor_is_the_only_process_killed();
 }

@@ -165,11 +165,19 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     }
 
     let usage = read_u64(&t.usage_file)?;
+    let until_ns = crate::clock::deadline_after(args.duration);
     // The kernel keeps these limits in whole pages; write a page multiple so that
     // what is reported is exactly what is in force.
     let page = 4096;
     let squeezed = (usage as f64 * to / 100.0) as u64 / page * page;
     let change = journal.change(&t.limit_file, &squeezed.to_string())?;
+    let mut restorer = match spawn_restorer(&state_dir, &t.limit_file, until_ns) {
+        Ok(child) => child,
+        Err(e) => {
+            journal.restore(&change)?;
+            return Err(e);
+        }
+    };
     let started = Instant::now();
     let reclaim0 = reclaimed(&t).unwrap_or(0);
     print(
@@ -242,6 +250,8 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
         }
     };
     journal.restore(&change)?;
+    let _ = restorer.kill();
+    let _ = restorer.wait();
     let restored = fs::read_to_string(&t.limit_file).unwrap_or_default();
     let reclaimed_pages = reclaimed(&t).unwrap_or(0).saturating_sub(reclaim0);
     print(
@@ -265,4 +275,56 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
         );
     }
     Ok(())
+}
+
+/// The squeeze's deadline, independent of the agent: a detached process that puts
+/// the original limit back at the deadline if the agent has not (frozen, killed),
+/// and exits as soon as the journal shows the change restored. It is deliberately
+/// not tied to the agent's life (no parent-death signal): outliving a killed agent
+/// is its purpose.
+fn spawn_restorer(state_dir: &Path, file: &Path, until_ns: u64) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut cmd = Command::new(exe);
+    cmd.arg("--state-dir")
+        .arg(state_dir)
+        .arg("__restorer")
+        .arg("--file")
+        .arg(file)
+        .args(["--until-ns", &until_ns.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; a new session keeps the restorer out of
+    // the agent's process group (a Ctrl-C to the agent must not kill it first).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().context("starting the gc-pressure restorer")
+}
+
+/// `faultline-agent __restorer`: see `spawn_restorer`.
+#[derive(Args, Clone, Debug)]
+pub struct RestorerArgs {
+    #[arg(long)]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub until_ns: u64,
+}
+
+pub fn restorer(state_dir: &Path, a: &RestorerArgs) -> Result<()> {
+    let journal = TargetJournal::new(state_dir)?;
+    loop {
+        if !journal.has(&a.file)? {
+            return Ok(()); // the agent restored it
+        }
+        let now = crate::clock::monotonic_ns();
+        if now >= a.until_ns {
+            journal.restore_at_deadline(&a.file)?;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_nanos((a.until_ns - now).min(200_000_000)));
+    }
 }

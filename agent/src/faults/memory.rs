@@ -30,8 +30,28 @@ pub struct MemoryArgs {
     pub stress: StressArgs,
 }
 
+/// The memory limit of the target cgroup, when it has a finite one below MemTotal
+/// (memory.max on v2, memory.limit_in_bytes on v1).
+pub fn target_limit(args: &MemoryArgs, node: &NodeSample) -> Option<u64> {
+    let rel = args.stress.target_cgroup.as_ref()?;
+    let root = &args.stress.cgroup_root;
+    let file = if root.join("cgroup.controllers").exists() {
+        root.join(rel).join("memory.max")
+    } else {
+        root.join("memory").join(rel).join("memory.limit_in_bytes")
+    };
+    let limit: u64 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+    (limit < node.mem_total).then_some(limit)
+}
+
 pub fn plan(args: &MemoryArgs, node: &NodeSample) -> Result<StressPlan, UsageError> {
-    let bytes = (node.mem_total as f64 * args.percent.value() / 100.0) as u64;
+    // A share of the target's own limit when it has one (what the workload feels),
+    // else of the node's MemTotal.
+    let (base, of) = match target_limit(args, node) {
+        Some(limit) => (limit, "of the target cgroup's limit"),
+        None => (node.mem_total, "of MemTotal"),
+    };
+    let bytes = (base as f64 * args.percent.value() / 100.0) as u64;
     let floor = (node.mem_total as f64 * args.floor.value() / 100.0) as u64;
     let left = node.mem_available.saturating_sub(bytes);
     if left < floor {
@@ -51,7 +71,7 @@ pub fn plan(args: &MemoryArgs, node: &NodeSample) -> Result<StressPlan, UsageErr
     Ok(StressPlan {
         kind: "memory",
         summary: format!(
-            "memory stress {} of MemTotal ({} MiB, fence {} MiB)",
+            "memory stress {} {of} ({} MiB, fence {} MiB)",
             args.percent,
             bytes >> 20,
             fence >> 20
