@@ -12,7 +12,6 @@ use clap::{Args, ValueEnum};
 use faultline_common::{FLAG_LOG, FaultConfig, Filter, LossModel};
 use faultline_proto::limits::{ChaosLimits, Profile};
 use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     UsageError, clock,
@@ -189,25 +188,6 @@ pub async fn loss(
     run(state_dir, target, mode, plan).await
 }
 
-/// SIGINT, SIGTERM and SIGHUP, caught from before the first change to the kernel:
-/// a signal that arrives while the fault is being applied must still lead to its
-/// removal, not to the default action (death with the fault in place).
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self> {
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-}
-
 pub async fn cpu(limits: LimitArgs, args: crate::faults::cpu::CpuArgs) -> Result<()> {
     args.stress.validate()?;
     let (caps, source) = limits.load()?;
@@ -231,7 +211,7 @@ pub async fn memory(limits: LimitArgs, args: crate::faults::memory::MemoryArgs) 
 }
 
 async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -> Result<()> {
-    let mut signals = Signals::install()?;
+    let mut signals = crate::signals::Signals::install()?;
     let journal = JournalFile::open(&state_dir)?;
     let mut out = Printer::new(target.output, target.direction.dirs());
     for line in reconcile::reconcile(&journal).await? {
@@ -323,7 +303,7 @@ async fn watch(
     programs: &Programs,
     target: &TargetArgs,
     started: Instant,
-    signals: &mut Signals,
+    signals: &mut crate::signals::Signals,
     out: &mut Printer,
 ) -> StopReason {
     let deadline = tokio::time::Instant::from_std(started + target.duration);
@@ -335,9 +315,7 @@ async fn watch(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return StopReason::Deadline,
-            _ = signals.int.recv() => return StopReason::Signal("SIGINT"),
-            _ = signals.term.recv() => return StopReason::Signal("SIGTERM"),
-            _ = signals.hup.recv() => return StopReason::Signal("SIGHUP"),
+            name = signals.recv() => return StopReason::Signal(name),
             _ = tick.tick() => {
                 if let Ok(now) = programs.counters() {
                     out.counters(started.elapsed(), &now, &last);

@@ -9,6 +9,7 @@ mod inject;
 mod journal;
 mod preflight;
 mod reconcile;
+mod signals;
 mod stress;
 mod targets;
 mod tc;

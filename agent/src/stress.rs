@@ -17,7 +17,6 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use procfs::{Current, CurrentSI};
 use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     UsageError,
@@ -200,11 +199,7 @@ fn spawn_worker(group: &Group, args: &[String], oom_first: bool) -> Result<Child
 }
 
 pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
-    let (mut int, mut term, mut hup) = (
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::hangup())?,
-    );
+    let mut signals = crate::signals::Signals::install()?;
     let fs = cgroup::detect(&args.cgroup_root, args.target_cgroup.as_deref())?;
     let mut out = StressPrinter {
         format: args.output,
@@ -259,9 +254,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     let reason = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break "deadline",
-            _ = int.recv() => break "SIGINT",
-            _ = term.recv() => break "SIGTERM",
-            _ = hup.recv() => break "SIGHUP",
+            name = signals.recv() => break name,
             _ = tick.tick() => {
                 let elapsed = started.elapsed();
                 if let Some(ramp) = args.ramp {

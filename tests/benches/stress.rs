@@ -8,62 +8,13 @@
 //! - The agent while a fault runs idle: CPU % and RSS of the agent process itself.
 use std::time::{Duration, Instant};
 
-use faultline_tests::{Agent, Pair, limits_file, netns::IFACE};
+use faultline_tests::{
+    Agent, Pair, limits_file,
+    netns::IFACE,
+    node::{mem_used_percent, meminfo_kb, node_cpu_ns, proc_stat_busy},
+};
 
 const WINDOW: Duration = Duration::from_secs(30);
-
-fn proc_stat_busy() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let v: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    (total - v[3] - v[4], total)
-}
-
-fn node_ns() -> u64 {
-    if let Ok(v1) = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/cpuacct.usage") {
-        return v1.trim().parse().unwrap();
-    }
-    let stat = std::fs::read_to_string("/sys/fs/cgroup/cpu.stat").unwrap();
-    stat.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .unwrap()
-        .trim()
-        .parse::<u64>()
-        .unwrap()
-        * 1000
-}
-
-fn meminfo_kb(key: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap()
-}
-
-fn used_percent() -> f64 {
-    let pcp: u64 = std::fs::read_to_string("/proc/zoneinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("count:")?.trim().parse::<u64>().ok())
-        .sum::<u64>()
-        * 4;
-    let total = meminfo_kb("MemTotal:") as f64;
-    100.0 * (total - meminfo_kb("MemAvailable:") as f64 - pcp as f64) / total
-}
 
 /// (utime + stime in clock ticks, VmRSS in kB) of a process.
 fn proc_usage(pid: u32) -> (u64, u64) {
@@ -103,12 +54,12 @@ fn main() {
         // Let the previous stressors' teardown settle.
         std::thread::sleep(Duration::from_secs(3));
         let (s0, t0) = proc_stat_busy();
-        let n0 = node_ns();
+        let n0 = node_cpu_ns();
         let base_start = Instant::now();
         std::thread::sleep(Duration::from_secs(3));
         let (s1, t1) = proc_stat_busy();
         let base_node =
-            100.0 * (node_ns() - n0) as f64 / base_start.elapsed().as_nanos() as f64 / cpus;
+            100.0 * (node_cpu_ns() - n0) as f64 / base_start.elapsed().as_nanos() as f64 / cpus;
         let base_stat = 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64;
 
         let (mut agent, _) = Agent::start_host(
@@ -126,15 +77,15 @@ fn main() {
         );
         let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
         let (s0, t0) = proc_stat_busy();
-        let n0 = node_ns();
+        let n0 = node_cpu_ns();
         let start = Instant::now();
         let mut last = first.clone();
         while start.elapsed() < WINDOW {
             last = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
         }
         let (s1, t1) = proc_stat_busy();
-        let node =
-            100.0 * (node_ns() - n0) as f64 / start.elapsed().as_nanos() as f64 / cpus - base_node;
+        let node = 100.0 * (node_cpu_ns() - n0) as f64 / start.elapsed().as_nanos() as f64 / cpus
+            - base_node;
         let stat = 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64 - base_stat;
         let us = last["group_cpu_us"].as_u64().unwrap() - first["group_cpu_us"].as_u64().unwrap();
         let ms = last["elapsed_ms"].as_u64().unwrap() - first["elapsed_ms"].as_u64().unwrap();
@@ -150,7 +101,7 @@ fn main() {
     }
 
     std::thread::sleep(Duration::from_secs(3));
-    let base = used_percent();
+    let base = mem_used_percent();
     let (mut agent, _) = Agent::start_host(
         &state(),
         &["inject", "memory", "--percent", "10", "--duration", "40s"],
@@ -162,7 +113,7 @@ fn main() {
             .as_u64()
             .unwrap();
     }
-    let node = used_percent() - base;
+    let node = mem_used_percent() - base;
     agent.stop();
     println!(
         "memory 10%: fence group {:.2}% of MemTotal, node used +{node:.2} pp",

@@ -9,43 +9,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultline_tests::{Agent, agent::run_agent, limits_file};
+use faultline_tests::{
+    Agent,
+    agent::run_agent,
+    limits_file,
+    node::{TargetCgroup, assert_no_stress_cgroups, node_cpu_ns, proc_stat_busy},
+};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// (busy, total) jiffies over all CPUs from /proc/stat.
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let v: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let idle = v[3] + v[4];
-    let total: u64 = v.iter().take(8).sum();
-    (total - idle, total)
-}
-
-/// CPU time of every task on the node in nanoseconds, as the kernel accounts it
-/// precisely: the root cgroup's counter (cpuacct.usage on v1, cpu.stat usage_usec
-/// on v2).
-fn node_cpu_ns() -> u64 {
-    if let Ok(v1) = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/cpuacct.usage") {
-        return v1.trim().parse().unwrap();
-    }
-    let stat = std::fs::read_to_string("/sys/fs/cgroup/cpu.stat")
-        .expect("no root CPU counter (cpuacct.usage or cpu.stat)");
-    stat.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .map(|v| v.trim().parse::<u64>().unwrap() * 1000)
-        .unwrap()
 }
 
 /// Node CPU busy percent over `window`, two ways: (/proc/stat, precise). /proc/stat
@@ -54,11 +28,11 @@ fn node_cpu_ns() -> u64 {
 /// 15 % share), while the precise counter agrees with the request to ~0.1 point.
 fn node_cpu(window: Duration) -> (f64, f64) {
     let cpus = std::thread::available_parallelism().unwrap().get() as f64;
-    let (b0, t0) = cpu_ticks();
+    let (b0, t0) = proc_stat_busy();
     let n0 = node_cpu_ns();
     let start = Instant::now();
     std::thread::sleep(window);
-    let (b1, t1) = cpu_ticks();
+    let (b1, t1) = proc_stat_busy();
     let n1 = node_cpu_ns();
     let elapsed = start.elapsed().as_nanos() as f64;
     (
@@ -74,17 +48,6 @@ fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|d| d.as_str().unwrap().to_owned())
         .collect()
-}
-
-fn no_stress_cgroups_left() {
-    for dir in [
-        "/sys/fs/cgroup/faultline",
-        "/sys/fs/cgroup/cpu/faultline",
-        "/sys/fs/cgroup/memory/faultline",
-        "/sys/fs/cgroup/cpuacct/faultline",
-    ] {
-        assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
-    }
 }
 
 fn state() -> std::path::PathBuf {
@@ -134,7 +97,7 @@ fn cpu_share_is_enforced_by_the_kernel_and_released() {
     for dir in cgroup_dirs(&armed) {
         assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
     }
-    no_stress_cgroups_left();
+    assert_no_stress_cgroups();
 }
 
 /// The group's share of the whole node between two readings, in percent.
@@ -177,7 +140,7 @@ fn ramp_reaches_the_share_gradually() {
         "not gradual: {early:.2} -> {middle:.2} -> {full:.2}"
     );
     assert!((full - 15.0).abs() <= 1.0, "after the ramp: {full:.2} %");
-    no_stress_cgroups_left();
+    assert_no_stress_cgroups();
 }
 
 #[test]
@@ -214,7 +177,7 @@ fn stressors_stop_at_the_deadline_while_the_agent_is_frozen() {
     eprintln!("stressors gone {:?} after the deadline", deadline.elapsed());
     agent.signal(libc::SIGCONT);
     agent.stop();
-    no_stress_cgroups_left();
+    assert_no_stress_cgroups();
 }
 
 #[test]
@@ -256,7 +219,7 @@ fn sigkill_leaves_no_stressor_and_the_next_start_removes_the_cgroup() {
         text.contains("removed leftover cgroup stress-cpu-"),
         "{text}"
     );
-    no_stress_cgroups_left();
+    assert_no_stress_cgroups();
 }
 
 #[test]
@@ -358,7 +321,7 @@ fn stress_bad_inputs_are_refused_with_nothing_created() {
             stderr.contains(needle),
             "{args:?}: expected '{needle}' in {stderr}"
         );
-        no_stress_cgroups_left();
+        assert_no_stress_cgroups();
     }
 }
 
@@ -367,27 +330,8 @@ fn stress_bad_inputs_are_refused_with_nothing_created() {
 #[test]
 fn stress_can_run_inside_a_target_cgroup() {
     let _g = serial();
-    let rel = format!("fltest-target-{}", std::process::id());
-    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let dirs: Vec<std::path::PathBuf> = if v2 {
-        vec![std::path::PathBuf::from("/sys/fs/cgroup").join(&rel)]
-    } else {
-        ["cpu", "memory", "cpuacct"]
-            .iter()
-            .map(|h| {
-                std::path::PathBuf::from("/sys/fs/cgroup")
-                    .join(h)
-                    .join(&rel)
-            })
-            .collect()
-    };
-    for d in &dirs {
-        std::fs::create_dir(d).unwrap();
-    }
-    if v2 {
-        // What a delegating manager (systemd) does for a unit with sub-groups.
-        std::fs::write(dirs[0].join("cgroup.subtree_control"), "+cpu +memory").unwrap();
-    }
+    let target = TargetCgroup::new("target");
+    let rel = target.rel.clone();
     let (agent, armed) = start(&[
         "inject",
         "cpu",
@@ -407,12 +351,11 @@ fn stress_can_run_inside_a_target_cgroup() {
         );
         assert!(!std::path::Path::new(g).exists(), "{g} left behind");
     }
-    for d in &dirs {
+    for d in &target.dirs {
         assert!(
             !d.join("faultline").exists(),
             "faultline parent left in {}",
             d.display()
         );
-        std::fs::remove_dir(d).unwrap();
     }
 }

@@ -8,42 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultline_tests::Agent;
-
-fn meminfo(key: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap()
-}
-
-/// Free pages the kernel keeps on its per-CPU lists (each pageset's `count` in
-/// /proc/zoneinfo), in kB. They are free memory that MemAvailable counts as used; a
-/// large free leaves hundreds of MiB there for minutes, and the next allocation
-/// takes them first.
-fn per_cpu_free_kb() -> u64 {
-    std::fs::read_to_string("/proc/zoneinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("count:")?.trim().parse::<u64>().ok())
-        .sum::<u64>()
-        * 4
-}
-
-/// Used memory in percent of MemTotal: MemTotal - MemAvailable, less the free
-/// pages parked on per-CPU lists.
-fn mem_used_percent() -> f64 {
-    let total = meminfo("MemTotal:") as f64;
-    let used = total - meminfo("MemAvailable:") as f64 - per_cpu_free_kb() as f64;
-    100.0 * used / total
-}
+use faultline_tests::{
+    Agent,
+    node::{TargetCgroup, assert_no_stress_cgroups, mem_used_percent, meminfo_kb},
+};
 
 /// Used memory once it stops moving.
 fn settled_mem_used_percent() -> f64 {
@@ -57,17 +25,6 @@ fn settled_mem_used_percent() -> f64 {
         last = now;
     }
     last
-}
-
-fn no_stress_cgroups_left() {
-    for dir in [
-        "/sys/fs/cgroup/faultline",
-        "/sys/fs/cgroup/cpu/faultline",
-        "/sys/fs/cgroup/memory/faultline",
-        "/sys/fs/cgroup/cpuacct/faultline",
-    ] {
-        assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
-    }
 }
 
 fn start(args: &[&str]) -> (Agent, serde_json::Value) {
@@ -122,13 +79,13 @@ fn an_over_asking_stressor_is_the_only_process_killed() {
     );
     canary.kill().unwrap();
     canary.wait().unwrap();
-    no_stress_cgroups_left();
+    assert_no_stress_cgroups();
 }
 
 fn memory_share_is_allocated_fenced_and_released() {
     let baseline = settled_mem_used_percent();
     let (mut agent, armed) = start(&["inject", "memory", "--percent", "10", "--duration", "60s"]);
-    let target = meminfo("MemTotal:") * 1024 / 10;
+    let target = meminfo_kb("MemTotal:") * 1024 / 10;
     // Wait until the stressor has touched its whole block.
     let until = Instant::now() + Duration::from_secs(40);
     loop {
@@ -168,36 +125,16 @@ fn memory_share_is_allocated_fenced_and_released() {
     {
         assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
     }
-    no_stress_cgroups_left();
+    assert_no_stress_cgroups();
 }
 
 /// Under --target-cgroup with a memory limit, the share is of that limit: 50 % of a
 /// 256 MiB workload group is 128 MiB, nested and fenced inside it.
 fn share_of_a_target_cgroups_limit() {
-    let rel = format!("fltest-memtarget-{}", std::process::id());
-    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let dirs: Vec<std::path::PathBuf> = if v2 {
-        vec![std::path::PathBuf::from("/sys/fs/cgroup").join(&rel)]
-    } else {
-        ["cpu", "memory", "cpuacct"]
-            .iter()
-            .map(|h| {
-                std::path::PathBuf::from("/sys/fs/cgroup")
-                    .join(h)
-                    .join(&rel)
-            })
-            .collect()
-    };
-    for d in &dirs {
-        std::fs::create_dir(d).unwrap();
-    }
+    let target = TargetCgroup::new("memtarget");
+    let rel = target.rel.clone();
     let limit: u64 = 256 << 20;
-    if v2 {
-        std::fs::write(dirs[0].join("cgroup.subtree_control"), "+cpu +memory").unwrap();
-        std::fs::write(dirs[0].join("memory.max"), limit.to_string()).unwrap();
-    } else {
-        std::fs::write(dirs[1].join("memory.limit_in_bytes"), limit.to_string()).unwrap();
-    }
+    target.set_memory_limit(limit);
     let (mut agent, armed) = start(&[
         "inject",
         "memory",
@@ -229,9 +166,8 @@ fn share_of_a_target_cgroups_limit() {
         "group holds {group} bytes"
     );
     agent.stop();
-    for d in &dirs {
+    for d in &target.dirs {
         assert!(!d.join("faultline").exists());
-        std::fs::remove_dir(d).unwrap();
     }
 }
 

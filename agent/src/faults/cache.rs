@@ -227,19 +227,7 @@ pub fn run(args: CacheArgs) -> Result<()> {
 
     // Each component's own cache, by its hook; one failing does not stop the rest,
     // and each outcome is reported by name.
-    let results = crate::faults::hooks::call_all(&args.hooks);
-    for r in &results {
-        print(
-            json!({"event": "hook", "result": r}),
-            format!(
-                "faultline-agent: hook {}: {} ({}, {} ms)",
-                r.name,
-                if r.ok { "done" } else { "FAILED" },
-                r.detail,
-                r.elapsed_ms
-            ),
-        );
-    }
+    let failed = crate::faults::hooks::report(&crate::faults::hooks::call_all(&args.hooks), print);
 
     let started = Instant::now();
     while started.elapsed() < args.observe {
@@ -264,11 +252,6 @@ pub fn run(args: CacheArgs) -> Result<()> {
             ),
         );
     }
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|r| !r.ok)
-        .map(|r| r.name.as_str())
-        .collect();
     if !failed.is_empty() {
         anyhow::bail!(
             "cache invalidation done, but hook(s) failed: {} (see above)",

@@ -17,7 +17,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use faultline_proto::limits::Percent;
 use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     UsageError, faults::loss::parse_percent, inject::LimitArgs, inject::Output, preflight,
@@ -147,11 +146,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     preflight::check_root_for_cgroups()?;
     let t = target(&args.cgroup_root, &args.target_cgroup)?;
 
-    let (mut int, mut term, mut hup) = (
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::hangup())?,
-    );
+    let mut signals = crate::signals::Signals::install()?;
     let journal = TargetJournal::new(&state_dir)?;
     let print = |v: serde_json::Value, text: String| match args.output {
         Output::Json => println!("{v}"),
@@ -209,18 +204,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
         );
     }
 
-    let hook_results = crate::faults::hooks::call_all(&args.hooks);
-    for r in &hook_results {
-        print(
-            json!({"event": "hook", "result": r}),
-            format!(
-                "faultline-agent: hook {}: {} ({})",
-                r.name,
-                if r.ok { "done" } else { "FAILED" },
-                r.detail
-            ),
-        );
-    }
+    let failed = crate::faults::hooks::report(&crate::faults::hooks::call_all(&args.hooks), print);
 
     let deadline = tokio::time::Instant::from_std(started + args.duration);
     let mut tick = tokio::time::interval_at(
@@ -231,9 +215,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     let reason = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break "deadline",
-            _ = int.recv() => break "SIGINT",
-            _ = term.recv() => break "SIGTERM",
-            _ = hup.recv() => break "SIGHUP",
+            name = signals.recv() => break name,
             _ = tick.tick() => {
                 let psi = pressure(&t).unwrap_or(0.0);
                 peak_psi = peak_psi.max(psi);
@@ -263,11 +245,6 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
             restored.trim()
         ),
     );
-    let failed: Vec<&str> = hook_results
-        .iter()
-        .filter(|r| !r.ok)
-        .map(|r| r.name.as_str())
-        .collect();
     if !failed.is_empty() {
         anyhow::bail!(
             "gc pressure done and restored, but hook(s) failed: {}",

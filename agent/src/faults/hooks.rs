@@ -79,6 +79,27 @@ pub fn call_all(hooks: &[Hook]) -> Vec<HookResult> {
         .collect()
 }
 
+/// Prints each result through `print(json, text)` and returns the names that failed.
+pub fn report(results: &[HookResult], print: impl Fn(serde_json::Value, String)) -> Vec<String> {
+    for r in results {
+        print(
+            serde_json::json!({"event": "hook", "result": r}),
+            format!(
+                "faultline-agent: hook {}: {} ({}, {} ms)",
+                r.name,
+                if r.ok { "done" } else { "FAILED" },
+                r.detail,
+                r.elapsed_ms
+            ),
+        );
+    }
+    results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,134 @@
+//! Node-wide readings and cgroup fixtures shared by the stress tests and benchmarks.
+use std::path::{Path, PathBuf};
+
+/// (busy, total) jiffies over all CPUs from /proc/stat (busy excludes idle and iowait).
+pub fn proc_stat_busy() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    (total - v[3] - v[4], total)
+}
+
+/// CPU time of every task on the node in nanoseconds, as the kernel accounts it
+/// precisely: the root cgroup's counter (cpuacct.usage on v1, cpu.stat usage_usec
+/// on v2).
+pub fn node_cpu_ns() -> u64 {
+    if let Ok(v1) = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/cpuacct.usage") {
+        return v1.trim().parse().unwrap();
+    }
+    let stat = std::fs::read_to_string("/sys/fs/cgroup/cpu.stat")
+        .expect("no root CPU counter (cpuacct.usage or cpu.stat)");
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .map(|v| v.trim().parse::<u64>().unwrap() * 1000)
+        .unwrap()
+}
+
+pub fn meminfo_kb(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// Free pages the kernel keeps on its per-CPU lists (each pageset's `count` in
+/// /proc/zoneinfo), in kB. They are free memory that MemAvailable counts as used; a
+/// large free leaves hundreds of MiB there for minutes, and the next allocation
+/// takes them first.
+pub fn per_cpu_free_kb() -> u64 {
+    std::fs::read_to_string("/proc/zoneinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("count:")?.trim().parse::<u64>().ok())
+        .sum::<u64>()
+        * 4
+}
+
+/// Used memory in percent of MemTotal: MemTotal - MemAvailable, less the free
+/// pages parked on per-CPU lists.
+pub fn mem_used_percent() -> f64 {
+    let total = meminfo_kb("MemTotal:") as f64;
+    let used = total - meminfo_kb("MemAvailable:") as f64 - per_cpu_free_kb() as f64;
+    100.0 * used / total
+}
+
+pub fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// No faultline stress group or parent is left in any hierarchy.
+pub fn assert_no_stress_cgroups() {
+    for dir in [
+        "/sys/fs/cgroup/faultline",
+        "/sys/fs/cgroup/cpu/faultline",
+        "/sys/fs/cgroup/memory/faultline",
+        "/sys/fs/cgroup/cpuacct/faultline",
+    ] {
+        assert!(!Path::new(dir).exists(), "{dir} left behind");
+    }
+}
+
+/// A workload cgroup `fltest-<tag>-<pid>` in each hierarchy the agent uses, with cpu
+/// and memory delegated below it on v2 (as systemd does); removed on drop.
+pub struct TargetCgroup {
+    pub rel: String,
+    /// v2: the one directory; v1: cpu, memory, cpuacct.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl TargetCgroup {
+    pub fn new(tag: &str) -> Self {
+        let rel = format!("fltest-{tag}-{}", std::process::id());
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let dirs: Vec<PathBuf> = if cgroup_v2() {
+            vec![root.join(&rel)]
+        } else {
+            ["cpu", "memory", "cpuacct"]
+                .iter()
+                .map(|h| root.join(h).join(&rel))
+                .collect()
+        };
+        for d in &dirs {
+            std::fs::create_dir(d).unwrap();
+        }
+        if cgroup_v2() {
+            std::fs::write(dirs[0].join("cgroup.subtree_control"), "+cpu +memory").unwrap();
+        }
+        Self { rel, dirs }
+    }
+
+    /// Sets the group's hard memory limit.
+    pub fn set_memory_limit(&self, bytes: u64) {
+        if cgroup_v2() {
+            std::fs::write(self.dirs[0].join("memory.max"), bytes.to_string()).unwrap();
+        } else {
+            std::fs::write(
+                self.dirs[1].join("memory.limit_in_bytes"),
+                bytes.to_string(),
+            )
+            .unwrap();
+        }
+    }
+}
+
+impl Drop for TargetCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
