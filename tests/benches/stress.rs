@@ -35,8 +35,8 @@ fn proc_usage(pid: u32) -> (u64, u64) {
     (ticks, rss)
 }
 
-fn state() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("fl-bench-state-{}", std::process::id()))
+fn state() -> faultline_tests::TempPath {
+    faultline_tests::TempPath::dir("fl-bench-state")
 }
 
 fn main() {
@@ -62,8 +62,9 @@ fn main() {
             100.0 * (node_cpu_ns() - n0) as f64 / base_start.elapsed().as_nanos() as f64 / cpus;
         let base_stat = 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64;
 
+        let st = state();
         let (mut agent, _) = Agent::start_host(
-            &state(),
+            &st,
             &[
                 "--profile",
                 "staging",
@@ -102,8 +103,9 @@ fn main() {
 
     std::thread::sleep(Duration::from_secs(3));
     let base = mem_used_percent();
+    let st = state();
     let (mut agent, _) = Agent::start_host(
-        &state(),
+        &st,
         &["inject", "memory", "--percent", "10", "--duration", "40s"],
     );
     let target = meminfo_kb("MemTotal:") * 1024 / 10;

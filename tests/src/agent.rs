@@ -29,11 +29,8 @@ pub fn agent_binary() -> PathBuf {
 
 /// A `chaos_limits` file that lets tests ask for large faults (the production caps
 /// are tested separately).
-pub fn limits_file(max_loss: &str, max_duration: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "faultline-test-limits-{}-{max_loss}-{max_duration}.yaml",
-        std::process::id()
-    ));
+pub fn limits_file(max_loss: &str, max_duration: &str) -> crate::TempPath {
+    let path = crate::TempPath::new("faultline-test-limits");
     let text = format!(
         "chaos_limits:\n\
          \x20 latency_injection: {{ max_latency: 500ms, max_duration: 300s }}\n\
@@ -42,7 +39,7 @@ pub fn limits_file(max_loss: &str, max_duration: &str) -> PathBuf {
          \x20 memory_stress: {{ max_stress: 30%, max_duration: 60s }}\n\
          \x20 blast_radius: {{ max_nodes: 1, max_concurrent: 1 }}\n"
     );
-    std::fs::write(&path, text).expect("write limits");
+    std::fs::write(&*path, text).expect("write limits");
     path
 }
 
@@ -50,6 +47,8 @@ pub fn limits_file(max_loss: &str, max_duration: &str) -> PathBuf {
 pub struct Agent {
     pub child: Child,
     events: mpsc::Receiver<Value>,
+    /// Temp paths (e.g. its state dir) removed when the agent is gone.
+    owned: Vec<crate::TempPath>,
 }
 
 impl Agent {
@@ -81,7 +80,11 @@ impl Agent {
             .spawn()
             .expect("spawn agent");
         let events = reader(child.stdout.take().expect("stdout"));
-        let mut agent = Self { child, events };
+        let mut agent = Self {
+            child,
+            events,
+            owned: Vec::new(),
+        };
         let armed = agent
             .wait_event(first, Duration::from_secs(20))
             .unwrap_or_else(|| panic!("agent never reported {first}"));
@@ -108,7 +111,11 @@ impl Agent {
             .spawn()
             .expect("spawn agent");
         let events = reader(child.stdout.take().expect("stdout"));
-        let mut agent = Self { child, events };
+        let mut agent = Self {
+            child,
+            events,
+            owned: Vec::new(),
+        };
         let armed = agent
             .wait_event("armed", Duration::from_secs(20))
             .expect("agent never armed");
@@ -124,6 +131,11 @@ impl Agent {
                 return Some(ev);
             }
         }
+    }
+
+    /// Removes `path` when this agent is dropped (after the process is gone).
+    pub fn keep(&mut self, path: crate::TempPath) {
+        self.owned.push(path);
     }
 
     pub fn signal(&self, sig: libc::c_int) {

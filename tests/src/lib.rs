@@ -11,6 +11,7 @@ pub mod node;
 pub mod traffic;
 
 pub use agent::{Agent, agent_binary, limits_file};
+
 pub use checks::assert_nothing_attached;
 pub use netns::{Netns, Pair};
 
@@ -27,4 +28,46 @@ pub fn kernel_version() -> (u32, u32) {
 /// TCX (tc BPF links) exists from Linux 6.6.
 pub fn has_tcx() -> bool {
     kernel_version() >= (6, 6)
+}
+
+/// A path in the temp dir that is removed (file or directory tree) when dropped, so
+/// tests leave nothing behind. Derefs to `Path`.
+#[derive(Debug)]
+pub struct TempPath(std::path::PathBuf);
+
+impl TempPath {
+    /// `<temp>/<prefix>-<pid>-<n>`, not created.
+    pub fn new(prefix: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self(std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+
+    /// Like `new`, created as an empty directory.
+    pub fn dir(prefix: &str) -> Self {
+        let t = Self::new(prefix);
+        std::fs::create_dir_all(&t.0).expect("create temp dir");
+        t
+    }
+}
+
+impl std::ops::Deref for TempPath {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
 }

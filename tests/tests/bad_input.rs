@@ -140,9 +140,8 @@ fn duration_above_the_cap() {
 
 #[test]
 fn limits_file_errors_are_reported() {
-    let bad =
-        std::env::temp_dir().join(format!("faultline-bad-limits-{}.yaml", std::process::id()));
-    std::fs::write(&bad, "chaos_limits:\n  packet_loss: {max_loss: lots}\n").unwrap();
+    let bad = faultline_tests::TempPath::new("faultline-bad-limits");
+    std::fs::write(&*bad, "chaos_limits:\n  packet_loss: {max_loss: lots}\n").unwrap();
     refused(
         &[
             "--limits",

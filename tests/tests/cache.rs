@@ -31,15 +31,16 @@ fn read_all(dir: &PathBuf) {
     }
 }
 
-fn state() -> PathBuf {
-    std::env::temp_dir().join(format!("fl-cache-state-{}", std::process::id()))
+fn state() -> faultline_tests::TempPath {
+    faultline_tests::TempPath::dir("fl-cache-state")
 }
 
 #[test]
 fn evicts_a_file_set_and_watches_it_rebuild() {
     let dir = file_set("evict");
+    let st = state();
     let (mut agent, evicted) = Agent::start_host_event(
-        &state(),
+        &st,
         &[
             "inject",
             "cache",

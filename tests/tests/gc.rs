@@ -92,18 +92,17 @@ impl Drop for Workload {
     }
 }
 
-fn state(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fl-gc-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn state(tag: &str) -> faultline_tests::TempPath {
+    faultline_tests::TempPath::dir(&format!("fl-gc-{tag}"))
 }
 
 #[test]
 fn squeezes_below_usage_and_restores_the_exact_value() {
     let w = Workload::new("gc");
     let original = w.limit();
+    let dir = state("a");
     let (mut agent, armed) = Agent::start_host(
-        &state("a"),
+        &dir,
         &[
             "inject",
             "gc",

@@ -10,7 +10,7 @@ use std::{
 };
 
 use faultline_tests::{
-    Agent,
+    Agent, TempPath,
     agent::run_agent,
     limits_file,
     node::{TargetCgroup, assert_no_stress_cgroups, node_cpu_ns, proc_stat_busy},
@@ -50,15 +50,16 @@ fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn state() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fl-stress-state-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn state() -> TempPath {
+    TempPath::dir("fl-stress-state")
 }
 
 /// The agent in the host network namespace (stress is node-wide, not per netns).
 fn start(args: &[&str]) -> (Agent, serde_json::Value) {
-    Agent::start_host(&state(), args)
+    let dir = state();
+    let (mut agent, armed) = Agent::start_host(&dir, args);
+    agent.keep(dir);
+    (agent, armed)
 }
 
 #[test]

@@ -28,9 +28,10 @@ fn settled_mem_used_percent() -> f64 {
 }
 
 fn start(args: &[&str]) -> (Agent, serde_json::Value) {
-    let dir = std::env::temp_dir().join(format!("fl-oom-state-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    Agent::start_host(&dir, args)
+    let dir = faultline_tests::TempPath::dir("fl-memory-state");
+    let (mut agent, armed) = Agent::start_host(&dir, args);
+    agent.keep(dir);
+    (agent, armed)
 }
 
 fn an_over_asking_stressor_is_the_only_process_killed() {
