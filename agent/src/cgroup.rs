@@ -41,7 +41,7 @@ pub struct Group {
     pub dirs: Vec<PathBuf>,
 }
 
-fn read_u64(path: &Path) -> Result<u64> {
+pub fn read_u64(path: &Path) -> Result<u64> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.trim()
         .parse()
@@ -52,7 +52,9 @@ fn write(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).with_context(|| format!("writing '{value}' to {}", path.display()))
 }
 
-fn keyed(path: &Path, key: &str) -> Result<u64> {
+/// The number after `key` (which includes its separator) in a flat keyed file such
+/// as memory.stat or cpu.stat.
+pub fn keyed(path: &Path, key: &str) -> Result<u64> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
@@ -219,17 +221,23 @@ impl CgroupFs for V2 {
     }
 }
 
+/// A `--target-cgroup` must stay inside the cgroup filesystem.
+pub fn check_relative(rel: &Path) -> Result<(), UsageError> {
+    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
+        return Err(UsageError(format!(
+            "--target-cgroup {} must be relative to the cgroup root, without '..'",
+            rel.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Finds the cgroup hierarchy of this host. `under` places faultline's groups below
 /// a target cgroup (a path relative to the hierarchy root, e.g.
 /// `system.slice/app.service`) so stressors compete inside its limits.
 pub fn detect(root: &Path, under: Option<&Path>) -> Result<Box<dyn CgroupFs>> {
     let rel = under.unwrap_or(Path::new(""));
-    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
-        bail!(UsageError(format!(
-            "--target-cgroup {} must be relative to the cgroup root, without '..'",
-            rel.display()
-        )));
-    }
+    check_relative(rel)?;
     let unified = root.join("cgroup.controllers");
     if let Ok(controllers) = fs::read_to_string(&unified) {
         let has = |c: &str| controllers.split_whitespace().any(|x| x == c);

@@ -2,7 +2,6 @@
 //! live counters, and removes everything on exit, SIGINT, SIGTERM, SIGHUP and at the
 //! deadline. The same validation and caps apply as under a coordinator lease.
 use std::{
-    io::Write,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -19,6 +18,7 @@ use crate::{
     faults::loss::LossArgs,
     filter::FilterArgs,
     journal::{Entry, Journal, JournalFile},
+    output::Output,
     preflight, reconcile,
 };
 
@@ -45,13 +45,6 @@ pub enum Hook {
     Tc,
     /// XDP: ingress only, earliest point in the receive path.
     Xdp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    /// One JSON object per line (events "armed", "counters", "removed").
-    Json,
 }
 
 /// Where and for how long a network fault applies, and how it is shown.
@@ -346,12 +339,7 @@ impl Printer {
     }
 
     fn emit(&mut self, value: serde_json::Value, text: String) {
-        let mut stdout = std::io::stdout().lock();
-        let _ = match self.format {
-            Output::Json => writeln!(stdout, "{value}"),
-            Output::Text => writeln!(stdout, "{text}"),
-        };
-        let _ = stdout.flush();
+        crate::output::emit(self.format, value, &text);
     }
 
     fn note(&mut self, line: &str) {

@@ -7,6 +7,7 @@ mod faults;
 mod filter;
 mod inject;
 mod journal;
+mod output;
 mod preflight;
 mod reconcile;
 mod signals;

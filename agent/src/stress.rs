@@ -22,7 +22,7 @@ use crate::{
     UsageError,
     cgroup::{self, CgroupFs, Group},
     clock,
-    inject::Output,
+    output::Output,
 };
 
 /// Duration, ramp and placement shared by the stress faults.
@@ -310,13 +310,7 @@ struct StressPrinter {
 
 impl StressPrinter {
     fn emit(&mut self, value: serde_json::Value, text: String) {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
-        let _ = match self.format {
-            Output::Json => writeln!(stdout, "{value}"),
-            Output::Text => writeln!(stdout, "{text}"),
-        };
-        let _ = stdout.flush();
+        crate::output::emit(self.format, value, &text);
     }
 
     fn reading(&mut self, r: &Running, elapsed: Duration, now: &NodeSample, last: &NodeSample) {

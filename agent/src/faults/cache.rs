@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::{UsageError, inject::Output, preflight};
+use crate::{UsageError, output::Output, preflight};
 
 #[derive(Args, Clone, Debug)]
 pub struct CacheArgs {
@@ -140,12 +140,7 @@ fn evict(files: &[PathBuf]) -> Result<()> {
 
 /// The v2 cgroup directory for `rel`, or why it cannot be used.
 fn v2_target(root: &Path, rel: &Path) -> Result<PathBuf, UsageError> {
-    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
-        return Err(UsageError(format!(
-            "--target-cgroup {} must be relative to the cgroup root, without '..'",
-            rel.display()
-        )));
-    }
+    crate::cgroup::check_relative(rel)?;
     if !root.join("cgroup.controllers").exists() {
         return Err(UsageError(
             "--target-cgroup needs cgroup v2 (memory.reclaim); on cgroup v1 evict by --path".into(),
@@ -162,9 +157,7 @@ fn v2_target(root: &Path, rel: &Path) -> Result<PathBuf, UsageError> {
 }
 
 fn file_bytes(dir: &Path) -> Option<u64> {
-    let stat = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("file ")?.trim().parse().ok())
+    crate::cgroup::keyed(&dir.join("memory.stat"), "file ").ok()
 }
 
 pub fn run(args: CacheArgs) -> Result<()> {
@@ -190,10 +183,7 @@ pub fn run(args: CacheArgs) -> Result<()> {
     if group.is_some() {
         preflight::check_root_for_cgroups()?;
     }
-    let print = |v: serde_json::Value, text: String| match args.output {
-        Output::Json => println!("{v}"),
-        Output::Text => println!("{text}"),
-    };
+    let print = |v: serde_json::Value, text: String| crate::output::emit(args.output, v, &text);
 
     let before = residency(&files);
     let group_before = group.as_deref().and_then(file_bytes);

@@ -19,7 +19,12 @@ use faultline_proto::limits::Percent;
 use serde_json::json;
 
 use crate::{
-    UsageError, faults::loss::parse_percent, inject::LimitArgs, inject::Output, preflight,
+    UsageError,
+    cgroup::{keyed, read_u64},
+    faults::loss::parse_percent,
+    inject::LimitArgs,
+    output::Output,
+    preflight,
     targets::TargetJournal,
 };
 
@@ -56,12 +61,7 @@ struct Target {
 }
 
 fn target(root: &Path, rel: &Path) -> Result<Target, UsageError> {
-    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
-        return Err(UsageError(format!(
-            "--target-cgroup {} must be relative to the cgroup root, without '..'",
-            rel.display()
-        )));
-    }
+    crate::cgroup::check_relative(rel)?;
     let (version, dir) = if root.join("cgroup.controllers").exists() {
         (2, root.join(rel))
     } else {
@@ -92,14 +92,6 @@ fn target(root: &Path, rel: &Path) -> Result<Target, UsageError> {
     })
 }
 
-fn read_u64(p: &Path) -> Result<u64> {
-    fs::read_to_string(p)
-        .with_context(|| format!("reading {}", p.display()))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{} is not a number", p.display()))
-}
-
 /// `some avg10` of the group's memory PSI (v2), or the node's (v1 has no per-group
 /// pressure).
 fn pressure(t: &Target) -> Option<f64> {
@@ -123,9 +115,7 @@ fn reclaimed(t: &Target) -> Option<u64> {
     } else {
         "total_pgpgout "
     };
-    let text = fs::read_to_string(t.dir.join("memory.stat")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    keyed(&t.dir.join("memory.stat"), key).ok()
 }
 
 pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<()> {
@@ -148,10 +138,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
 
     let mut signals = crate::signals::Signals::install()?;
     let journal = TargetJournal::new(&state_dir)?;
-    let print = |v: serde_json::Value, text: String| match args.output {
-        Output::Json => println!("{v}"),
-        Output::Text => println!("{text}"),
-    };
+    let print = |v: serde_json::Value, text: String| crate::output::emit(args.output, v, &text);
     for line in journal.reconcile()? {
         print(
             json!({"event": "reconciled", "detail": line}),
