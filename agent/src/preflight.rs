@@ -84,25 +84,27 @@ pub fn interface_index(name: &str) -> Result<u32, UsageError> {
     Ok(index)
 }
 
-/// Names of every interface in this network namespace (for the leftover sweep).
-pub fn interface_names() -> Vec<String> {
-    let mut names = Vec::new();
+/// (name, index) of every interface in this network namespace (for the leftover
+/// sweep).
+pub fn interfaces() -> Vec<(String, u32)> {
+    let mut found = Vec::new();
     // SAFETY: if_nameindex returns a list terminated by a zero entry, freed below.
     unsafe {
         let list = libc::if_nameindex();
         if list.is_null() {
-            return names;
+            return found;
         }
         let mut p = list;
         while (*p).if_index != 0 {
-            names.push(
+            found.push((
                 std::ffi::CStr::from_ptr((*p).if_name)
                     .to_string_lossy()
                     .into_owned(),
-            );
+                (*p).if_index,
+            ));
             p = p.add(1);
         }
         libc::if_freenameindex(list);
     }
-    names
+    found
 }

@@ -14,13 +14,10 @@ use crate::{
 pub async fn reconcile(journal: &JournalFile) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let recorded = journal.load()?;
-    for iface in preflight::interface_names() {
-        let Ok(ifindex) = preflight::interface_index(&iface) else {
-            continue; // vanished meanwhile
-        };
-        // Filters live only under a clsact (or ingress) qdisc; skip the netlink
-        // round trips on every other interface.
-        if !tc::has_clsact(ifindex).await? {
+    // Filters live only under a clsact qdisc; skip every other interface.
+    let with_clsact = tc::clsact_ifindexes().await?;
+    for (iface, ifindex) in preflight::interfaces() {
+        if !with_clsact.contains(&ifindex) {
             continue;
         }
         for dir in [Dir::Ingress, Dir::Egress] {

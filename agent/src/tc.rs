@@ -10,19 +10,35 @@ async fn handle() -> Result<rtnetlink::Handle> {
     Ok(handle)
 }
 
+fn is_clsact(q: &netlink_packet_route::tc::TcMessage) -> bool {
+    q.attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
+}
+
 pub async fn has_clsact(ifindex: u32) -> Result<bool> {
     let h = handle().await?;
     let mut qdiscs = h.qdisc().get().index(ifindex as i32).execute();
     while let Some(q) = qdiscs.try_next().await? {
-        if q.header.index == ifindex as i32
-            && q.attributes
-                .iter()
-                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
-        {
+        if q.header.index == ifindex as i32 && is_clsact(&q) {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Interfaces that have a clsact qdisc, from one dump of the namespace's qdiscs (a
+/// node can have hundreds of pod veths; one round trip serves them all).
+pub async fn clsact_ifindexes() -> Result<std::collections::HashSet<u32>> {
+    let h = handle().await?;
+    let mut qdiscs = h.qdisc().get().execute();
+    let mut found = std::collections::HashSet::new();
+    while let Some(q) = qdiscs.try_next().await? {
+        if is_clsact(&q) {
+            found.insert(q.header.index as u32);
+        }
+    }
+    Ok(found)
 }
 
 /// Number of filters on the clsact qdisc (both hooks).
