@@ -294,7 +294,7 @@ impl ChaosLimits {
     ) -> Result<(), LimitExceeded> {
         check_stress(
             &self.cpu_stress,
-            "cpu_stress",
+            ["cpu_stress.max_stress", "cpu_stress.max_duration"],
             "CPU stress",
             share,
             duration,
@@ -311,7 +311,7 @@ impl ChaosLimits {
     ) -> Result<(), LimitExceeded> {
         check_stress(
             &self.memory_stress,
-            "memory_stress",
+            ["memory_stress.max_stress", "memory_stress.max_duration"],
             "memory stress",
             share,
             duration,
@@ -322,16 +322,12 @@ impl ChaosLimits {
 
 fn check_stress(
     l: &StressLimits,
-    section: &'static str,
+    [max_stress, max_duration]: [&'static str; 2],
     what: &str,
     share: Percent,
     duration: Duration,
     source: &str,
 ) -> Result<(), LimitExceeded> {
-    let (max_stress, max_duration) = match section {
-        "cpu_stress" => ("cpu_stress.max_stress", "cpu_stress.max_duration"),
-        _ => ("memory_stress.max_stress", "memory_stress.max_duration"),
-    };
     if share > l.max_stress {
         return Err(LimitExceeded {
             what: format!("{what} {share}"),
