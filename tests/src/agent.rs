@@ -69,14 +69,32 @@ impl Agent {
         args: &[&str],
         first: &str,
     ) -> (Self, Value) {
-        let mut child = Command::new(agent_binary())
+        Self::spawn(
+            Command::new(agent_binary()),
+            state_dir,
+            args,
+            Stdio::inherit(),
+            first,
+        )
+    }
+
+    /// Runs `cmd` (the agent, possibly behind `ip netns exec`) with `--state-dir`,
+    /// `args` and JSON output, and waits for its first event named `first`.
+    fn spawn(
+        mut cmd: Command,
+        state_dir: &std::path::Path,
+        args: &[&str],
+        stderr: Stdio,
+        first: &str,
+    ) -> (Self, Value) {
+        let mut child = cmd
             .arg("--state-dir")
             .arg(state_dir)
             .args(args)
             .args(["--output", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn agent");
         let events = reader(child.stdout.take().expect("stdout"));
@@ -98,28 +116,9 @@ impl Agent {
         args: &[&str],
         stderr: Stdio,
     ) -> (Self, Value) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(agent_binary())
-            .arg("--state-dir")
-            .arg(state_dir)
-            .args(args)
-            .args(["--output", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn agent");
-        let events = reader(child.stdout.take().expect("stdout"));
-        let mut agent = Self {
-            child,
-            events,
-            owned: Vec::new(),
-        };
-        let armed = agent
-            .wait_event("armed", Duration::from_secs(20))
-            .expect("agent never armed");
-        (agent, armed)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(agent_binary());
+        Self::spawn(cmd, state_dir, args, stderr, "armed")
     }
 
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Option<Value> {
