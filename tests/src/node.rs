@@ -66,6 +66,12 @@ pub fn mem_used_percent() -> f64 {
     100.0 * used / total
 }
 
+/// True once `pid` has exited: gone from /proc, or a zombie awaiting its reaper.
+pub fn exited(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.is_empty() || stat.contains(") Z")
+}
+
 pub fn cgroup_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }

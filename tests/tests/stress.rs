@@ -13,7 +13,7 @@ use faultline_tests::{
     Agent, TempPath,
     agent::run_agent,
     limits_file,
-    node::{TargetCgroup, assert_no_stress_cgroups, node_cpu_ns, proc_stat_busy},
+    node::{TargetCgroup, assert_no_stress_cgroups, exited, node_cpu_ns, proc_stat_busy},
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -161,11 +161,8 @@ fn stressors_stop_at_the_deadline_while_the_agent_is_frozen() {
     std::thread::sleep(Duration::from_secs(3));
     let deadline = Instant::now();
     for pid in &pids {
-        loop {
+        while !exited(*pid) {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.contains(") Z") {
-                break;
-            }
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             assert!(
                 deadline.elapsed() < Duration::from_secs(3),
@@ -195,11 +192,8 @@ fn sigkill_leaves_no_stressor_and_the_next_start_removes_the_cgroup() {
     agent.child.wait().unwrap();
     let until = Instant::now() + Duration::from_secs(2);
     for pid in &pids {
-        loop {
+        while !exited(*pid) {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.contains(") Z") {
-                break;
-            }
             assert!(
                 Instant::now() < until,
                 "stressor {pid} survived the agent: {stat}"

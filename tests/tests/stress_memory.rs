@@ -10,7 +10,7 @@ use std::{
 
 use faultline_tests::{
     Agent,
-    node::{TargetCgroup, assert_no_stress_cgroups, mem_used_percent, meminfo_kb},
+    node::{TargetCgroup, assert_no_stress_cgroups, exited, mem_used_percent, meminfo_kb},
 };
 
 /// Used memory once it stops moving.
@@ -53,11 +53,7 @@ fn an_over_asking_stressor_is_the_only_process_killed() {
     ]);
     let stressor = armed["pids"][0].as_u64().unwrap();
     let until = Instant::now() + Duration::from_secs(30);
-    while std::path::Path::new(&format!("/proc/{stressor}/status")).exists()
-        && !std::fs::read_to_string(format!("/proc/{stressor}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
-    {
+    while !exited(stressor) {
         assert!(
             Instant::now() < until,
             "the over-asking stressor was never killed"
