@@ -3,26 +3,32 @@
 //! Three entry points share one decision: `faultline_ingress` / `faultline_egress`
 //! (tc, attached through TCX or clsact) and `faultline_xdp` (ingress only). Each run
 //! counts the packet, and — only while the fault is armed, in date and the packet
-//! matches the in-kernel filter — applies the fault. Passing returns "continue"
-//! rather than "accept", so programs attached after ours still see the packet.
+//! matches the in-kernel filter — applies the fault: drop it, or delay it (see
+//! `latency`). Passing returns "continue" rather than "accept", so programs attached
+//! after ours still see the packet.
+//!
+//! Two helpers serve latency: `faultline_ifb` stamps departure times on the agent's
+//! IFB device, `faultline_reinj` returns packets released by the delay line.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod deadline;
 mod filter;
+mod latency;
 mod loss;
 mod packet;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{BPF_F_INGRESS, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_redirect,
     macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::info;
 use faultline_common::{
-    Counters, DIR_COUNT, DIR_EGRESS, DIR_INDEX_EGRESS, DIR_INDEX_INGRESS, DIR_INGRESS, FLAG_LOG,
-    FaultConfig,
+    Counters, DELAY_DIVERT, DELAY_EDT, DELAYED_MARK, DIR_COUNT, DIR_EGRESS, DIR_INDEX_EGRESS,
+    DIR_INDEX_INGRESS, DIR_INGRESS, FLAG_LOG, FaultConfig, LatencyModel,
 };
 use packet::PacketMeta;
 
@@ -33,12 +39,14 @@ static CONFIG: Array<FaultConfig> = Array::with_max_entries(1, 0);
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIR_COUNT, 0);
 
 /// The outcome for one packet; small on purpose (see `packet::parse`).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Verdict {
     Pass,
     Drop,
     /// Drop, and debug logging is on.
     DropLogged,
+    /// Delay with this model (already counted).
+    Delay(&'static LatencyModel),
 }
 
 #[classifier]
@@ -58,7 +66,8 @@ pub fn faultline_xdp(ctx: XdpContext) -> u32 {
         packet::parse(&ctx, meta)
     });
     match verdict {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        // The agent refuses latency on XDP; a delay verdict cannot occur here.
+        Verdict::Pass | Verdict::Delay(_) => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::DropLogged => {
             log_drop(&ctx, &meta);
@@ -69,6 +78,13 @@ pub fn faultline_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn tc_run(ctx: &TcContext, dir_index: u32, dir_bit: u32) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's context; `mark` is readable from tc programs.
+    if unsafe { (*skb).mark } == DELAYED_MARK {
+        // Released by the delay line: it has had its delay. Pass it on untagged.
+        ctx.set_mark(0);
+        return TC_ACT_UNSPEC;
+    }
     let mut meta = PacketMeta::new();
     let verdict = decide(dir_index, dir_bit, &mut meta, |meta| {
         packet::parse(ctx, meta)
@@ -80,7 +96,57 @@ fn tc_run(ctx: &TcContext, dir_index: u32, dir_bit: u32) -> i32 {
             log_drop(ctx, &meta);
             TC_ACT_SHOT
         }
+        Verdict::Delay(lat) => {
+            let target = match (lat.backend, dir_bit) {
+                (DELAY_EDT, DIR_EGRESS) => {
+                    latency::stamp_departure(skb, lat);
+                    return TC_ACT_UNSPEC;
+                }
+                (DELAY_EDT, _) | (DELAY_DIVERT, DIR_INGRESS) => lat.ingress_redirect,
+                _ => lat.egress_redirect,
+            };
+            // SAFETY: helper with plain arguments.
+            unsafe { bpf_redirect(target, 0) as i32 }
+        }
     }
+}
+
+/// On the egress of the agent's IFB: only packets `faultline_ingress` redirected for
+/// EDT latency arrive here; stamp them for the IFB's fq qdisc.
+#[classifier]
+pub fn faultline_ifb(ctx: TcContext) -> i32 {
+    if let Some(cfg) = CONFIG.get(0)
+        && cfg.armed != 0
+        && cfg.latency.backend == DELAY_EDT
+        && !deadline::expired(cfg.deadline_ns)
+    {
+        latency::stamp_departure(ctx.skb.skb, &cfg.latency);
+    }
+    TC_ACT_UNSPEC
+}
+
+/// On the ingress of the delay line's TAP devices: a frame the agent wrote back after
+/// its delay. Tag it so the fault program lets it through, and send it to the device
+/// and direction it was taken from.
+#[classifier]
+pub fn faultline_reinj(ctx: TcContext) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return TC_ACT_SHOT;
+    };
+    let lat = &cfg.latency;
+    // SAFETY: the program's context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let flags = if ifindex == lat.ingress_redirect {
+        BPF_F_INGRESS as u64
+    } else if ifindex == lat.egress_redirect {
+        0
+    } else {
+        // Not one of the delay line's devices (or the fault is gone): nowhere to go.
+        return TC_ACT_SHOT;
+    };
+    ctx.set_mark(DELAYED_MARK);
+    // SAFETY: helper with plain arguments.
+    unsafe { bpf_redirect(lat.target_ifindex, flags) as i32 }
 }
 
 /// The shared decision. `parse` runs only once the fault is known to be armed and in
@@ -114,7 +180,7 @@ fn decide(
     counters.matched += 1;
 
     if !loss::should_drop(&cfg.loss) {
-        return Verdict::Pass;
+        return delay(counters, &cfg.latency);
     }
     counters.dropped += 1;
     if cfg.flags & FLAG_LOG != 0 {
@@ -122,6 +188,21 @@ fn decide(
     } else {
         Verdict::Drop
     }
+}
+
+/// The latency part of the decision, for a matched packet that was not dropped.
+#[inline(always)]
+fn delay(counters: &mut Counters, lat: &'static LatencyModel) -> Verdict {
+    let delaying = match lat.backend {
+        DELAY_EDT => true,
+        DELAY_DIVERT => latency::delay_line_alive(),
+        _ => false,
+    };
+    if !delaying {
+        return Verdict::Pass;
+    }
+    counters.delayed += 1;
+    Verdict::Delay(lat)
 }
 
 #[inline(always)]

@@ -16,7 +16,8 @@ use aya::{
 use clap::ValueEnum;
 use faultline_common::{
     Counters, DIR_EGRESS, DIR_INDEX_EGRESS, DIR_INDEX_INGRESS, DIR_INGRESS, FaultConfig,
-    MAP_CONFIG, MAP_COUNTERS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    MAP_CONFIG, MAP_COUNTERS, MAP_DIVERT_LEASE, MAP_JITTER, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_XDP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -219,17 +220,28 @@ impl Programs {
         Ok(prog)
     }
 
-    /// Attaches the tc program for `dir`. `mode` must be resolved (Tcx or Netlink);
-    /// for netlink the caller has made sure a clsact qdisc exists.
+    /// Attaches the fault program for `dir`. `mode` must be resolved (Tcx or
+    /// Netlink); for netlink the caller has made sure a clsact qdisc exists.
     pub fn attach_tc(&mut self, iface: &str, dir: Dir, mode: TcMode) -> Result<AttachKind> {
-        let prog = self.tc_program(dir.program())?;
+        self.attach_tc_program(iface, dir.program(), dir, mode)
+    }
+
+    /// Attaches any of the object's tc programs (the IFB and delay-line helpers too).
+    pub fn attach_tc_program(
+        &mut self,
+        iface: &str,
+        program: &str,
+        dir: Dir,
+        mode: TcMode,
+    ) -> Result<AttachKind> {
+        let prog = self.tc_program(program)?;
         let options = match mode {
             TcMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
             _ => TcAttachOptions::TcxOrder(Default::default()),
         };
         let id = prog
             .attach_with_options(iface, dir.tc_attach_type(), options)
-            .with_context(|| format!("attaching {} to {iface} {dir}", dir.program()))?;
+            .with_context(|| format!("attaching {program} to {iface} {dir}"))?;
         let link = prog.take_link(id)?;
         let program_id = prog.info()?.id();
         let kind = match mode {
@@ -267,6 +279,35 @@ impl Programs {
         self.program_ids.push(prog.info()?.id());
         self.links.push((kind.clone(), Link::Xdp(link)));
         Ok(kind)
+    }
+
+    /// Writes the jitter distribution table (see `faultline_common::LatencyModel`).
+    pub fn set_jitter_table(&mut self, table: &[i32]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_JITTER)
+            .ok_or_else(|| anyhow!("map {MAP_JITTER} missing from the object"))?;
+        let mut array: Array<_, i32> = Array::try_from(map)?;
+        for (i, z) in table.iter().enumerate() {
+            array
+                .set(i as u32, z, 0)
+                .context("writing the jitter table")?;
+        }
+        Ok(())
+    }
+
+    /// Hands the delay line's lease map to its owner (the delay-line thread).
+    pub fn take_divert_lease(&mut self) -> Result<crate::delay_line::LeaseWriter> {
+        let map = self
+            .ebpf
+            .take_map(MAP_DIVERT_LEASE)
+            .ok_or_else(|| anyhow!("map {MAP_DIVERT_LEASE} missing from the object"))?;
+        let mut array: Array<_, u64> = Array::try_from(map)?;
+        Ok(Box::new(move |until: u64| {
+            array
+                .set(0, until, 0)
+                .context("renewing the delay line's lease")
+        }))
     }
 
     pub fn counters(&self) -> Result<DirCounters> {

@@ -1,4 +1,4 @@
-//! Local mode: `faultline-agent inject loss ...` applies one fault directly, shows
+//! Local mode: `faultline-agent inject loss|latency ...` applies one fault directly, shows
 //! live counters, and removes everything on exit, SIGINT, SIGTERM, SIGHUP and at the
 //! deadline. The same validation and caps apply as under a coordinator lease.
 use std::{
@@ -14,8 +14,12 @@ use serde_json::json;
 
 use crate::{
     UsageError, clock,
+    delay_line::{Report, StatsView},
     ebpf::{AttachKind, Dir, DirCounters, Programs, TcMode},
-    faults::loss::LossArgs,
+    faults::{
+        latency::{self, LatencyArgs, LatencyPlan},
+        loss::LossArgs,
+    },
     filter::FilterArgs,
     journal::{Entry, Journal, JournalFile},
     output::Output,
@@ -130,6 +134,7 @@ impl TargetArgs {
 struct Plan {
     cfg_template: FaultConfig,
     summary: String,
+    latency: Option<(LatencyArgs, LatencyPlan, latency::Backend)>,
 }
 
 fn plan(target: &TargetArgs, filter: Filter, loss: LossModel, what: String) -> Plan {
@@ -149,6 +154,7 @@ fn plan(target: &TargetArgs, filter: Filter, loss: LossModel, what: String) -> P
             ..Default::default()
         },
         summary: format!("{what}, filter: {}", target.filter.describe()),
+        latency: None,
     }
 }
 
@@ -178,6 +184,51 @@ pub async fn loss(
     preflight::interface_index(&target.iface)?;
     let mode = target.tc_mode.resolve()?;
 
+    run(state_dir, target, mode, plan).await
+}
+
+pub async fn latency(
+    state_dir: PathBuf,
+    limits: LimitArgs,
+    target: TargetArgs,
+    args: LatencyArgs,
+) -> Result<()> {
+    // 1. Input alone.
+    target.validate()?;
+    if target.hook == Hook::Xdp {
+        return Err(UsageError(
+            "latency needs --hook tc: XDP can drop a packet but cannot hold or re-time it".into(),
+        )
+        .into());
+    }
+    let filter = target.filter.to_kernel()?;
+    let lat = args.plan()?;
+    let (caps, caps_source) = limits.load()?;
+    caps.check_latency(lat.worst, target.duration, &caps_source)
+        .map_err(|e| UsageError(e.to_string()))?;
+    let mut loss_model = LossModel::default();
+    let mut what = lat.description.clone();
+    if let Some(percent) = args.loss_percent {
+        let loss = LossArgs {
+            percent: Some(percent),
+            ..LossArgs::default()
+        }
+        .plan()?;
+        caps.check_loss(loss.expected, target.duration, &caps_source)
+            .map_err(|e| UsageError(e.to_string()))?;
+        loss_model = loss.model;
+        what = format!("{what} + loss {}", loss.description);
+    }
+
+    // 2. The environment.
+    preflight::check_privileges()?;
+    preflight::check_bpf_support()?;
+    preflight::interface_index(&target.iface)?;
+    let mode = target.tc_mode.resolve()?;
+    let backend = latency::resolve_backend(args.backend).await?;
+    let mut plan = plan(&target, filter, loss_model, what);
+    plan.summary = format!("{} via {}", plan.summary, backend.name());
+    plan.latency = Some((args, lat, backend));
     run(state_dir, target, mode, plan).await
 }
 
@@ -214,24 +265,45 @@ async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -
     let mut programs = Programs::load(target.debug_ebpf)?;
     let mut cfg = plan.cfg_template;
     cfg.deadline_ns = clock::deadline_after(target.duration);
+
+    let mut active = None;
+    if let Some((args, lat, backend)) = &plan.latency {
+        let site = latency::Site {
+            iface: &target.iface,
+            ifindex: preflight::interface_index(&target.iface)?,
+            dirs: target.direction.dirs(),
+            mode,
+        };
+        let a = latency::Active::setup(&journal, &mut programs, &site, args, lat, *backend).await?;
+        cfg.latency = a.model;
+        active = Some(a);
+    }
     programs.configure(&cfg)?;
 
     let attached = attach(&journal, &mut programs, &target, mode).await;
     let attached = match attached {
         Ok(kinds) => kinds,
         Err(e) => {
-            remove(&journal, &mut programs, &target).await?;
+            remove(&journal, &mut programs, &target, &cfg, active.as_mut()).await?;
             return Err(e);
         }
     };
     let started = Instant::now();
     out.armed(&target, &attached, programs.program_ids(), &plan.summary);
 
-    let reason = watch(&programs, &target, started, &mut signals, &mut out).await;
+    let reason = watch(
+        &programs,
+        active.as_ref(),
+        &target,
+        started,
+        &mut signals,
+        &mut out,
+    )
+    .await;
 
-    remove(&journal, &mut programs, &target).await?;
+    let report = remove(&journal, &mut programs, &target, &cfg, active.as_mut()).await?;
     let totals = programs.counters()?;
-    out.removed(reason, started.elapsed(), &totals);
+    out.removed(reason, started.elapsed(), &totals, report);
     Ok(())
 }
 
@@ -260,7 +332,9 @@ async fn attach(
                 created_clsact,
             })
             .collect();
-        journal.store(&Journal { entries })?;
+        let mut recorded = journal.load()?;
+        recorded.entries = entries;
+        journal.store(&recorded)?;
         if created_clsact {
             aya::programs::tc::qdisc_add_clsact(&target.iface)?;
         }
@@ -272,18 +346,35 @@ async fn attach(
     Ok(kinds)
 }
 
-/// Disarms with one map write (effective on the next packet), then detaches and
-/// removes a clsact qdisc the agent created.
-async fn remove(journal: &JournalFile, programs: &mut Programs, target: &TargetArgs) -> Result<()> {
-    let disarm = FaultConfig::default();
+/// Disarms with one map write (effective on the next packet), lets a latency backend
+/// release what it holds and take itself down, then detaches and removes a clsact
+/// qdisc the agent created.
+async fn remove(
+    journal: &JournalFile,
+    programs: &mut Programs,
+    target: &TargetArgs,
+    armed: &FaultConfig,
+    latency: Option<&mut latency::Active>,
+) -> Result<Option<Report>> {
+    // Keep the latency devices in the configuration: the delay line's reinjection
+    // program still needs them while held packets drain.
+    let disarm = FaultConfig {
+        latency: armed.latency,
+        ..FaultConfig::default()
+    };
     let disarmed = programs.configure(&disarm);
+    let mut report = None;
+    if let Some(active) = latency {
+        report = active.teardown(journal, true).await?;
+    }
+    programs.configure(&FaultConfig::default())?;
     programs.detach_all();
     let recorded = journal.load()?;
     if recorded.entries.iter().any(|e| e.created_clsact) {
         reconcile::remove_own_clsact(&target.iface).await?;
     }
     journal.store(&Journal::default())?;
-    disarmed
+    disarmed.map(|()| report)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,6 +385,7 @@ enum StopReason {
 
 async fn watch(
     programs: &Programs,
+    latency: Option<&latency::Active>,
     target: &TargetArgs,
     started: Instant,
     signals: &mut crate::signals::Signals,
@@ -311,7 +403,8 @@ async fn watch(
             name = signals.recv() => return StopReason::Signal(name),
             _ = tick.tick() => {
                 if let Ok(now) = programs.counters() {
-                    out.counters(started.elapsed(), &now, &last);
+                    let line = latency.and_then(|a| a.delay_line_stats());
+                    out.counters(started.elapsed(), &now, &last, line);
                     last = now;
                 }
             }
@@ -376,17 +469,25 @@ impl Printer {
         );
     }
 
-    fn counters(&mut self, elapsed: Duration, now: &DirCounters, last: &DirCounters) {
+    fn counters(
+        &mut self,
+        elapsed: Duration,
+        now: &DirCounters,
+        last: &DirCounters,
+        delay_line: Option<StatsView>,
+    ) {
         let line = |name: &str, n: &crate::ebpf::CounterView, l: &crate::ebpf::CounterView| {
             let matched = n.matched - l.matched;
             let dropped = n.dropped - l.dropped;
             format!(
-                "{name} seen {:>8} matched {:>8} dropped {:>8} ({:5.2}% now, {:5.2}% total)",
+                "{name} seen {:>8} matched {:>8} dropped {:>8} ({:5.2}% now, {:5.2}% total) \
+                 delayed {:>8}",
                 n.seen,
                 n.matched,
                 n.dropped,
                 pct(dropped, matched),
-                pct(n.dropped, n.matched)
+                pct(n.dropped, n.matched),
+                n.delayed
             )
         };
         let parts: Vec<String> = self
@@ -397,27 +498,42 @@ impl Printer {
                 Dir::Egress => line("egress", &now.egress, &last.egress),
             })
             .collect();
+        let held = delay_line
+            .map(|d| {
+                format!(
+                    " | delay line: held {} lost {}",
+                    d.queued, d.dropped_overflow
+                )
+            })
+            .unwrap_or_default();
         self.emit(
-            json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64, "counters": now}),
-            format!("[{:>5.1}s] {}", elapsed.as_secs_f64(), parts.join(" | ")),
+            json!({"event": "counters", "elapsed_ms": elapsed.as_millis() as u64, "counters": now, "delay_line": delay_line}),
+            format!("[{:>5.1}s] {}{held}", elapsed.as_secs_f64(), parts.join(" | ")),
         );
     }
 
-    fn removed(&mut self, reason: StopReason, elapsed: Duration, totals: &DirCounters) {
+    fn removed(
+        &mut self,
+        reason: StopReason,
+        elapsed: Duration,
+        totals: &DirCounters,
+        delay_line: Option<Report>,
+    ) {
         let why = match reason {
             StopReason::Deadline => "deadline".to_owned(),
             StopReason::Signal(s) => s.to_owned(),
         };
         let summary = |name: &str, c: &crate::ebpf::CounterView| {
             format!(
-                "  {name}: seen {} matched {} dropped {} ({:.3}% of matched)",
+                "  {name}: seen {} matched {} dropped {} ({:.3}% of matched) delayed {}",
                 c.seen,
                 c.matched,
                 c.dropped,
-                pct(c.dropped, c.matched)
+                pct(c.dropped, c.matched),
+                c.delayed
             )
         };
-        let lines: Vec<String> = self
+        let mut lines: Vec<String> = self
             .dirs
             .iter()
             .map(|d| match d {
@@ -425,8 +541,25 @@ impl Printer {
                 Dir::Egress => summary("egress", &totals.egress),
             })
             .collect();
+        if let Some(Report {
+            stats: d,
+            lateness: l,
+        }) = &delay_line
+        {
+            lines.push(format!(
+                "  delay line: received {} released {} lost to overflow {} write errors {}; \
+                 release late by p50 {} us, p99 {} us, max {} us",
+                d.received,
+                d.released,
+                d.dropped_overflow,
+                d.write_errors,
+                l.p50_us,
+                l.p99_us,
+                l.max_us
+            ));
+        }
         self.emit(
-            json!({"event": "removed", "reason": why, "elapsed_ms": elapsed.as_millis() as u64, "counters": totals}),
+            json!({"event": "removed", "reason": why, "elapsed_ms": elapsed.as_millis() as u64, "counters": totals, "delay_line": delay_line}),
             format!(
                 "faultline-agent: fault removed ({why}) after {:.1}s; nothing left attached\n{}",
                 elapsed.as_secs_f64(),

@@ -1,8 +1,9 @@
 //! What the agent changed in the kernel that would outlive it, written *before* the
 //! change, so that the next start (after a crash or SIGKILL) can undo it.
 //!
-//! TCX and XDP links are owned by file descriptors and vanish with the process;
-//! clsact filters (and a clsact qdisc the agent created) do not. One journal and one
+//! TCX and XDP links (and TAP devices) are owned by file descriptors and vanish with
+//! the process; clsact filters (and a clsact qdisc the agent created), replaced root
+//! qdiscs and IFB devices do not. One journal and one
 //! lock exist per network namespace: only one agent may manage a namespace at a
 //! time, otherwise a starting agent would remove a running agent's faults.
 use std::{
@@ -23,6 +24,25 @@ use crate::{UsageError, ebpf::Dir};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Journal {
     pub entries: Vec<Entry>,
+    /// Root qdiscs replaced for EDT latency, with what to put back.
+    #[serde(default)]
+    pub qdiscs: Vec<QdiscEntry>,
+    /// IFB devices the agent created (deleted on cleanup).
+    #[serde(default)]
+    pub ifbs: Vec<String>,
+}
+
+impl Journal {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.qdiscs.is_empty() && self.ifbs.is_empty()
+    }
+}
+
+/// A root qdisc the agent replaced (intended or done).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QdiscEntry {
+    pub iface: String,
+    pub original: crate::qdisc::RootSnapshot,
 }
 
 /// One clsact attachment (intended or made).
@@ -83,7 +103,7 @@ impl JournalFile {
 
     /// Durably replaces the journal (write, fsync, rename).
     pub fn store(&self, journal: &Journal) -> Result<()> {
-        if journal.entries.is_empty() {
+        if journal.is_empty() {
             return match fs::remove_file(&self.path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                 _ => Ok(()),

@@ -1,7 +1,9 @@
 //! faultline-agent: the privileged node-local daemon. In this release it runs faults
 //! locally (`inject`) and removes what a killed agent left behind (`cleanup`).
+mod capabilities;
 mod cgroup;
 mod clock;
+mod delay_line;
 mod ebpf;
 mod faults;
 mod filter;
@@ -9,6 +11,7 @@ mod inject;
 mod journal;
 mod output;
 mod preflight;
+mod qdisc;
 mod reconcile;
 mod signals;
 mod stress;
@@ -55,6 +58,13 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
         cgroup_root: PathBuf,
     },
+    /// Report what this kernel offers (TCX, sch_fq, IFB, TAP, cgroup version, ...).
+    Capabilities {
+        #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+        cgroup_root: PathBuf,
+        #[arg(long, short = 'o', value_enum, default_value_t = output::Output::Text)]
+        output: output::Output,
+    },
     /// A stressor process (started by the agent itself).
     #[command(name = "__stressor", hide = true)]
     Stressor(stress::StressorArgs),
@@ -71,6 +81,13 @@ enum Fault {
         target: inject::TargetArgs,
         #[command(flatten)]
         loss: faults::loss::LossArgs,
+    },
+    /// Delay the matching packets (EDT with fq, or the agent's delay line).
+    Latency {
+        #[command(flatten)]
+        target: inject::TargetArgs,
+        #[command(flatten)]
+        latency: faults::latency::LatencyArgs,
     },
     /// Burn a share of the node's CPU inside a cgroup whose quota enforces it.
     Cpu(faults::cpu::CpuArgs),
@@ -141,6 +158,9 @@ fn main() -> ExitCode {
                 Fault::Loss { target, loss } => {
                     inject::loss(cli.state_dir, cli.limits, target, loss).await
                 }
+                Fault::Latency { target, latency } => {
+                    inject::latency(cli.state_dir, cli.limits, target, latency).await
+                }
                 Fault::Cpu(args) => inject::cpu(cli.limits, args).await,
                 Fault::Memory(args) => inject::memory(cli.limits, args).await,
                 Fault::Gc(args) => faults::gc::run(cli.state_dir, cli.limits, args).await,
@@ -151,6 +171,10 @@ fn main() -> ExitCode {
                     .and_then(|r| r),
             },
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,
+            Command::Capabilities {
+                cgroup_root,
+                output,
+            } => capabilities::report(&cgroup_root, output).await,
             Command::Stressor(_) | Command::Restorer(_) => {
                 unreachable!("handled before the runtime starts")
             }

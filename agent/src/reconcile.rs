@@ -1,6 +1,7 @@
 //! Removing what an earlier agent left behind in this network namespace: faultline's
-//! own clsact filters (recognised by program name; nothing else is touched) and any
-//! clsact qdisc it created that is now empty.
+//! own clsact filters (recognised by program name; nothing else is touched), any
+//! clsact qdisc it created that is now empty, root qdiscs it replaced (restored from
+//! the journal's snapshot) and its IFB devices.
 use anyhow::Result;
 use aya::programs::tc::qdisc_detach_program;
 
@@ -35,6 +36,25 @@ pub async fn reconcile(journal: &JournalFile) -> Result<Vec<String>> {
                     ));
                 }
             }
+        }
+    }
+    for q in &recorded.qdiscs {
+        let Ok(ifindex) = preflight::interface_index(&q.iface) else {
+            continue; // the device is gone, and its qdiscs with it
+        };
+        let note = crate::qdisc::restore(ifindex, &q.original).await?;
+        removed.push(format!(
+            "restored the root qdisc of {} to {}{}",
+            q.iface,
+            q.original.describe(),
+            note.map(|n| format!(" ({n})")).unwrap_or_default()
+        ));
+    }
+    // One agent per namespace: any IFB of ours here belongs to a dead agent.
+    for (name, _) in preflight::interfaces() {
+        let ours = recorded.ifbs.contains(&name) || crate::qdisc::is_agent_ifb(&name);
+        if ours && crate::qdisc::delete_link(&name).await? {
+            removed.push(format!("removed leftover IFB device {name}"));
         }
     }
     let mut seen = Vec::new();

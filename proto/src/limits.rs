@@ -285,6 +285,32 @@ impl ChaosLimits {
 }
 
 impl ChaosLimits {
+    /// Checks a latency request. `worst` is the largest delay any packet can get
+    /// (delay plus the jitter distribution's largest offset): that is what a user
+    /// experiences, so that is what the cap bounds.
+    pub fn check_latency(
+        &self,
+        worst: Duration,
+        duration: Duration,
+        source: &str,
+    ) -> Result<(), LimitExceeded> {
+        let l = &self.latency_injection;
+        if worst > l.max_latency {
+            return Err(LimitExceeded {
+                what: format!("added latency up to {}", humantime::format_duration(worst)),
+                limit: "latency_injection.max_latency",
+                allowed: humantime::format_duration(l.max_latency).to_string(),
+                source_name: source.to_owned(),
+            });
+        }
+        check_duration(
+            duration,
+            l.max_duration,
+            "latency_injection.max_duration",
+            source,
+        )
+    }
+
     /// Checks a CPU stress request (share of the node's total CPU).
     pub fn check_cpu(
         &self,
@@ -359,6 +385,20 @@ fn check_duration(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_caps_bound_the_worst_delay_and_the_duration() {
+        let prod = ChaosLimits::profile(Profile::Production);
+        let ms = Duration::from_millis;
+        assert!(prod.check_latency(ms(50), secs(300), "p").is_ok());
+        let e = prod.check_latency(ms(51), secs(60), "p").unwrap_err();
+        assert_eq!(e.limit, "latency_injection.max_latency");
+        let e = prod.check_latency(ms(10), secs(301), "p").unwrap_err();
+        assert_eq!(e.limit, "latency_injection.max_duration");
+        let staging = ChaosLimits::profile(Profile::Staging);
+        assert!(staging.check_latency(ms(500), secs(60), "s").is_ok());
+        assert!(staging.check_latency(ms(501), secs(60), "s").is_err());
+    }
 
     #[test]
     fn percent_parses_suffix_and_bare_numbers_and_rejects_out_of_range() {

@@ -19,6 +19,20 @@ pub const PROGRAM_PREFIX: &str = "faultline_";
 pub const PROG_TC_INGRESS: &str = "faultline_ingress";
 pub const PROG_TC_EGRESS: &str = "faultline_egress";
 pub const PROG_XDP: &str = "faultline_xdp";
+/// Runs on the egress of the agent's IFB device (EDT latency on ingress traffic).
+pub const PROG_IFB: &str = "faultline_ifb";
+/// Runs on the ingress of the delay line's TAP devices and sends released packets
+/// back to the device and direction they were taken from.
+pub const PROG_REINJECT: &str = "faultline_reinj";
+
+/// Jitter offsets (`i32`, [`JITTER_TABLE_SIZE`] entries), see [`LatencyModel`].
+pub const MAP_JITTER: &str = "FL_JITTER";
+/// Last departure time per flow hash (LRU), so jitter never reorders a flow.
+pub const MAP_FLOW_DEPART: &str = "FL_FLOW_DEPART";
+/// The delay line's liveness lease (`u64` CLOCK_MONOTONIC ns, index 0): packets are
+/// diverted to it only before this time. The agent renews it several times a second;
+/// if the agent dies or stalls, traffic flows undelayed again when it runs out.
+pub const MAP_DIVERT_LEASE: &str = "FL_DIVERT_LEASE";
 
 pub const DIR_INGRESS: u32 = 1;
 pub const DIR_EGRESS: u32 = 2;
@@ -46,6 +60,27 @@ pub const PORT_MATCH_EITHER: u8 = 3;
 pub const FAMILY_ANY: u8 = 0;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
+
+pub const DELAY_NONE: u32 = 0;
+/// Earliest departure time: the program stamps `skb->tstamp` and an `fq` qdisc holds
+/// the packet until then.
+pub const DELAY_EDT: u32 = 1;
+/// The program redirects matched packets to the agent's delay line (TAP devices).
+pub const DELAY_DIVERT: u32 = 2;
+
+/// [`LatencyModel::flags`]: jitter may reorder packets of one flow (netem's default).
+pub const LATENCY_REORDER: u32 = 1;
+
+/// Entries of the jitter table; a power of two so a random index is one mask.
+pub const JITTER_TABLE_SIZE: u32 = 4096;
+/// Table entries are offsets in units of `jitter_ns / JITTER_SCALE` (1 << 13).
+pub const JITTER_SHIFT: u32 = 13;
+pub const JITTER_SCALE: i32 = 1 << JITTER_SHIFT;
+
+/// skb mark that tags a packet the delay line has already held. The reinjection
+/// program sets it; the fault programs let such a packet through once and clear it,
+/// so a released packet is never captured again.
+pub const DELAYED_MARK: u32 = 0xfa17_de1a;
 
 /// [`FaultConfig::flags`]: emit aya-log records from the data path (costly; debug only).
 pub const FLAG_LOG: u32 = 1;
@@ -94,6 +129,29 @@ pub struct LossModel {
     pub loss_bad: u64,
 }
 
+/// Added latency. Each matched packet departs `delay_ns + offset` after it was seen,
+/// where `offset = table[random] * jitter_ns >> JITTER_SHIFT` draws from the
+/// distribution the agent wrote into [`MAP_JITTER`] (uniform or normal); unless
+/// [`LATENCY_REORDER`] is set, a packet never departs before the previous packet of
+/// its flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyModel {
+    /// One of the `DELAY_*` constants.
+    pub backend: u32,
+    /// `LATENCY_*` bits.
+    pub flags: u32,
+    pub delay_ns: u64,
+    pub jitter_ns: u64,
+    /// Where matched ingress packets go: the IFB (EDT) or the ingress TAP (divert).
+    pub ingress_redirect: u32,
+    /// Where matched egress packets go: the egress TAP (divert); unused for EDT.
+    pub egress_redirect: u32,
+    /// The device the fault is on; released packets return to it.
+    pub target_ifindex: u32,
+    pub _pad: u32,
+}
+
 /// One fault as the data path sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,6 +170,7 @@ pub struct FaultConfig {
     pub _pad: u32,
     pub filter: Filter,
     pub loss: LossModel,
+    pub latency: LatencyModel,
 }
 
 /// Per-CPU, per-direction packet counters. Summed over CPUs by the agent.
@@ -153,9 +212,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Filter>(), 12 + 4 * 16 + 4);
         assert_eq!(size_of::<LossModel>(), 8 + 4 * 8);
+        assert_eq!(size_of::<LatencyModel>(), 40);
         assert_eq!(
             size_of::<FaultConfig>(),
-            24 + size_of::<Filter>() + size_of::<LossModel>()
+            24 + size_of::<Filter>() + size_of::<LossModel>() + size_of::<LatencyModel>()
         );
         assert_eq!(size_of::<Counters>(), 32);
     }

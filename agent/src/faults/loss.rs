@@ -15,7 +15,7 @@ pub enum Model {
     GilbertElliott,
 }
 
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct LossArgs {
     /// Loss model.
     #[arg(long, value_enum, default_value_t = Model::Bernoulli)]

@@ -3,5 +3,6 @@ pub mod cache;
 pub mod cpu;
 pub mod gc;
 pub mod hooks;
+pub mod latency;
 pub mod loss;
 pub mod memory;
