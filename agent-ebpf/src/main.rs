@@ -102,12 +102,37 @@ fn tc_run(ctx: &TcContext, dir_index: u32, dir_bit: u32) -> i32 {
                     latency::stamp_departure(skb, lat);
                     return TC_ACT_UNSPEC;
                 }
-                (DELAY_EDT, _) | (DELAY_DIVERT, DIR_INGRESS) => lat.ingress_redirect,
+                // `faultline_to_ifb`, later in the chain, moves it to the IFB.
+                (DELAY_EDT, _) => return TC_ACT_UNSPEC,
+                (DELAY_DIVERT, DIR_INGRESS) => lat.ingress_redirect,
                 _ => lat.egress_redirect,
             };
             // SAFETY: helper with plain arguments.
             unsafe { bpf_redirect(target, 0) as i32 }
         }
+    }
+}
+
+/// Classic classifier in front of a `mirred` action to the IFB: "matches" (-1, the
+/// filter's default class) exactly the ingress packets EDT latency applies to. It
+/// runs after `faultline_ingress`, so packets that fault dropped never get here.
+#[classifier]
+pub fn faultline_to_ifb(ctx: TcContext) -> i32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return 0;
+    };
+    if cfg.armed == 0
+        || cfg.latency.backend != DELAY_EDT
+        || cfg.directions & DIR_INGRESS == 0
+        || deadline::expired(cfg.deadline_ns)
+    {
+        return 0;
+    }
+    let mut meta = PacketMeta::new();
+    if packet::parse(&ctx, &mut meta) && filter::matches(&cfg.filter, &meta) {
+        -1
+    } else {
+        0
     }
 }
 

@@ -220,6 +220,19 @@ impl Programs {
         Ok(prog)
     }
 
+    /// The fd of one of the object's tc programs (loaded on first use), for netlink
+    /// filters the agent builds itself.
+    pub fn tc_program_fd(&mut self, name: &str) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog = self.tc_program(name)?;
+        let id = prog.info()?.id();
+        let fd = prog.fd()?.as_fd().as_raw_fd();
+        if !self.program_ids.contains(&id) {
+            self.program_ids.push(id);
+        }
+        Ok(fd)
+    }
+
     /// Attaches the fault program for `dir`. `mode` must be resolved (Tcx or
     /// Netlink); for netlink the caller has made sure a clsact qdisc exists.
     pub fn attach_tc(&mut self, iface: &str, dir: Dir, mode: TcMode) -> Result<AttachKind> {

@@ -321,7 +321,7 @@ async fn attach(
         // before they exist, so a crash at any point leaves a journal that covers it.
         let ifindex = preflight::interface_index(&target.iface)?;
         let created_clsact = !crate::tc::has_clsact(ifindex).await?;
-        let entries = target
+        let entries: Vec<Entry> = target
             .direction
             .dirs()
             .iter()
@@ -333,7 +333,7 @@ async fn attach(
             })
             .collect();
         let mut recorded = journal.load()?;
-        recorded.entries = entries;
+        recorded.entries.extend(entries);
         journal.store(&recorded)?;
         if created_clsact {
             aya::programs::tc::qdisc_add_clsact(&target.iface)?;

@@ -4,6 +4,7 @@
 //! the journal's snapshot) and its IFB devices.
 use anyhow::Result;
 use aya::programs::tc::qdisc_detach_program;
+use faultline_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TO_IFB};
 
 use crate::{
     ebpf::Dir,
@@ -21,18 +22,21 @@ pub async fn reconcile(journal: &JournalFile) -> Result<Vec<String>> {
         if !with_clsact.contains(&ifindex) {
             continue;
         }
-        for dir in [Dir::Ingress, Dir::Egress] {
-            match qdisc_detach_program(&iface, dir.tc_attach_type(), dir.program()) {
+        let ours = [
+            (Dir::Ingress, PROG_TC_INGRESS),
+            (Dir::Ingress, PROG_TO_IFB),
+            (Dir::Egress, PROG_TC_EGRESS),
+        ];
+        for (dir, program) in ours {
+            match qdisc_detach_program(&iface, dir.tc_attach_type(), program) {
                 Ok(()) => removed.push(format!(
-                    "removed leftover {} filter on {iface} {dir}",
-                    dir.program()
+                    "removed leftover {program} filter on {iface} {dir}"
                 )),
                 Err(aya::programs::tc::TcError::IoError(e))
                     if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(anyhow::anyhow!(
-                        "cannot remove leftover {} filter on {iface} {dir}: {e}",
-                        dir.program()
+                        "cannot remove leftover {program} filter on {iface} {dir}: {e}"
                     ));
                 }
             }

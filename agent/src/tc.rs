@@ -1,8 +1,20 @@
 //! Netlink bookkeeping for the clsact path: whether a clsact qdisc exists, whether
-//! anyone else's filters hang off it, and removing the one the agent created.
-use anyhow::{Context, Result};
-use futures_util::TryStreamExt;
-use netlink_packet_route::tc::{TcAttribute, TcHandle};
+//! anyone else's filters hang off it, and removing the one the agent created; and
+//! the one classic bpf filter with an action (`mirred` to the IFB).
+use anyhow::{Context, Result, anyhow};
+use futures_util::{StreamExt, TryStreamExt};
+use netlink_packet_core::{
+    DefaultNla, Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{
+        TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
+        TcActionType, TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcMirror,
+        TcMirrorActionType, TcOption,
+    },
+};
 
 async fn handle() -> Result<rtnetlink::Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
@@ -71,5 +83,62 @@ pub async fn delete_clsact(ifindex: u32) -> Result<()> {
         minor: 0,
     };
     req.execute().await.context("deleting the clsact qdisc")?;
+    Ok(())
+}
+
+/// Priority of the IFB selector filter: after faultline's own fault filter (whose
+/// automatic priority is lower), so packets the fault drops never reach it.
+pub const TO_IFB_PRIORITY: u16 = 0xfa17;
+const TCA_BPF_ACT: u16 = 1;
+const ETH_P_ALL: u16 = 0x0003;
+
+/// Adds `tc filter add dev <ifindex> ingress prio 0xfa17 bpf (classic) <prog>
+/// action mirred egress redirect dev <ifb>`: packets the program selects go to the IFB
+/// through `mirred`, which marks them as redirected (the IFB drops anything else).
+pub async fn add_ifb_selector(ifindex: u32, prog_fd: i32, name: &str, ifb: u32) -> Result<()> {
+    let mut generic = TcActionGeneric::default();
+    generic.action = TcActionType::Stolen;
+    let mut mirror = TcMirror::default();
+    mirror.generic = generic;
+    mirror.eaction = TcMirrorActionType::EgressRedir;
+    mirror.ifindex = ifb;
+    let mut action = TcAction::default();
+    action.tab = 1;
+    action.attributes = vec![
+        TcActionAttribute::Kind("mirred".into()),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+            mirror,
+        ))]),
+    ];
+    let actions = [action];
+    let mut act_bytes = vec![0u8; actions.as_slice().buffer_len()];
+    actions.as_slice().emit(&mut act_bytes);
+
+    let mut m = TcMessage::with_index(ifindex as i32);
+    m.header.parent = TcHandle {
+        major: 0xffff,
+        minor: TcHandle::MIN_INGRESS,
+    };
+    m.header.info = (u32::from(TO_IFB_PRIORITY) << 16) | u32::from(ETH_P_ALL.to_be());
+    m.attributes.push(TcAttribute::Kind("bpf".into()));
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd as u32)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+        TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(
+            TCA_BPF_ACT,
+            act_bytes,
+        ))),
+    ]));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(m));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let mut h = handle().await?;
+    let mut resp = h.request(req)?;
+    while let Some(msg) = resp.next().await {
+        if let NetlinkPayload::Error(e) = msg.payload
+            && e.code.is_some()
+        {
+            return Err(anyhow!(e.to_io())).context("adding the mirred filter to the IFB");
+        }
+    }
     Ok(())
 }

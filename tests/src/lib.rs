@@ -8,6 +8,7 @@ pub mod agent;
 pub mod checks;
 pub mod netns;
 pub mod node;
+pub mod rtt;
 pub mod traffic;
 
 pub use agent::{Agent, agent_binary, limits_file};

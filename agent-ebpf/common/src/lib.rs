@@ -21,6 +21,10 @@ pub const PROG_TC_EGRESS: &str = "faultline_egress";
 pub const PROG_XDP: &str = "faultline_xdp";
 /// Runs on the egress of the agent's IFB device (EDT latency on ingress traffic).
 pub const PROG_IFB: &str = "faultline_ifb";
+/// A classic (not direct-action) cls_bpf classifier on the target's clsact ingress:
+/// selects the packets a `mirred` action moves to the IFB (the IFB accepts only
+/// packets that `mirred` redirected).
+pub const PROG_TO_IFB: &str = "faultline_to_ifb";
 /// Runs on the ingress of the delay line's TAP devices and sends released packets
 /// back to the device and direction they were taken from.
 pub const PROG_REINJECT: &str = "faultline_reinj";

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use faultline_common::{
     DELAY_DIVERT, DELAY_EDT, JITTER_SCALE, JITTER_SHIFT, JITTER_TABLE_SIZE, LATENCY_REORDER,
-    LatencyModel, PROG_IFB, PROG_REINJECT,
+    LatencyModel, PROG_IFB, PROG_REINJECT, PROG_TO_IFB,
 };
 use faultline_proto::limits::Percent;
 
@@ -15,8 +15,8 @@ use crate::{
     UsageError,
     delay_line::{self, DelayLine, Tap},
     ebpf::{Dir, Programs, TcMode},
-    journal::{JournalFile, QdiscEntry},
-    qdisc,
+    journal::{Entry, JournalFile, QdiscEntry},
+    qdisc, tc,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -211,6 +211,8 @@ pub struct Active {
     replaced_root: Option<qdisc::RootSnapshot>,
     /// EDT ingress: the IFB.
     ifb: Option<String>,
+    /// EDT ingress: the mirred selector filter is (or may be) on the device.
+    selector: bool,
     delay_line: Option<DelayLine>,
 }
 
@@ -249,6 +251,7 @@ impl Active {
             ifindex: site.ifindex,
             replaced_root: None,
             ifb: None,
+            selector: false,
             delay_line: None,
         };
         let result = match backend {
@@ -299,6 +302,23 @@ impl Active {
             }
             programs.attach_tc_program(&name, PROG_IFB, Dir::Egress, site.mode)?;
             self.model.ingress_redirect = ifindex;
+            // The selector lives on the device's clsact (also under TCX, which has
+            // no actions); journal it, and the clsact if we add one, first.
+            let created_clsact = !tc::has_clsact(site.ifindex).await?;
+            let mut j = journal.load()?;
+            j.entries.push(Entry {
+                iface: site.iface.to_owned(),
+                direction: Dir::Ingress,
+                program: PROG_TO_IFB.to_owned(),
+                created_clsact,
+            });
+            journal.store(&j)?;
+            if created_clsact {
+                aya::programs::tc::qdisc_add_clsact(site.iface)?;
+            }
+            self.selector = true;
+            let fd = programs.tc_program_fd(PROG_TO_IFB)?;
+            tc::add_ifb_selector(site.ifindex, fd, PROG_TO_IFB, ifindex).await?;
         }
         Ok(())
     }
@@ -363,6 +383,18 @@ impl Active {
             && let Some(note) = qdisc::restore(self.ifindex, &original).await?
         {
             tracing::warn!("{}: {note}", self.iface);
+        }
+        if std::mem::take(&mut self.selector) {
+            match aya::programs::tc::qdisc_detach_program(
+                &self.iface,
+                aya::programs::TcAttachType::Ingress,
+                PROG_TO_IFB,
+            ) {
+                Ok(()) => {}
+                Err(aya::programs::tc::TcError::IoError(e))
+                    if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(anyhow::anyhow!("removing the IFB selector filter: {e}")),
+            }
         }
         if let Some(ifb) = self.ifb.take() {
             qdisc::delete_link(&ifb).await?;
