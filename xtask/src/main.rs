@@ -26,8 +26,12 @@ enum Task {
     Test,
     /// Set up, build, and run a loss experiment between two network-namespace nodes.
     Demo,
-    /// Set up, build, and run the benchmarks (per-packet cost, throughput).
+    /// Set up, build, and run the benchmarks (per-packet cost, throughput, latency
+    /// accuracy).
     Bench,
+    /// Run the latency accuracy benchmark inside the stock-kernel VM (EDT and netem
+    /// side by side).
+    VmBench,
     /// Run the kernel-facing tests inside Debian's stock kernel under qemu (cached
     /// in target/vm; part of `test`).
     VmTest,
@@ -101,6 +105,11 @@ fn main() -> Result<()> {
             setup::setup()?;
             run(cargo().args(["build", "--package", "faultline-agent"]))?;
             demo::run()
+        }
+        Task::VmBench => {
+            require_root("vm-bench")?;
+            setup::setup()?;
+            vm::vm_bench()
         }
         Task::Bench => {
             require_root("bench")?;

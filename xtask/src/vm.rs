@@ -336,11 +336,55 @@ fn build_binaries() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
     Ok((tests, workspace_root().join("target/debug/faultline-agent")))
 }
 
+/// Builds the latency benchmark and the release agent for the guest.
+fn build_bench() -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
+    run(crate::cargo().args(["build", "--release", "--package", "faultline-agent"]))?;
+    let out = crate::cargo()
+        .args([
+            "bench",
+            "--package",
+            "faultline-tests",
+            "--bench",
+            "delay",
+            "--no-run",
+        ])
+        .args(["--message-format=json"])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the delay benchmark failed");
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|m| m["target"]["name"] == "delay" && m["executable"].is_string())
+        .and_then(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("no delay benchmark executable in cargo's output")?;
+    Ok((
+        vec![("delay".to_owned(), exe)],
+        workspace_root().join("target/release/faultline-agent"),
+    ))
+}
+
 pub fn vm_test() -> Result<()> {
+    vm_run(false)
+}
+
+/// The latency accuracy benchmark inside the stock kernel: EDT and netem side by side.
+pub fn vm_bench() -> Result<()> {
+    vm_run(true)
+}
+
+fn vm_run(bench: bool) -> Result<()> {
     setup::ensure_apt(VM_PACKAGES)?;
     let cache = cache_dir();
     let kernel = prepare_kernel(&cache)?;
-    let (tests, agent) = build_binaries()?;
+    let (tests, agent) = if bench {
+        build_bench()?
+    } else {
+        build_binaries()?
+    };
 
     let share = cache.join("share");
     let _ = fs::remove_dir_all(&share);
@@ -359,8 +403,13 @@ pub fn vm_test() -> Result<()> {
         fs::copy(exe, share.join(name))?;
         // One test at a time: the guest is emulated, and the statistical tests want
         // the CPU to themselves.
+        let args = if bench {
+            "--bench".to_owned()
+        } else {
+            format!("--test-threads=1 {filter}")
+        };
         script.push_str(&format!(
-            "echo \"vm: running {name}\"; ./{name} --test-threads=1 {filter} || rc=1\n"
+            "echo \"vm: running {name}\"; ./{name} {args} || rc=1\n"
         ));
     }
     script.push_str("exit $rc\n");
