@@ -617,3 +617,155 @@ fn bulk_tcp_crosses_the_delay_intact() {
         "{data_packets} packets for {LEN} bytes: was the stream segmented?"
     );
 }
+
+/// One-way delays (ms, arrival order) of `count` stamped datagrams from b to a at
+/// `pps` under `args` on b's egress, with the agent's final event.
+fn stream_through(
+    pair: &Pair,
+    args: &[&str],
+    count: u32,
+    pps: u32,
+) -> (Vec<(u32, f64)>, serde_json::Value) {
+    let limits = limits_file("100%", "300s");
+    let mut full = vec![
+        "--direction",
+        "egress",
+        "--duration",
+        "60s",
+        "--proto",
+        "udp",
+    ];
+    full.extend_from_slice(&["--dport", "7000"]);
+    full.extend_from_slice(args);
+    let (agent, _) = start_latency(pair, &limits, &full);
+    run_in(
+        &pair.a.name,
+        &[
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{IFACE}/queues/rx-0/rps_cpus"),
+        ],
+    );
+    let rx = pair
+        .a
+        .enter(|| std::net::UdpSocket::bind("0.0.0.0:7000").expect("bind"));
+    rx.set_read_timeout(Some(Duration::from_millis(1000)))
+        .unwrap();
+    let tx = pair
+        .b
+        .enter(|| std::net::UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    let to = addr(&pair.v4(1), 7000);
+    let got = std::thread::scope(|s| {
+        let got = s.spawn(|| receive_stamped(&rx));
+        send_stamped(&tx, to, count, pps);
+        got.join().expect("receiver")
+    });
+    (got, agent.stop())
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// With reordering allowed, the delays follow the requested distribution: normal with
+/// sd = jitter, uniform with sd = jitter / sqrt(3). The bounds allow for this
+/// machine's release noise (a few hundred microseconds of sd).
+#[test]
+fn jitter_follows_the_requested_distribution() {
+    let pair = Pair::new();
+    for (dist, expect_sd) in [("normal", 5.0), ("uniform", 5.0 / 3f64.sqrt())] {
+        let (got, _) = stream_through(
+            &pair,
+            &[
+                "--delay",
+                "30ms",
+                "--jitter",
+                "5ms",
+                "--jitter-distribution",
+                dist,
+                "--allow-reorder",
+            ],
+            2000,
+            500,
+        );
+        let delays: Vec<f64> = got.iter().map(|&(_, d)| d).collect();
+        let (mean, sd) = mean_sd(&delays);
+        let reordered = got.windows(2).filter(|w| w[0].0 > w[1].0).count();
+        eprintln!(
+            "{dist}: mean {mean:.3} ms sd {sd:.3} ms (expected {expect_sd:.3}); {reordered} reordered"
+        );
+        assert_eq!(got.len(), 2000);
+        assert!((mean - 30.0).abs() < 1.0, "{dist}: mean {mean:.3}");
+        assert!(
+            (sd - expect_sd).abs() < 0.15 * expect_sd + 0.3,
+            "{dist}: sd {sd:.3}"
+        );
+        // At 2 ms spacing and 5 ms jitter, allowed reordering does happen.
+        assert!(
+            reordered > 0,
+            "{dist}: --allow-reorder produced no reordering"
+        );
+    }
+}
+
+/// Latency and loss together: the loss is binomial (3 sigma) and the survivors carry
+/// the delay.
+#[test]
+fn latency_and_loss_combine() {
+    let pair = Pair::new();
+    const N: u32 = 3000;
+    let (got, removed) =
+        stream_through(&pair, &["--delay", "20ms", "--loss-percent", "30"], N, 1000);
+    let lost = f64::from(N) - got.len() as f64;
+    let sigma = (f64::from(N) * 0.3 * 0.7).sqrt();
+    eprintln!(
+        "lost {lost} of {N} (expected {} ± {:.1})",
+        f64::from(N) * 0.3,
+        3.0 * sigma
+    );
+    assert!(
+        (lost - f64::from(N) * 0.3).abs() <= 3.0 * sigma,
+        "lost {lost}"
+    );
+    assert_eq!(counter(&removed, "egress", "dropped") as f64, lost);
+    let delays: Vec<f64> = got.iter().map(|&(_, d)| d).collect();
+    assert!(
+        (median(&delays) - 20.0).abs() < 1.0,
+        "median {}",
+        median(&delays)
+    );
+}
+
+/// The delay line holds at most --queue-limit packets; the excess is dropped and
+/// counted, exactly matching what the receiver missed.
+#[test]
+fn delay_line_queue_is_bounded_and_overflow_is_counted() {
+    // --backend delay-line: in the VM lane this exercises the delay line on clsact.
+    let pair = Pair::new();
+    const N: u32 = 4000;
+    // 2,000 pps for 50 ms keeps ~100 packets in flight; the queue holds 40.
+    let (got, removed) = stream_through(
+        &pair,
+        &[
+            "--delay",
+            "50ms",
+            "--backend",
+            "delay-line",
+            "--queue-limit",
+            "40",
+        ],
+        N,
+        2000,
+    );
+    let overflow = removed["delay_line"]["stats"]["dropped_overflow"]
+        .as_u64()
+        .expect("delay-line stats");
+    let missing = u64::from(N) - got.len() as u64;
+    eprintln!("received {} of {N}; overflow drops {overflow}", got.len());
+    assert!(overflow > 0, "the queue never overflowed");
+    assert_eq!(overflow, missing, "drops not accounted for");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+}

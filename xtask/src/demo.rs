@@ -1,9 +1,11 @@
-//! The main job for a first look: a real loss experiment between two
-//! network-namespace "nodes". node-1 sends a steady UDP stream to node-2; the
-//! agent on node-2 drops 1 % of it in the kernel (the production cap) with live
-//! counters; the summary compares what the kernel counted, what the receiver saw, and
-//! what the model predicts, for the baseline, the fault and the recovery, and checks
-//! that nothing was left attached.
+//! The main job for a first look: real experiments between two network-namespace
+//! "nodes". First loss: node-1 sends a steady UDP stream to node-2; the agent on
+//! node-2 drops 1 % of it in the kernel (the production cap) with live counters; the
+//! summary compares what the kernel counted, what the receiver saw, and what the model
+//! predicts, for the baseline, the fault and the recovery. Then latency: 50 ms on
+//! node-2's replies (the reference report's first scenario, at the production cap),
+//! with round trips measured before, during and after. Both check that nothing was
+//! left attached.
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -20,6 +22,7 @@ use anyhow::{Context, Result, bail};
 use faultline_tests::{
     Pair, agent_binary, assert_nothing_attached,
     netns::IFACE,
+    rtt::{EchoServer, median, udp_rtts},
     traffic::{collect, receiver, sender},
 };
 
@@ -146,6 +149,64 @@ pub fn run() -> Result<()> {
     if rows[0].1 != 0 || rows[2].1 != 0 || !clean {
         bail!("demo failed: loss outside the fault window, or residue");
     }
-    println!("demo passed: loss only while the fault was armed, and nothing left behind");
+    println!("loss passed: loss only while the fault was armed, and nothing left behind");
+    latency(&pair)?;
+    println!("\ndemo passed");
+    Ok(())
+}
+
+const ECHO_PORT: u16 = 9100;
+
+/// 50 ms on node-2's egress for the echo replies only; RTT before, during, after.
+fn latency(pair: &Pair) -> Result<()> {
+    println!("\n== faultline demo: 50 ms latency on node-2's replies for {FAULT} ==");
+    let _echo = EchoServer::start(&pair.b, ECHO_PORT);
+    let to: SocketAddr = format!("{}:{ECHO_PORT}", pair.v4(2)).parse()?;
+    let gap = Duration::from_millis(10);
+    let base = median(&udp_rtts(&pair.a, to, 200, gap));
+    println!("-- baseline: median UDP round trip {base:.3} ms");
+    println!("-- fault: faultline-agent inject latency on node-2 egress\n");
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &pair.b.name])
+        .arg(agent_binary())
+        .arg("--state-dir")
+        .arg(pair.b.state_dir())
+        .args([
+            "inject",
+            "latency",
+            "--iface",
+            IFACE,
+            "--direction",
+            "egress",
+        ])
+        .args(["--delay", "50ms", "--duration", FAULT])
+        .args(["--proto", "udp", "--sport", &ECHO_PORT.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting faultline-agent")?;
+    let stdout = agent.stdout.take().expect("stdout");
+    let printer = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("   {line}");
+        }
+    });
+    thread::sleep(Duration::from_secs(2));
+    let during = median(&udp_rtts(&pair.a, to, 100, gap));
+    let status = agent.wait()?;
+    printer.join().expect("printer");
+    if !status.success() {
+        bail!("faultline-agent failed: {status}");
+    }
+    let after = median(&udp_rtts(&pair.a, to, 200, gap));
+    println!("\n== summary ==");
+    println!(
+        "median UDP round trip: baseline {base:.3} ms, fault {during:.3} ms (+{:.3}), recovery {after:.3} ms",
+        during - base
+    );
+    let clean = std::panic::catch_unwind(|| assert_nothing_attached(pair)).is_ok();
+    if (during - base - 50.0).abs() > 1.0 || after > base + 1.0 || !clean {
+        bail!("latency demo failed: added delay not 50 ± 1 ms, no recovery, or residue");
+    }
+    println!("latency passed: +50 ms while armed, back to baseline after, nothing left behind");
     Ok(())
 }

@@ -74,6 +74,10 @@ pub struct LatencyArgs {
     /// held for delay + jitter must fit, or fq would drop them itself).
     #[arg(long, default_value_t = 100_000)]
     pub max_rate_pps: u64,
+    /// Delay line: the most packets held at once (beyond it, packets are dropped and
+    /// counted). The default holds 200,000 packets / 256 MiB.
+    #[arg(long, default_value_t = 200_000)]
+    pub queue_limit: usize,
     /// Also drop this percent of the matching packets (Bernoulli), e.g. 1.
     #[arg(long, value_parser = super::loss::parse_percent)]
     pub loss_percent: Option<Percent>,
@@ -119,6 +123,9 @@ impl LatencyArgs {
                 humantime::format_duration(self.jitter),
                 humantime::format_duration(self.delay)
             )));
+        }
+        if self.queue_limit == 0 {
+            return Err(UsageError("--queue-limit must be greater than zero".into()));
         }
         if self.max_rate_pps == 0 {
             return Err(UsageError(
@@ -256,7 +263,7 @@ impl Active {
         };
         let result = match backend {
             Backend::Edt => active.setup_edt(journal, programs, site, args, plan).await,
-            _ => active.setup_delay_line(programs, site, plan).await,
+            _ => active.setup_delay_line(programs, site, args, plan).await,
         };
         if let Err(e) = result {
             if let Err(cleanup) = active.teardown(journal, false).await {
@@ -327,6 +334,7 @@ impl Active {
         &mut self,
         programs: &mut Programs,
         site: &Site<'_>,
+        args: &LatencyArgs,
         plan: &LatencyPlan,
     ) -> Result<()> {
         let (mtu, _) = qdisc::link_shape(site.ifindex).await?;
@@ -353,7 +361,10 @@ impl Active {
             ingress,
             egress,
             plan.timing.clone(),
-            delay_line::Bounds::default(),
+            delay_line::Bounds {
+                max_packets: args.queue_limit,
+                ..delay_line::Bounds::default()
+            },
             lease,
         )?);
         Ok(())
@@ -485,6 +496,7 @@ mod tests {
             backend: Backend::Auto,
             force_qdisc: false,
             max_rate_pps: 100_000,
+            queue_limit: 1000,
             loss_percent: None,
         }
     }
