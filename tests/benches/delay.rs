@@ -9,16 +9,12 @@
 //! agent's CPU time per 10 kpps through the delay line, and the lateness of a plain
 //! timer on this machine (the floor any userspace release can reach).
 //! Numbers, not assertions: this is a benchmark, not a test.
-use std::{
-    net::UdpSocket,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Instant};
 
 use faultline_tests::{
     Agent, Pair, limits_file,
     netns::{IFACE, run_in},
-    rtt::{monotonic_ns, quantile, receive_stamped, send_stamped},
+    rtt::{monotonic_ns, quantile, stamped_stream},
 };
 
 const DELAY_MS: f64 = 50.0;
@@ -32,19 +28,8 @@ struct Run {
 }
 
 fn stream(pair: &Pair, pps: u32, count: u32) -> Vec<(u32, f64)> {
-    let rx = pair
-        .a
-        .enter(|| UdpSocket::bind(("0.0.0.0", PORT)).expect("bind receiver"));
-    rx.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let tx = pair
-        .b
-        .enter(|| UdpSocket::bind("0.0.0.0:0").expect("bind sender"));
     let to = format!("{}:{PORT}", pair.v4(1)).parse().unwrap();
-    std::thread::scope(|s| {
-        let got = s.spawn(|| receive_stamped(&rx));
-        send_stamped(&tx, to, count, pps);
-        got.join().expect("receiver")
-    })
+    stamped_stream(&pair.b, &pair.a, to, count, pps, || ()).0
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -171,16 +156,7 @@ fn main() {
         return; // cargo's harness protocol: nothing to list
     }
     let pair = Pair::new();
-    // One receive CPU, so the receiver sees the order and timing the qdisc produced
-    // (veth queues a packet on the backlog of the CPU that released it).
-    run_in(
-        &pair.a.name,
-        &[
-            "sh",
-            "-c",
-            &format!("echo 1 > /sys/class/net/{IFACE}/queues/rx-0/rps_cpus"),
-        ],
-    );
+    pair.a.single_receive_cpu();
     let caps = Command::new(faultline_tests::agent_binary())
         .args(["capabilities", "-o", "json"])
         .output()

@@ -63,6 +63,22 @@ impl Netns {
 }
 
 impl Netns {
+    /// Steers receive processing on `veth0` to CPU 0 (RPS). veth queues a packet on
+    /// the backlog of the CPU that sent it, so a qdisc releasing one flow from two CPUs
+    /// (its timer on one, the sender on the other) can see it reordered after the
+    /// qdisc, which a NIC queue would not do; with one receive CPU a test sees the
+    /// order and timing the qdisc produced.
+    pub fn single_receive_cpu(&self) {
+        run_in(
+            &self.name,
+            &[
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{IFACE}/queues/rx-0/rps_cpus"),
+            ],
+        );
+    }
+
     /// A private agent state directory for this namespace (removed on drop).
     pub fn state_dir(&self) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("{}-state", self.name));

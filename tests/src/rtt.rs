@@ -182,3 +182,31 @@ pub fn receive_stamped(sock: &UdpSocket) -> Vec<(u32, f64)> {
     }
     got
 }
+
+/// Streams `count` stamped datagrams at `pps` from namespace `from` to `to` (an
+/// address in namespace `into`), receiving concurrently (the arrival time is the read
+/// time) while `during` runs on a third thread. Returns (sequence, one-way ms) in
+/// arrival order, and what `during` returned.
+pub fn stamped_stream<T: Send>(
+    from: &Netns,
+    into: &Netns,
+    to: SocketAddr,
+    count: u32,
+    pps: u32,
+    during: impl FnOnce() -> T + Send,
+) -> (Vec<(u32, f64)>, T) {
+    let port = to.port();
+    let rx = into.enter(move || UdpSocket::bind(("0.0.0.0", port)).expect("bind receiver"));
+    rx.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let tx = from.enter(|| UdpSocket::bind("0.0.0.0:0").expect("bind sender"));
+    std::thread::scope(|s| {
+        let got = s.spawn(|| receive_stamped(&rx));
+        let other = s.spawn(during);
+        send_stamped(&tx, to, count, pps);
+        (
+            got.join().expect("receiver"),
+            other.join().expect("concurrent work"),
+        )
+    })
+}

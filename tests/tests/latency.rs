@@ -12,8 +12,18 @@ use faultline_tests::{
     agent::{counter, run_agent},
     assert_nothing_attached, limits_file,
     netns::{IFACE, ip, run_in},
-    rtt::{EchoServer, median, quantile, receive_stamped, send_stamped, tcp_rtts, udp_rtts},
+    rtt::{EchoServer, median, quantile, stamped_stream, tcp_rtts, udp_rtts},
 };
+
+/// Timing is what these tests measure: they run one at a time, never beside each
+/// other on this 2-CPU machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().unwrap()
@@ -165,6 +175,7 @@ fn netem_error_ms(
 
 #[test]
 fn responder_egress_delay_adds_50ms_to_udp_and_tcp_round_trips() {
+    let _serial = serial();
     check_added_rtt(
         &[
             "--direction",
@@ -180,6 +191,7 @@ fn responder_egress_delay_adds_50ms_to_udp_and_tcp_round_trips() {
 
 #[test]
 fn responder_ingress_delay_adds_50ms_to_udp_and_tcp_round_trips() {
+    let _serial = serial();
     check_added_rtt(
         &[
             "--direction",
@@ -198,6 +210,7 @@ fn responder_ingress_delay_adds_50ms_to_udp_and_tcp_round_trips() {
 /// traffic the filter does not match is not delayed at all.
 #[test]
 fn jittered_stream_at_1000pps_keeps_every_packet_in_order_and_spares_other_traffic() {
+    let _serial = serial();
     let pair = Pair::new();
     let limits = limits_file("100%", "300s");
     let _echo = EchoServer::start(&pair.b, 7100);
@@ -219,38 +232,11 @@ fn jittered_stream_at_1000pps_keeps_every_packet_in_order_and_spares_other_traff
             "7000",
         ],
     );
-    // veth hands a packet to the receive backlog of the CPU that dequeued it, so two
-    // CPUs releasing one flow (fq's timer on one, the sender on the other) can swap
-    // packets after the qdisc, as for netem. A NIC queue keeps that order; steer the
-    // receiver's processing to one CPU (RPS) so the test sees the qdisc's order.
-    run_in(
-        &pair.a.name,
-        &[
-            "sh",
-            "-c",
-            &format!("echo 1 > /sys/class/net/{IFACE}/queues/rx-0/rps_cpus"),
-        ],
-    );
+    pair.a.single_receive_cpu();
     const N: u32 = 3000;
-    let rx = pair
-        .a
-        .enter(|| std::net::UdpSocket::bind("0.0.0.0:7000").expect("bind"));
-    rx.set_read_timeout(Some(Duration::from_millis(1000)))
-        .unwrap();
-    let tx = pair
-        .b
-        .enter(|| std::net::UdpSocket::bind("0.0.0.0:0").expect("bind"));
-    let stream_to = addr(&pair.v4(1), 7000);
     let echo_to = addr(&pair.v4(2), 7100);
-    // The receiver reads while the stream runs: the arrival time is the read time.
-    let (got, other) = std::thread::scope(|s| {
-        let got = s.spawn(|| receive_stamped(&rx));
-        let other = s.spawn(|| udp_rtts(&pair.a, echo_to, 200, Duration::from_millis(10)));
-        send_stamped(&tx, stream_to, N, 1000);
-        (
-            got.join().expect("receiver"),
-            other.join().expect("probe thread"),
-        )
+    let (got, other) = stamped_stream(&pair.b, &pair.a, addr(&pair.v4(1), 7000), N, 1000, || {
+        udp_rtts(&pair.a, echo_to, 200, Duration::from_millis(10))
     });
     let removed = agent.stop();
 
@@ -300,6 +286,7 @@ fn jittered_stream_at_1000pps_keeps_every_packet_in_order_and_spares_other_traff
 /// bound is a second after it. `cleanup` then leaves nothing behind.
 #[test]
 fn killed_agent_leaves_no_delay_within_a_second() {
+    let _serial = serial();
     let pair = Pair::new();
     let limits = limits_file("100%", "300s");
     let _echo = EchoServer::start(&pair.b, 7000);
@@ -387,6 +374,7 @@ fn killed_agent_leaves_no_delay_within_a_second() {
 
 #[test]
 fn latency_beyond_the_production_cap_is_refused_before_anything_is_applied() {
+    let _serial = serial();
     let pair = Pair::new();
     let out = run_agent(
         Some(&pair.b.name),
@@ -416,6 +404,7 @@ fn latency_beyond_the_production_cap_is_refused_before_anything_is_applied() {
 /// kernel's default back afterwards, identical in `tc qdisc show`.
 #[test]
 fn edt_installs_mq_fq_on_multiqueue_devices_and_restores_the_default() {
+    let _serial = serial();
     if !edt_available() {
         return;
     }
@@ -490,6 +479,7 @@ fn edt_installs_mq_fq_on_multiqueue_devices_and_restores_the_default() {
 /// back byte for byte.
 #[test]
 fn edt_refuses_a_custom_root_qdisc_unless_forced_and_then_restores_it() {
+    let _serial = serial();
     if !edt_available() {
         return;
     }
@@ -562,6 +552,7 @@ fn edt_refuses_a_custom_root_qdisc_unless_forced_and_then_restores_it() {
 /// virtio-net header) and arrive intact, in both directions.
 #[test]
 fn bulk_tcp_crosses_the_delay_intact() {
+    let _serial = serial();
     use std::io::{Read, Write};
     let pair = Pair::new();
     let limits = limits_file("100%", "300s");
@@ -638,28 +629,8 @@ fn stream_through(
     full.extend_from_slice(&["--dport", "7000"]);
     full.extend_from_slice(args);
     let (agent, _) = start_latency(pair, &limits, &full);
-    run_in(
-        &pair.a.name,
-        &[
-            "sh",
-            "-c",
-            &format!("echo 1 > /sys/class/net/{IFACE}/queues/rx-0/rps_cpus"),
-        ],
-    );
-    let rx = pair
-        .a
-        .enter(|| std::net::UdpSocket::bind("0.0.0.0:7000").expect("bind"));
-    rx.set_read_timeout(Some(Duration::from_millis(1000)))
-        .unwrap();
-    let tx = pair
-        .b
-        .enter(|| std::net::UdpSocket::bind("0.0.0.0:0").expect("bind"));
-    let to = addr(&pair.v4(1), 7000);
-    let got = std::thread::scope(|s| {
-        let got = s.spawn(|| receive_stamped(&rx));
-        send_stamped(&tx, to, count, pps);
-        got.join().expect("receiver")
-    });
+    pair.a.single_receive_cpu();
+    let (got, ()) = stamped_stream(&pair.b, &pair.a, addr(&pair.v4(1), 7000), count, pps, || ());
     (got, agent.stop())
 }
 
@@ -675,6 +646,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 /// machine's release noise (a few hundred microseconds of sd).
 #[test]
 fn jitter_follows_the_requested_distribution() {
+    let _serial = serial();
     let pair = Pair::new();
     for (dist, expect_sd) in [("normal", 5.0), ("uniform", 5.0 / 3f64.sqrt())] {
         let (got, _) = stream_through(
@@ -715,6 +687,7 @@ fn jitter_follows_the_requested_distribution() {
 /// the delay.
 #[test]
 fn latency_and_loss_combine() {
+    let _serial = serial();
     let pair = Pair::new();
     const N: u32 = 3000;
     let (got, removed) =
@@ -743,6 +716,7 @@ fn latency_and_loss_combine() {
 /// counted, exactly matching what the receiver missed.
 #[test]
 fn delay_line_queue_is_bounded_and_overflow_is_counted() {
+    let _serial = serial();
     // --backend delay-line: in the VM lane this exercises the delay line on clsact.
     let pair = Pair::new();
     const N: u32 = 4000;

@@ -558,7 +558,7 @@ fn xdp_hook_drops_on_ingress() {
     let sigma = (f64::from(N) * 0.25).sqrt();
     assert!(
         (received as f64 - f64::from(N) / 2.0).abs() <= 3.0 * sigma,
-        "{received}"
+        "{received} of {N} received ({kind}); kernel: {removed}"
     );
     assert_eq!(
         counter(&removed, "ingress", "dropped") + received,
