@@ -1,6 +1,10 @@
 //! faultline's contract, shared by the coordinator, the agents and the CLI.
 //!
+//! `v1` is the gRPC contract (AgentService for the agents' sessions, ChaosService
+//! for people and CI), generated from `proto/faultline/v1/faultline.proto`.
+//!
 //! `limits` is the `chaos_limits` document operators write (the shape of the
 //! reference production-chaos report); both the coordinator and every agent
 //! enforce it, so a request that slips past one is still refused by the other.
 pub mod limits;
+pub mod v1;

@@ -1,0 +1,67 @@
+//! The gRPC contract, version 1 (`proto/faultline/v1/faultline.proto`): messages,
+//! `AgentService` and `ChaosService` clients and servers, and the descriptor set that
+//! gRPC reflection serves.
+#![allow(clippy::all, missing_docs)]
+
+tonic::include_proto!("faultline.v1");
+
+/// The encoded `FileDescriptorSet` of the contract (with its imports), for
+/// `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/faultline_v1_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_fault_order_round_trips() {
+        let order = CoordinatorMessage {
+            body: Some(coordinator_message::Body::Apply(ApplyFault {
+                lease_id: "lease-1-exp".into(),
+                order_id: "o-1".into(),
+                spec: Some(FaultSpec {
+                    fault: Some(fault_spec::Fault::Latency(LatencyFault {
+                        interface: "eth0".into(),
+                        direction: Direction::Egress as i32,
+                        delay: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 50_000_000,
+                        }),
+                        ..Default::default()
+                    })),
+                    duration: Some(prost_types::Duration {
+                        seconds: 60,
+                        nanos: 0,
+                    }),
+                }),
+                lease_ttl: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+            })),
+        };
+        let bytes = order.encode_to_vec();
+        assert_eq!(CoordinatorMessage::decode(bytes.as_slice()).unwrap(), order);
+    }
+
+    #[test]
+    fn the_descriptor_set_describes_both_services() {
+        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let ours = set
+            .file
+            .iter()
+            .find(|f| f.package() == "faultline.v1")
+            .expect("faultline.v1 in the descriptor set");
+        let services: Vec<&str> = ours.service.iter().map(|s| s.name()).collect();
+        assert_eq!(services, ["AgentService", "ChaosService"]);
+        // Imports travel with it, so reflection clients can resolve Duration.
+        assert!(
+            set.file
+                .iter()
+                .any(|f| f.name() == "google/protobuf/duration.proto")
+        );
+    }
+}
