@@ -38,15 +38,16 @@ static CONFIG: Array<FaultConfig> = Array::with_max_entries(1, 0);
 #[map(name = "FL_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DIR_COUNT, 0);
 
-/// The outcome for one packet; small on purpose (see `packet::parse`).
-#[derive(Clone, Copy)]
+/// The outcome for one packet; a plain tag on purpose (see `packet::parse`), so no
+/// pointer has to stay live across the parse. Delayed packets read the model again.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Pass,
     Drop,
     /// Drop, and debug logging is on.
     DropLogged,
-    /// Delay with this model (already counted).
-    Delay(&'static LatencyModel),
+    /// Delay (already counted); the model is read again from the config.
+    Delay,
 }
 
 #[classifier]
@@ -67,7 +68,7 @@ pub fn faultline_xdp(ctx: XdpContext) -> u32 {
     });
     match verdict {
         // The agent refuses latency on XDP; a delay verdict cannot occur here.
-        Verdict::Pass | Verdict::Delay(_) => xdp_action::XDP_PASS,
+        Verdict::Pass | Verdict::Delay => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::DropLogged => {
             log_drop(&ctx, &meta);
@@ -96,7 +97,11 @@ fn tc_run(ctx: &TcContext, dir_index: u32, dir_bit: u32) -> i32 {
             log_drop(ctx, &meta);
             TC_ACT_SHOT
         }
-        Verdict::Delay(lat) => {
+        Verdict::Delay => {
+            let Some(cfg) = CONFIG.get(0) else {
+                return TC_ACT_UNSPEC;
+            };
+            let lat = &cfg.latency;
             let target = match (lat.backend, dir_bit) {
                 (DELAY_EDT, DIR_EGRESS) => {
                     latency::stamp_departure(skb, lat);
@@ -217,7 +222,7 @@ fn decide(
 
 /// The latency part of the decision, for a matched packet that was not dropped.
 #[inline(always)]
-fn delay(counters: &mut Counters, lat: &'static LatencyModel) -> Verdict {
+fn delay(counters: &mut Counters, lat: &LatencyModel) -> Verdict {
     let delaying = match lat.backend {
         DELAY_EDT => true,
         DELAY_DIVERT => latency::delay_line_alive(),
@@ -227,7 +232,7 @@ fn delay(counters: &mut Counters, lat: &'static LatencyModel) -> Verdict {
         return Verdict::Pass;
     }
     counters.delayed += 1;
-    Verdict::Delay(lat)
+    Verdict::Delay
 }
 
 #[inline(always)]
