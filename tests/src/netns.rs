@@ -69,14 +69,13 @@ impl Netns {
     /// qdisc, which a NIC queue would not do; with one receive CPU a test sees the
     /// order and timing the qdisc produced.
     pub fn single_receive_cpu(&self) {
-        run_in(
+        let file = format!("/sys/class/net/{IFACE}/queues/rx-0/rps_cpus");
+        let out = run_in(
             &self.name,
-            &[
-                "sh",
-                "-c",
-                &format!("echo 1 > /sys/class/net/{IFACE}/queues/rx-0/rps_cpus"),
-            ],
+            &["sh", "-c", &format!("echo 1 > {file} && cat {file}")],
         );
+        let mask = out.trim().trim_start_matches(['0', ',']);
+        assert_eq!(mask, "1", "RPS not set in {}: {out}", self.name);
     }
 
     /// A private agent state directory for this namespace (removed on drop).

@@ -254,6 +254,8 @@ mkdir -p /scratch
 if mount -t ext4 /dev/vda /scratch; then export FAULTLINE_TEST_CACHE_DIR=/scratch; fi
 # This kernel has sch_fq: the latency suite must run its EDT checks, not skip them.
 export FAULTLINE_EXPECT_EDT=1
+# Emulated (TCG): tests that must tolerate the emulator's scheduling say so.
+export FAULTLINE_EMULATED=1
 echo "vm: $(uname -r) up; cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 cd /mnt && sh ./run.sh
 rc=$?
