@@ -6,5 +6,6 @@
 //! `limits` is the `chaos_limits` document operators write (the shape of the
 //! reference production-chaos report); both the coordinator and every agent
 //! enforce it, so a request that slips past one is still refused by the other.
+pub mod jitter;
 pub mod limits;
 pub mod v1;
