@@ -691,8 +691,17 @@ fn jitter_follows_the_requested_distribution() {
             "{dist}: mean {mean:.3} ms sd {sd:.3} ms (expected {expect_sd:.3}); {reordered} reordered"
         );
         assert_eq!(got.len(), 2000);
-        // Release noise only ever adds delay: up to ~1 ms on the emulated VM lane.
-        assert!((mean - 30.0).abs() < 1.5, "{dist}: mean {mean:.3}");
+        // Release noise only ever adds delay: the lower bound is tight everywhere;
+        // the emulated VM lane's timers add 1-2 ms on top (as they do to netem).
+        let late = if std::env::var_os("FAULTLINE_EMULATED").is_some() {
+            3.0
+        } else {
+            1.0
+        };
+        assert!(
+            mean > 30.0 - 1.0 && mean < 30.0 + late,
+            "{dist}: mean {mean:.3}"
+        );
         assert!(
             (sd - expect_sd).abs() < 0.15 * expect_sd + 0.3,
             "{dist}: sd {sd:.3}"
