@@ -25,6 +25,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A timing bound: `host` on this machine, `emulated` in the VM lane
+/// (FAULTLINE_EMULATED), where TCG's timers and scheduling add milliseconds to every
+/// measurement, faulted or not.
+fn slack(host: f64, emulated: f64) -> f64 {
+    if std::env::var_os("FAULTLINE_EMULATED").is_some() {
+        emulated
+    } else {
+        host
+    }
+}
+
 fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().unwrap()
 }
@@ -134,7 +145,7 @@ fn check_added_rtt(args: &[&str], expect_ms: f64) {
 
     let after = median(&udp_rtts(&pair.a, to, 100, gap));
     assert!(
-        after < base_udp + 1.0,
+        after < base_udp + slack(1.0, 5.0),
         "RTT after removal {after:.3} ms, baseline {base_udp:.3}"
     );
     assert_eq!(qdiscs(&pair.b), before, "root qdisc not restored");
@@ -271,7 +282,7 @@ fn jittered_stream_at_1000pps_keeps_every_packet_in_order_and_spares_other_traff
     assert!((20.0..=30.0).contains(&m), "median one-way delay {m}");
     assert_eq!(counter(&removed, "egress", "delayed"), u64::from(N));
     assert!(
-        median(&other) < 2.0,
+        median(&other) < slack(2.0, 10.0),
         "non-matching traffic was delayed: {:.3} ms",
         median(&other)
     );
@@ -693,11 +704,7 @@ fn jitter_follows_the_requested_distribution() {
         assert_eq!(got.len(), 2000);
         // Release noise only ever adds delay: the lower bound is tight everywhere;
         // the emulated VM lane's timers add 1-2 ms on top (as they do to netem).
-        let late = if std::env::var_os("FAULTLINE_EMULATED").is_some() {
-            3.0
-        } else {
-            1.0
-        };
+        let late = slack(1.0, 3.0);
         assert!(
             mean > 30.0 - 1.0 && mean < 30.0 + late,
             "{dist}: mean {mean:.3}"
@@ -737,7 +744,7 @@ fn latency_and_loss_combine() {
     assert_eq!(counter(&removed, "egress", "dropped") as f64, lost);
     let delays: Vec<f64> = got.iter().map(|&(_, d)| d).collect();
     assert!(
-        (median(&delays) - 20.0).abs() < 1.0,
+        median(&delays) > 20.0 - 1.0 && median(&delays) < 20.0 + slack(1.0, 3.0),
         "median {}",
         median(&delays)
     );
