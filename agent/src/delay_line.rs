@@ -124,9 +124,8 @@ impl Tap {
             fs::write(&ipv6, "1").with_context(|| format!("disabling IPv6 on {name}"))?;
         }
         let ifindex = crate::preflight::interface_index(name)?;
-        let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-        tokio::spawn(conn);
-        handle
+        crate::tc::handle()
+            .await?
             .link()
             .change(
                 rtnetlink::LinkUnspec::new_with_index(ifindex)

@@ -7,11 +7,8 @@
 //! and raw options are recreated afterwards, and it must have no classes or child
 //! qdiscs, which could not be recreated faithfully.
 use anyhow::{Context, Result, anyhow};
-use futures_util::{StreamExt, TryStreamExt};
-use netlink_packet_core::{
-    DefaultNla, Emitable, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload, Nla,
-};
+use futures_util::TryStreamExt;
+use netlink_packet_core::{DefaultNla, Emitable, NLM_F_CREATE, NLM_F_REPLACE, Nla};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::LinkAttribute,
@@ -19,7 +16,7 @@ use netlink_packet_route::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::UsageError;
+use crate::{UsageError, tc};
 
 const TCA_OPTIONS: u16 = 2;
 const TCA_FQ_PLIMIT: u16 = 1;
@@ -64,27 +61,6 @@ impl RootSnapshot {
     }
 }
 
-async fn connect() -> Result<rtnetlink::Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
-/// Sends one request and waits for the kernel's acknowledgement.
-async fn send(h: &mut rtnetlink::Handle, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
-    let mut req = NetlinkMessage::from(msg);
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-    let mut resp = h.request(req)?;
-    while let Some(m) = resp.next().await {
-        if let NetlinkPayload::Error(e) = m.payload
-            && e.code.is_some()
-        {
-            return Err(anyhow!(e.to_io()));
-        }
-    }
-    Ok(())
-}
-
 fn kind_of(m: &TcMessage) -> Option<&str> {
     m.attributes.iter().find_map(|a| match a {
         TcAttribute::Kind(k) => Some(k.as_str()),
@@ -123,7 +99,7 @@ fn snapshot_of(m: &TcMessage) -> QdiscSnapshot {
 
 /// The root qdisc of `ifindex` and its descendants (clsact/ingress excluded).
 pub async fn snapshot(ifindex: u32) -> Result<RootSnapshot> {
-    let h = connect().await?;
+    let h = tc::handle().await?;
     let mut all = Vec::new();
     let mut dump = h.qdisc().get().index(ifindex as i32).execute();
     while let Some(q) = dump.try_next().await? {
@@ -233,7 +209,7 @@ fn qdisc_message(ifindex: u32, parent: u32, handle: u32, kind: &str, options: &[
 
 /// A device's MTU and number of transmit queues.
 pub async fn link_shape(ifindex: u32) -> Result<(u32, u32)> {
-    let h = connect().await?;
+    let h = tc::handle().await?;
     let (mut mtu, mut queues) = (1500, 1);
     let mut links = h.link().get().match_index(ifindex).execute();
     while let Some(l) = links.try_next().await? {
@@ -250,14 +226,14 @@ pub async fn link_shape(ifindex: u32) -> Result<(u32, u32)> {
 
 /// Replaces the root with fq (single queue) or mq + fq per queue.
 pub async fn install_fq(ifindex: u32, sizing: FqSizing) -> Result<()> {
-    let mut h = connect().await?;
+    let mut h = tc::handle().await?;
     let root: u32 = TcHandle::ROOT.into();
     let ours = u32::from(OUR_MAJOR) << 16;
     let (_, queues) = link_shape(ifindex).await?;
     let fq = sizing.options();
     if queues <= 1 {
         let m = qdisc_message(ifindex, root, ours, "fq", &fq);
-        return send(
+        return tc::send(
             &mut h,
             RouteNetlinkMessage::NewQueueDiscipline(m),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -266,7 +242,7 @@ pub async fn install_fq(ifindex: u32, sizing: FqSizing) -> Result<()> {
         .context("installing the fq root qdisc");
     }
     let m = qdisc_message(ifindex, root, ours, "mq", &[]);
-    send(
+    tc::send(
         &mut h,
         RouteNetlinkMessage::NewQueueDiscipline(m),
         NLM_F_CREATE | NLM_F_REPLACE,
@@ -275,7 +251,7 @@ pub async fn install_fq(ifindex: u32, sizing: FqSizing) -> Result<()> {
     .context("installing the mq root qdisc")?;
     for q in 1..=queues {
         let m = qdisc_message(ifindex, ours | q, 0, "fq", &fq);
-        send(
+        tc::send(
             &mut h,
             RouteNetlinkMessage::NewQueueDiscipline(m),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -290,7 +266,7 @@ pub async fn install_fq(ifindex: u32, sizing: FqSizing) -> Result<()> {
 /// then recreate an operator's qdisc from its snapshot. Returns a note if the result
 /// differs from the snapshot.
 pub async fn restore(ifindex: u32, original: &RootSnapshot) -> Result<Option<String>> {
-    let mut h = connect().await?;
+    let mut h = tc::handle().await?;
     let current = snapshot(ifindex).await?;
     if current == *original {
         return Ok(None);
@@ -299,14 +275,14 @@ pub async fn restore(ifindex: u32, original: &RootSnapshot) -> Result<Option<Str
         let m = qdisc_message(ifindex, TcHandle::ROOT.into(), current.root.handle, "", &[]);
         let mut m = m;
         m.attributes.clear();
-        send(&mut h, RouteNetlinkMessage::DelQueueDiscipline(m), 0)
+        tc::send(&mut h, RouteNetlinkMessage::DelQueueDiscipline(m), 0)
             .await
             .context("deleting faultline's root qdisc")?;
     }
     if !original.is_default() {
         let o = &original.root;
         let m = qdisc_message(ifindex, o.parent, o.handle, &o.kind, &o.options);
-        send(
+        tc::send(
             &mut h,
             RouteNetlinkMessage::NewQueueDiscipline(m),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -341,7 +317,7 @@ pub fn is_agent_ifb(name: &str) -> bool {
 
 /// Creates the agent's IFB device (down on failure is the caller's to clean up).
 pub async fn create_ifb(name: &str) -> Result<u32> {
-    let h = connect().await?;
+    let h = tc::handle().await?;
     h.link()
         .add(rtnetlink::LinkIfb::new(name).up().build())
         .execute()
@@ -354,7 +330,7 @@ pub async fn delete_link(name: &str) -> Result<bool> {
     let Ok(ifindex) = crate::preflight::interface_index(name) else {
         return Ok(false);
     };
-    let h = connect().await?;
+    let h = tc::handle().await?;
     h.link()
         .del(ifindex)
         .execute()

@@ -16,7 +16,8 @@ use netlink_packet_route::{
     },
 };
 
-async fn handle() -> Result<rtnetlink::Handle> {
+/// A fresh rtnetlink connection in the agent's network namespace.
+pub async fn handle() -> Result<rtnetlink::Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
     Ok(handle)
@@ -129,15 +130,27 @@ pub async fn add_ifb_selector(ifindex: u32, prog_fd: i32, name: &str, ifb: u32) 
             act_bytes,
         ))),
     ]));
-    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewTrafficFilter(m));
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
     let mut h = handle().await?;
+    send(
+        &mut h,
+        RouteNetlinkMessage::NewTrafficFilter(m),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .await
+    .context("adding the mirred filter to the IFB")
+}
+
+/// Sends one request built by hand (for what rtnetlink's builders cannot express)
+/// and waits for the kernel's acknowledgement.
+pub async fn send(h: &mut rtnetlink::Handle, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
     let mut resp = h.request(req)?;
-    while let Some(msg) = resp.next().await {
-        if let NetlinkPayload::Error(e) = msg.payload
+    while let Some(m) = resp.next().await {
+        if let NetlinkPayload::Error(e) = m.payload
             && e.code.is_some()
         {
-            return Err(anyhow!(e.to_io())).context("adding the mirred filter to the IFB");
+            return Err(anyhow!(e.to_io()));
         }
     }
     Ok(())
