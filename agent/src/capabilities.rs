@@ -33,12 +33,11 @@ pub struct Capabilities {
 
 pub async fn detect(cgroup_root: &Path) -> Capabilities {
     let (sch_fq, ifb) = qdisc::probe_fq().await;
-    let cgroup = if cgroup_root.join("cgroup.controllers").exists() {
-        "v2"
-    } else if cgroup_root.join("cpu").exists() || cgroup_root.join("memory").exists() {
-        "v1"
-    } else {
-        "none"
+    // The same detection the stress faults use, so "v1"/"v2" means they can run.
+    let cgroup = match crate::cgroup::detect(cgroup_root, None).map(|fs| fs.version()) {
+        Ok(2) => "v2",
+        Ok(_) => "v1",
+        Err(_) => "none",
     };
     let backend = if sch_fq && ifb {
         latency::Backend::Edt

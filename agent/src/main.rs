@@ -1,5 +1,6 @@
-//! faultline-agent: the privileged node-local daemon. In this release it runs faults
-//! locally (`inject`) and removes what a killed agent left behind (`cleanup`).
+//! faultline-agent: the privileged node-local daemon. `run` holds a session with the
+//! coordinator and applies its fault orders under leases; `inject` runs one fault
+//! locally; `cleanup` removes what a killed agent left behind.
 mod capabilities;
 mod cgroup;
 mod clock;
@@ -9,10 +10,13 @@ mod faults;
 mod filter;
 mod inject;
 mod journal;
+mod metrics;
+mod orders;
 mod output;
 mod preflight;
 mod qdisc;
 mod reconcile;
+mod session;
 mod signals;
 mod stress;
 mod targets;
@@ -46,6 +50,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run as the node's daemon: connect to the coordinator over mTLS and carry out
+    /// its fault orders under leases (effects are removed if the lease lapses).
+    Run(Box<session::RunArgs>),
     /// Apply one fault now, show live counters, remove it on exit or at the deadline.
     Inject {
         #[command(subcommand)]
@@ -99,7 +106,7 @@ enum Fault {
     Cache(faults::cache::CacheArgs),
 }
 
-async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow::Result<()> {
+pub(crate) async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow::Result<()> {
     preflight::check_privileges()?;
     let journal = journal::JournalFile::open(&state_dir)?;
     let mut removed = reconcile::reconcile(&journal).await?;
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
                     .and_then(|r| r),
             },
+            Command::Run(args) => session::run(cli.state_dir, cli.limits, *args).await,
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,
             Command::Capabilities {
                 cgroup_root,

@@ -1,0 +1,123 @@
+//! Kernel-level metric samples for the coordinator: node CPU (from /proc/stat deltas),
+//! memory, PSI, packet counters of this network namespace, TCP retransmits, the root
+//! cgroup's usage, and the eBPF fault counters of the active effect.
+use std::{collections::HashMap, path::Path, time::SystemTime};
+
+use faultline_proto::v1::{FaultCounters, MetricSample};
+use procfs::{Current, CurrentSI};
+
+/// Busy and total jiffies of all CPUs at one instant.
+#[derive(Clone, Copy, Default)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+fn cpu_times() -> Option<CpuTimes> {
+    let t = procfs::KernelStats::current().ok()?.total;
+    let idle = t.idle + t.iowait.unwrap_or(0);
+    let busy = t.user
+        + t.nice
+        + t.system
+        + t.irq.unwrap_or(0)
+        + t.softirq.unwrap_or(0)
+        + t.steal.unwrap_or(0);
+    Some(CpuTimes {
+        busy,
+        total: busy + idle,
+    })
+}
+
+pub struct Sampler {
+    last_cpu: Option<CpuTimes>,
+    /// The last computed busy share: at 10 Hz a sample can fall within one tick.
+    cpu_busy: f64,
+    cgroup_root: std::path::PathBuf,
+}
+
+impl Sampler {
+    pub fn new(cgroup_root: &Path) -> Self {
+        Self {
+            last_cpu: cpu_times(),
+            cpu_busy: 0.0,
+            cgroup_root: cgroup_root.to_owned(),
+        }
+    }
+
+    /// One sample; fields the kernel does not offer (PSI disabled, ...) stay zero.
+    pub fn sample(&mut self, ingress: FaultCounters, egress: FaultCounters) -> MetricSample {
+        let now = cpu_times();
+        // Deltas need a few ticks to mean anything; until then keep the last value.
+        if let (Some(a), Some(b)) = (self.last_cpu, now)
+            && b.total >= a.total + 10
+        {
+            self.cpu_busy = 100.0 * (b.busy - a.busy) as f64 / (b.total - a.total) as f64;
+            self.last_cpu = Some(b);
+        } else if self.last_cpu.is_none() {
+            self.last_cpu = now;
+        }
+        let cpu_busy_percent = self.cpu_busy;
+        let memory_used_percent = procfs::Meminfo::current()
+            .ok()
+            .and_then(|m| {
+                let avail = m.mem_available?;
+                Some(100.0 * (m.mem_total - avail.min(m.mem_total)) as f64 / m.mem_total as f64)
+            })
+            .unwrap_or(0.0);
+        let (mut rx, mut tx) = (0, 0);
+        if let Ok(devs) = procfs::net::dev_status() {
+            for (name, d) in devs {
+                if name != "lo" {
+                    rx += d.recv_packets;
+                    tx += d.sent_packets;
+                }
+            }
+        }
+        MetricSample {
+            at: Some(SystemTime::now().into()),
+            cpu_busy_percent,
+            memory_used_percent,
+            psi_cpu_some_avg10: procfs::CpuPressure::current()
+                .map(|p| f64::from(p.some.avg10))
+                .unwrap_or(0.0),
+            psi_memory_some_avg10: procfs::MemoryPressure::current()
+                .map(|p| f64::from(p.some.avg10))
+                .unwrap_or(0.0),
+            psi_io_some_avg10: procfs::IoPressure::current()
+                .map(|p| f64::from(p.some.avg10))
+                .unwrap_or(0.0),
+            net_rx_packets: rx,
+            net_tx_packets: tx,
+            tcp_retransmits: procfs::net::snmp().map(|s| s.tcp_retrans_segs).unwrap_or(0),
+            ingress: Some(ingress),
+            egress: Some(egress),
+            cgroup: self.cgroup_stats(),
+        }
+    }
+
+    /// The root cgroup's CPU time and memory, on either hierarchy.
+    fn cgroup_stats(&self) -> HashMap<String, f64> {
+        let read = |rel: &str| {
+            std::fs::read_to_string(self.cgroup_root.join(rel))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
+        let mut out = HashMap::new();
+        if let Some(stat) = read("cpu.stat") {
+            // v2 root: usage_usec
+            if let Some(v) = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                out.insert("root.cpu.usage_seconds".into(), v / 1e6);
+            }
+        } else if let Some(v) = read("cpuacct/cpuacct.usage").and_then(|v| v.parse::<f64>().ok()) {
+            out.insert("root.cpu.usage_seconds".into(), v / 1e9);
+        }
+        if let Some(v) = read("memory/memory.usage_in_bytes").and_then(|v| v.parse::<f64>().ok()) {
+            out.insert("root.memory.usage_bytes".into(), v);
+        }
+        out
+    }
+}

@@ -1,0 +1,427 @@
+//! `faultline-agent run`: the daemon. It dials the coordinator (outbound only) over
+//! mTLS, holds one AgentService stream, carries out fault orders (see `orders`),
+//! heartbeats the leases it holds effects for, and streams metric samples.
+//!
+//! The dead-man switch lives here: every lease has a renewal deadline (the lease TTL
+//! after the last renewal the coordinator sent). A lease that passes it, because the
+//! coordinator is down, stopped or unreachable, has its effects removed by the agent
+//! on its own; the in-kernel deadline of each fault backs this up if the agent itself
+//! is gone.
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use faultline_proto::v1::{
+    Ack, AgentMessage, Capabilities, CoordinatorMessage, EffectState, FaultCounters, Heartbeat,
+    Register, agent_message::Body as Out, agent_service_client::AgentServiceClient,
+    coordinator_message::Body as In,
+};
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tracing::{info, warn};
+
+use crate::{
+    UsageError,
+    inject::LimitArgs,
+    metrics::Sampler,
+    orders::{self, Report},
+};
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// The coordinator's agent endpoint, e.g. https://10.0.0.1:7443.
+    #[arg(long, env = "FAULTLINE_COORDINATOR")]
+    pub coordinator: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Labels reported at registration, key=value (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// CA certificate (PEM) that signed the coordinator's certificate.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// This agent's client certificate (PEM), signed by the same CA.
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// The private key (PEM) of `--cert`.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Name to verify in the coordinator's certificate (default: the URL's host).
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+    pub cgroup_root: PathBuf,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("'{s}' is not key=value"))
+}
+
+/// Lease TTL assumed when an order carries none.
+const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+struct Effect {
+    lease_id: String,
+    handle: orders::Handle,
+}
+
+#[derive(Default)]
+struct State {
+    effects: HashMap<String, Effect>,
+    /// Renewal deadline and TTL per lease with effects.
+    leases: HashMap<String, (Instant, Duration)>,
+    /// RemoveFault requests waiting for their children to exit.
+    removals: HashMap<String, HashSet<String>>,
+    counters: (FaultCounters, FaultCounters),
+    sample_hz: f64,
+}
+
+enum Inbound {
+    Connected,
+    Message(Box<CoordinatorMessage>),
+}
+
+pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result<()> {
+    crate::preflight::check_privileges()?;
+    let endpoint = endpoint(&args)?;
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_owned(),
+    };
+    // What a previous, killed agent left in this namespace goes before anything else.
+    crate::cleanup(state_dir.clone(), args.cgroup_root.clone()).await?;
+    let caps = crate::capabilities::detect(&args.cgroup_root).await;
+    let register = AgentMessage {
+        body: Some(Out::Register(Register {
+            node_name: node_name.clone(),
+            labels: args.labels.iter().cloned().collect(),
+            capabilities: Some(Capabilities {
+                kernel: caps.kernel.clone(),
+                bpf: caps.bpf,
+                btf: caps.btf,
+                tcx: caps.tcx,
+                sch_fq: caps.sch_fq,
+                ifb: caps.ifb,
+                tun: caps.tun,
+                cgroup: caps.cgroup.to_owned(),
+                latency_backend: caps.latency_backend.to_owned(),
+            }),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })),
+    };
+    let mut global = vec!["--state-dir".to_owned(), state_dir.display().to_string()];
+    match &limits.limits {
+        Some(path) => global.extend(["--limits".to_owned(), path.display().to_string()]),
+        None => global.extend(["--profile".to_owned(), limits.profile.to_string()]),
+    }
+    // Limits are checked by every child as well; load them once here so a bad file
+    // stops the daemon at start rather than refusing every order.
+    limits.load()?;
+
+    let mut signals = crate::signals::Signals::install()?;
+    let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(1024);
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(1024);
+    let (rep_tx, mut rep_rx) = mpsc::unbounded_channel::<Report>();
+    tokio::spawn(link(endpoint, register, out_rx, in_tx));
+    info!(node = %node_name, coordinator = %args.coordinator, "agent started");
+
+    let mut st = State {
+        sample_hz: 1.0,
+        ..State::default()
+    };
+    let mut sampler = Sampler::new(&args.cgroup_root);
+    let mut next_sample = Instant::now();
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut watchdog = tokio::time::interval(Duration::from_millis(50));
+    let send = |m: Out| {
+        // Never block the loop on a stalled link: heartbeats and samples are
+        // periodic, and the coordinator re-learns state from the next heartbeat.
+        let _ = out_tx.try_send(AgentMessage { body: Some(m) });
+    };
+    loop {
+        tokio::select! {
+            name = signals.recv() => {
+                info!(signal = name, "stopping: removing every effect");
+                return shutdown(&mut st, &mut rep_rx).await;
+            }
+            Some(inbound) = in_rx.recv() => match inbound {
+                Inbound::Connected => {
+                    info!("session established");
+                    heartbeat.reset_immediately();
+                }
+                Inbound::Message(m) => {
+                    if let Some(body) = m.body {
+                        order(&mut st, body, &global, &rep_tx, &send);
+                    }
+                }
+            },
+            Some(report) = rep_rx.recv() => child_report(&mut st, report, &send),
+            _ = heartbeat.tick() => send(Out::Heartbeat(Heartbeat {
+                lease_ids: st.leases.keys().cloned().collect(),
+            })),
+            _ = tokio::time::sleep_until(next_sample) => {
+                next_sample = Instant::now() + Duration::from_secs_f64(1.0 / st.sample_hz);
+                let (i, e) = st.counters;
+                send(Out::Sample(sampler.sample(i, e)));
+            }
+            _ = watchdog.tick() => dead_man(&mut st),
+        }
+    }
+}
+
+fn endpoint(args: &RunArgs) -> Result<Endpoint> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| UsageError(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&args.ca)?))
+        .identity(Identity::from_pem(read(&args.cert)?, read(&args.key)?));
+    if let Some(name) = &args.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Endpoint::from_shared(args.coordinator.clone())
+        .map_err(|e| UsageError(format!("--coordinator {}: {e}", args.coordinator)))?
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true))
+}
+
+/// Keeps one session up, reconnecting with backoff; forwards inbound messages.
+async fn link(
+    endpoint: Endpoint,
+    register: AgentMessage,
+    mut outbox: mpsc::Receiver<AgentMessage>,
+    inbox: mpsc::Sender<Inbound>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&endpoint, &register, &mut outbox, &inbox, &mut backoff).await {
+            Ok(()) => warn!("session closed by the coordinator; reconnecting"),
+            Err(e) => warn!("session: {e:#}; reconnecting in {backoff:?}"),
+        }
+        let until = Instant::now() + backoff;
+        // Messages queued while disconnected are stale by the time we are back.
+        while let Ok(Some(_)) = tokio::time::timeout_at(until, outbox.recv()).await {}
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn session(
+    endpoint: &Endpoint,
+    register: &AgentMessage,
+    outbox: &mut mpsc::Receiver<AgentMessage>,
+    inbox: &mpsc::Sender<Inbound>,
+    backoff: &mut Duration,
+) -> Result<()> {
+    let channel = endpoint.connect().await.context("connect")?;
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(256);
+    tx.send(register.clone()).await?;
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .context("open session")?
+        .into_inner();
+    *backoff = Duration::from_millis(100);
+    let _ = inbox.send(Inbound::Connected).await;
+    loop {
+        tokio::select! {
+            m = inbound.message() => match m.context("receive")? {
+                Some(m) => { let _ = inbox.send(Inbound::Message(Box::new(m))).await; }
+                None => return Ok(()),
+            },
+            Some(m) = outbox.recv() => {
+                if tx.send(m).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn ack(order_id: &str, state: EffectState, detail: impl Into<String>) -> Out {
+    Out::Ack(Ack {
+        order_id: order_id.to_owned(),
+        state: state as i32,
+        detail: detail.into(),
+    })
+}
+
+fn order(
+    st: &mut State,
+    body: In,
+    global: &[String],
+    reports: &mpsc::UnboundedSender<Report>,
+    send: &impl Fn(Out),
+) {
+    match body {
+        In::Apply(a) => {
+            if st.effects.contains_key(&a.order_id) {
+                return; // a resent order: the first one's acks stand
+            }
+            let inject = match a
+                .spec
+                .as_ref()
+                .ok_or("no fault spec".to_owned())
+                .and_then(orders::inject_args)
+            {
+                Ok(args) => args,
+                Err(e) => return send(ack(&a.order_id, EffectState::Refused, e)),
+            };
+            let ttl = a
+                .lease_ttl
+                .and_then(|t| Duration::try_from(t).ok())
+                .filter(|t| !t.is_zero())
+                .unwrap_or(DEFAULT_TTL);
+            match orders::spawn(&a.order_id, global, &inject, reports.clone()) {
+                Ok(handle) => {
+                    info!(order = %a.order_id, lease = %a.lease_id, "applying {}", inject.join(" "));
+                    st.leases
+                        .insert(a.lease_id.clone(), (Instant::now() + ttl, ttl));
+                    st.effects.insert(
+                        a.order_id,
+                        Effect {
+                            lease_id: a.lease_id,
+                            handle,
+                        },
+                    );
+                }
+                Err(e) => send(ack(&a.order_id, EffectState::Failed, format!("spawn: {e}"))),
+            }
+        }
+        In::Remove(r) => {
+            let matching: HashSet<String> = st
+                .effects
+                .iter()
+                .filter(|(id, e)| {
+                    (r.lease_id.is_empty() || e.lease_id == r.lease_id)
+                        && (r.order_id.is_empty() || **id == r.order_id)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &matching {
+                st.effects[id].handle.stop();
+            }
+            if matching.is_empty() {
+                if !r.lease_id.is_empty() {
+                    st.leases.remove(&r.lease_id);
+                }
+                send(ack(&r.request_id, EffectState::Removed, "nothing applied"));
+            } else {
+                info!(lease = %r.lease_id, "removing {} effect(s)", matching.len());
+                st.removals.insert(r.request_id, matching);
+            }
+        }
+        In::SampleRate(s) => st.sample_hz = s.hz.clamp(0.1, 10.0),
+        In::Renewal(r) => {
+            let ttl = r
+                .ttl
+                .and_then(|t| Duration::try_from(t).ok())
+                .filter(|t| !t.is_zero());
+            let now = Instant::now();
+            for id in r.lease_ids {
+                if let Some((until, lease_ttl)) = st.leases.get_mut(&id) {
+                    *lease_ttl = ttl.unwrap_or(*lease_ttl);
+                    *until = now + *lease_ttl;
+                }
+            }
+        }
+    }
+}
+
+fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
+    match report {
+        Report::Armed { order_id, detail } => {
+            info!(order = %order_id, "applied: {detail}");
+            send(ack(&order_id, EffectState::Applied, detail));
+        }
+        Report::Counters { ingress, egress } => st.counters = (ingress, egress),
+        Report::Exited {
+            order_id,
+            armed,
+            code,
+            detail,
+        } => {
+            let lease = st.effects.remove(&order_id).map(|e| e.lease_id);
+            let state = match (armed, code) {
+                (true, _) => EffectState::Removed,
+                (false, Some(2)) => EffectState::Refused,
+                (false, _) => EffectState::Failed,
+            };
+            info!(order = %order_id, "{state:?}: {detail}");
+            send(ack(&order_id, state, detail.clone()));
+            let done: Vec<String> = st
+                .removals
+                .iter_mut()
+                .filter_map(|(req, pending)| {
+                    (pending.remove(&order_id) && pending.is_empty()).then(|| req.clone())
+                })
+                .collect();
+            for req in done {
+                st.removals.remove(&req);
+                send(ack(&req, EffectState::Removed, detail.clone()));
+            }
+            if let Some(lease) = lease
+                && !st.effects.values().any(|e| e.lease_id == lease)
+            {
+                st.leases.remove(&lease);
+            }
+            if st.effects.is_empty() {
+                st.counters = Default::default();
+            }
+        }
+    }
+}
+
+/// Removes the effects of every lease whose renewal deadline has passed.
+fn dead_man(st: &mut State) {
+    let now = Instant::now();
+    let lapsed: Vec<String> = st
+        .leases
+        .iter()
+        .filter(|(_, (until, _))| *until <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for lease in lapsed {
+        let ttl = st.leases.remove(&lease).map(|(_, t)| t).unwrap_or_default();
+        warn!(%lease, "dead-man switch: no renewal within the lease TTL ({ttl:?}); removing its effects");
+        for e in st.effects.values().filter(|e| e.lease_id == lease) {
+            e.handle.stop();
+        }
+    }
+}
+
+/// Stops every child and waits until each has removed its effects.
+async fn shutdown(st: &mut State, reports: &mut mpsc::UnboundedReceiver<Report>) -> Result<()> {
+    for e in st.effects.values() {
+        e.handle.stop();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !st.effects.is_empty() {
+        match tokio::time::timeout_at(deadline, reports.recv()).await {
+            Ok(Some(Report::Exited { order_id, .. })) => {
+                st.effects.remove(&order_id);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => anyhow::bail!(
+                "{} effect(s) did not confirm removal; run `faultline-agent cleanup`",
+                st.effects.len()
+            ),
+        }
+    }
+    info!("every effect removed");
+    Ok(())
+}
