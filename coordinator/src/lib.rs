@@ -1,4 +1,12 @@
-//! faultline's control plane, as a library the `faultline-coordinator` binary (and its
-//! tests) use: leases and the safety limits requests are checked against.
+//! faultline's control plane, as a library the `faultline-coordinator` binary, the
+//! `faultline` CLI and their tests use.
+pub mod agents;
+pub mod api;
+pub mod auth;
+pub mod certs;
+pub mod control;
+pub mod experiment;
 pub mod leases;
 pub mod limits;
+pub mod server;
+pub mod store;

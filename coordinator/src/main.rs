@@ -1,10 +1,10 @@
-//! faultline-coordinator. The control plane (gRPC sessions, leases, experiments) is
-//! not built yet; what exists is the safety-limit tooling it will enforce, so that
-//! operators can validate the `chaos_limits` file they deploy to the coordinator and
-//! to every agent (which enforces the same file on its own).
+//! faultline-coordinator: the control plane. `serve` runs it; `certs` and `tokens`
+//! prepare its credentials; `show-limits`/`check-limits` help write the safety limits
+//! it (and every agent) enforces.
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use faultline_coordinator::{auth, certs, server};
 use faultline_proto::limits::{ChaosLimits, Profile};
 
 #[derive(Parser)]
@@ -20,6 +20,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the coordinator (gRPC for agents and clients, HTTP for POST /abort).
+    Serve(Box<server::ServeArgs>),
+    /// Create certificates for a dev or demo setup.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+    /// Manage client bearer tokens (stored hashed).
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
     /// Print a built-in profile as a chaos_limits document (a starting point for a file).
     ShowLimits {
         #[arg(long, default_value = "production")]
@@ -29,21 +41,109 @@ enum Command {
     CheckLimits { file: PathBuf },
 }
 
+#[derive(Subcommand)]
+enum CertsAction {
+    /// A new CA, the coordinator's server certificate and one client certificate per agent.
+    Init {
+        #[arg(long, default_value = "/etc/faultline/tls")]
+        dir: PathBuf,
+        /// Extra names or IP addresses the coordinator is reached at (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Agent (node) names to issue client certificates for, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Issue one more agent certificate from the CA in --dir.
+    Agent {
+        #[arg(long, default_value = "/etc/faultline/tls")]
+        dir: PathBuf,
+        /// The node name (the certificate's common name; the agent must register with it).
+        name: String,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Issue it already expired (for testing that expired certificates are refused).
+        #[arg(long, hide = true)]
+        expired: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// Add a token; prints it once (only its SHA-256 is stored).
+    Add {
+        #[arg(long, default_value = "/etc/faultline/tokens.yaml")]
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// viewer, operator (start, abort) or admin (also clears the kill switch).
+        #[arg(long)]
+        role: auth::Role,
+    },
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(server::serve(*args)))
+        }
+        Command::Certs {
+            action:
+                CertsAction::Init {
+                    dir,
+                    sans,
+                    agents,
+                    days,
+                },
+        } => certs::init(&dir, &sans, &agents, days).map(|()| {
+            println!("certificates written to {}", dir.display());
+        }),
+        Command::Certs {
+            action:
+                CertsAction::Agent {
+                    dir,
+                    name,
+                    days,
+                    expired,
+                },
+        } => certs::agent(&dir, &name, days, expired).map(|p| println!("{}", p.display())),
+        Command::Tokens {
+            action: TokensAction::Add { file, name, role },
+        } => auth::TokenFile::add(&file, &name, role).map(|t| println!("{t}")),
         Command::ShowLimits { profile } => {
             print!("{}", ChaosLimits::profile(profile).to_yaml());
-            ExitCode::SUCCESS
+            Ok(())
         }
         Command::CheckLimits { file } => match ChaosLimits::from_file(&file) {
             Ok(limits) => {
                 print!("{}", limits.to_yaml());
-                ExitCode::SUCCESS
+                Ok(())
             }
             Err(e) => {
                 eprintln!("faultline-coordinator: error: {e}");
-                ExitCode::from(2)
+                return ExitCode::from(2);
             }
         },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faultline-coordinator: error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -1,0 +1,286 @@
+//! The coordinator's shared state: connected agents and their sessions, routing of
+//! agent acknowledgements to whoever waits for them, running experiments, leases, the
+//! store, and the abort path every interface (gRPC, HTTP, CLI) goes through.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use faultline_proto::{
+    limits::ChaosLimits,
+    v1::{
+        Ack, CoordinatorMessage, EffectState, MetricSample, Register, RemoveFault, SetSampleRate,
+        coordinator_message::Body,
+    },
+};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::{leases::LeaseTable, store::Store};
+
+pub struct Config {
+    pub limits: ChaosLimits,
+    pub limits_source: String,
+    pub lease_ttl: Duration,
+    pub default_baseline: Duration,
+    pub default_recovery: Duration,
+}
+
+pub type AgentTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+pub struct NodeEntry {
+    pub info: Register,
+    pub session: Option<(u64, AgentTx)>,
+    pub last_heartbeat: SystemTime,
+    pub last_sample: Option<MetricSample>,
+}
+
+/// An experiment between lease grant and its end.
+pub struct Running {
+    pub lease_id: String,
+    pub nodes: Vec<String>,
+    /// Set by an abort (with its reason); the experiment ends as `aborted`.
+    pub abort: watch::Sender<Option<String>>,
+    /// Becomes true once the experiment has recorded its end.
+    pub done: watch::Receiver<bool>,
+}
+
+pub struct Control {
+    pub config: Config,
+    pub leases: LeaseTable,
+    pub store: Store,
+    pub nodes: Mutex<HashMap<String, NodeEntry>>,
+    pub running: Mutex<HashMap<String, Running>>,
+    waiters: Mutex<HashMap<String, mpsc::UnboundedSender<Ack>>>,
+    pub samples: broadcast::Sender<(String, MetricSample)>,
+    /// Signalled whenever a lease is released (queued requests retry).
+    pub lease_freed: Notify,
+    next_experiment: AtomicU64,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section is a single map operation, so a poisoned lock still
+    // guards consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Receives the acknowledgements for one order or request id until dropped.
+pub struct AckWaiter {
+    control: Arc<Control>,
+    id: String,
+    pub rx: mpsc::UnboundedReceiver<Ack>,
+}
+
+impl Drop for AckWaiter {
+    fn drop(&mut self) {
+        lock(&self.control.waiters).remove(&self.id);
+    }
+}
+
+pub struct AbortOutcome {
+    pub experiment_ids: Vec<String>,
+    pub took: Duration,
+    /// Nodes that did not confirm removal in time (their dead-man switch and the
+    /// in-kernel deadline still end the effects).
+    pub unconfirmed: Vec<String>,
+}
+
+impl Control {
+    pub fn new(config: Config, store: Store) -> anyhow::Result<Arc<Self>> {
+        let last = store.last_seq()?;
+        Ok(Arc::new(Self {
+            leases: LeaseTable::new(config.limits.blast_radius.clone()),
+            config,
+            store,
+            nodes: Mutex::default(),
+            running: Mutex::default(),
+            waiters: Mutex::default(),
+            samples: broadcast::channel(4096).0,
+            lease_freed: Notify::new(),
+            next_experiment: AtomicU64::new(last + 1),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEntry>> {
+        lock(&self.nodes)
+    }
+
+    pub fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        lock(&self.running)
+    }
+
+    pub fn next_experiment_seq(&self) -> u64 {
+        self.next_experiment.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A process-unique id for sessions and requests.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Starts collecting acks for `id`; register before sending the order.
+    pub fn expect(self: &Arc<Self>, id: &str) -> AckWaiter {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.waiters).insert(id.to_owned(), tx);
+        AckWaiter {
+            control: self.clone(),
+            id: id.to_owned(),
+            rx,
+        }
+    }
+
+    pub fn deliver(&self, ack: Ack) {
+        if let Some(tx) = lock(&self.waiters).get(&ack.order_id) {
+            let _ = tx.send(ack);
+        }
+    }
+
+    /// Sends one message to a node's agent; an error names why it cannot be sent.
+    pub fn send(&self, node: &str, body: Body) -> Result<(), Status> {
+        let tx = match self.nodes().get(node) {
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "node {node} is not registered"
+                )));
+            }
+            Some(NodeEntry { session: None, .. }) => {
+                return Err(Status::unavailable(format!(
+                    "node {node}'s agent is not connected"
+                )));
+            }
+            Some(NodeEntry {
+                session: Some((_, tx)),
+                ..
+            }) => tx.clone(),
+        };
+        tx.try_send(Ok(CoordinatorMessage { body: Some(body) }))
+            .map_err(|e| {
+                Status::unavailable(format!("node {node}: session cannot take orders: {e}"))
+            })
+    }
+
+    pub fn set_sample_rate(&self, nodes: &[String], hz: f64) {
+        for n in nodes {
+            let _ = self.send(n, Body::SampleRate(SetSampleRate { hz }));
+        }
+    }
+
+    pub fn connected_nodes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .nodes()
+            .iter()
+            .filter(|(_, e)| e.session.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Removes effects on `nodes` (of `lease_id`, or all when empty) and waits until
+    /// each agent confirmed, or `timeout`. Returns the nodes that did not confirm.
+    pub async fn remove(
+        self: &Arc<Self>,
+        nodes: &[String],
+        lease_id: &str,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let mut pending = Vec::new();
+        let mut missing = Vec::new();
+        for node in nodes {
+            let request_id = format!("rm-{}-{node}", self.next_id());
+            let waiter = self.expect(&request_id);
+            let sent = self.send(
+                node,
+                Body::Remove(RemoveFault {
+                    lease_id: lease_id.to_owned(),
+                    order_id: String::new(),
+                    request_id,
+                }),
+            );
+            match sent {
+                Ok(()) => pending.push((node.clone(), waiter)),
+                Err(e) => {
+                    warn!("removal on {node} not sent: {}", e.message());
+                    missing.push(node.clone());
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (node, mut waiter) in pending {
+            loop {
+                match tokio::time::timeout_at(deadline, waiter.rx.recv()).await {
+                    Ok(Some(a)) if a.state == EffectState::Removed as i32 => break,
+                    Ok(Some(_)) => continue,
+                    _ => {
+                        missing.push(node);
+                        break;
+                    }
+                }
+            }
+        }
+        missing
+    }
+
+    /// The abort path of `POST /abort`, gRPC `Abort` and `faultline abort`: engages
+    /// the kill switch, removes every effect of the experiment (or of every node when
+    /// `experiment_id` is empty) and returns once the agents confirmed.
+    pub async fn abort(
+        self: &Arc<Self>,
+        experiment_id: &str,
+        reason: &str,
+        caller: &str,
+    ) -> Result<AbortOutcome, Status> {
+        let started = Instant::now();
+        let why = format!(
+            "abort by {caller}{}",
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {reason}")
+            }
+        );
+        self.leases.engage_kill_switch(&why);
+        let (targets, nodes, lease, mut done) = {
+            let running = self.running();
+            if experiment_id.is_empty() {
+                let ids: Vec<String> = running.keys().cloned().collect();
+                let done: Vec<_> = running.values().map(|r| r.done.clone()).collect();
+                for r in running.values() {
+                    r.abort.send_replace(Some(why.clone()));
+                }
+                (ids, self.connected_nodes(), String::new(), done)
+            } else {
+                let r = running.get(experiment_id).ok_or_else(|| {
+                    Status::not_found(format!(
+                        "experiment {experiment_id} is not running (the kill switch is engaged)"
+                    ))
+                })?;
+                r.abort.send_replace(Some(why.clone()));
+                (
+                    vec![experiment_id.to_owned()],
+                    r.nodes.clone(),
+                    r.lease_id.clone(),
+                    vec![r.done.clone()],
+                )
+            }
+        };
+        let unconfirmed = self.remove(&nodes, &lease, Duration::from_secs(5)).await;
+        for d in &mut done {
+            let _ = tokio::time::timeout(Duration::from_secs(2), d.wait_for(|v| *v)).await;
+        }
+        let took = started.elapsed();
+        info!(?targets, ?took, ?unconfirmed, "{why}");
+        Ok(AbortOutcome {
+            experiment_ids: targets,
+            took,
+            unconfirmed,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! `faultline-coordinator serve`: the gRPC port (AgentService for agents over mTLS,
+//! ChaosService for clients with bearer tokens, plus gRPC health and reflection) and
+//! the HTTP port (`POST /abort`, `GET /status`, `GET /healthz`).
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use faultline_proto::{
+    limits::{ChaosLimits, Profile},
+    v1::{
+        FILE_DESCRIPTOR_SET, agent_service_server::AgentServiceServer,
+        chaos_service_server::ChaosServiceServer,
+    },
+};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+use crate::{
+    agents::Agents,
+    api::{Chaos, Http, http_router},
+    auth::TokenFile,
+    control::{Config, Control},
+    store::Store,
+};
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// gRPC address (agents and clients; TLS always).
+    #[arg(long, default_value = "[::]:7443")]
+    pub listen: SocketAddr,
+    /// HTTP address for POST /abort, GET /status and GET /healthz (plain HTTP, token
+    /// required; keep it on loopback or a management network).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub http: SocketAddr,
+    /// Directory with ca.pem, coordinator.pem and coordinator.key (`certs init`).
+    #[arg(long, default_value = "/etc/faultline/tls")]
+    pub tls_dir: PathBuf,
+    /// Bearer tokens file (hashes only; `tokens add`).
+    #[arg(long, default_value = "/etc/faultline/tokens.yaml")]
+    pub tokens: PathBuf,
+    /// The embedded store (SQLite, WAL).
+    #[arg(long, default_value = "/var/lib/faultline/coordinator.db")]
+    pub store: PathBuf,
+    /// Built-in safety limits: production (reference limits) or staging.
+    #[arg(long, default_value = "production")]
+    pub profile: Profile,
+    /// A chaos_limits YAML file that replaces the built-in profile.
+    #[arg(long, env = "FAULTLINE_LIMITS")]
+    pub limits: Option<PathBuf>,
+    /// Lease TTL: an agent that cannot renew for this long removes its effects.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub lease_ttl: Duration,
+    /// Baseline window when a request gives none.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub baseline: Duration,
+    /// Recovery window when a request gives none.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub recovery: Duration,
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let (limits, limits_source) = match &args.limits {
+        Some(p) => (
+            ChaosLimits::from_file(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+            format!("coordinator limits file {}", p.display()),
+        ),
+        None => (
+            ChaosLimits::profile(args.profile),
+            format!("coordinator profile {}", args.profile),
+        ),
+    };
+    anyhow::ensure!(
+        !args.lease_ttl.is_zero() && args.lease_ttl <= Duration::from_secs(300),
+        "--lease-ttl must be between 1ms and 300s"
+    );
+    let read = |f: &str| {
+        let p = args.tls_dir.join(f);
+        std::fs::read(&p).with_context(|| format!("read {}", p.display()))
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read("coordinator.pem")?,
+            read("coordinator.key")?,
+        ))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")?))
+        // Clients (CLI, grpcurl) authenticate with tokens; agents must present a
+        // certificate, which AgentService checks. A certificate from another CA, or
+        // an expired one, fails the handshake itself.
+        .client_auth_optional(true);
+    let tokens = Arc::new(TokenFile::load(&args.tokens)?);
+    let store = Store::open(&args.store)?;
+    for (id, lease) in store.interrupt_unfinished()? {
+        warn!(experiment = %id, %lease, "interrupted by a coordinator restart; agents holding its effects are told to remove them");
+    }
+    let control = Control::new(
+        Config {
+            limits,
+            limits_source,
+            lease_ttl: args.lease_ttl,
+            default_baseline: args.baseline,
+            default_recovery: args.recovery,
+        },
+        store,
+    )?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ChaosServiceServer<Chaos>>().await;
+    health.set_serving::<AgentServiceServer<Agents>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let auth = tokens.clone();
+    let chaos = ChaosServiceServer::with_interceptor(
+        Chaos(control.clone()),
+        move |mut req: tonic::Request<()>| {
+            let header = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            let caller = auth.authorize(header)?;
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        },
+    );
+    let http = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("bind HTTP {}", args.http))?;
+    let router = http_router(Http {
+        control: control.clone(),
+        tokens,
+    });
+    info!(grpc = %args.listen, http = %args.http, store = %args.store.display(), "coordinator serving");
+    let grpc = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AgentServiceServer::new(Agents(control.clone())))
+        .add_service(chaos)
+        .serve_with_shutdown(args.listen, shutdown());
+    let http = axum::serve(http, router).with_graceful_shutdown(shutdown());
+    tokio::try_join!(async { grpc.await.context("gRPC server") }, async {
+        http.await.context("HTTP server")
+    })?;
+    // Agents' dead-man switches remove effects if we do not come back within the TTL;
+    // on a clean stop we remove them now.
+    let nodes = control.connected_nodes();
+    control.remove(&nodes, "", Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,349 @@
+//! The coordinator's embedded store (SQLite, WAL, `synchronous=FULL` so a commit is
+//! on disk before it is acknowledged): experiments, their events, and leases. Faults
+//! are stored as their protobuf encoding, so the store follows the contract.
+//!
+//! Writes are few (a handful per experiment); one connection behind a mutex is enough.
+use std::{
+    path::Path,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use faultline_proto::v1::{Experiment, ExperimentEvent, FaultSpec, Phase};
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub struct Store {
+    db: Mutex<Connection>,
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn time(ms: i64) -> prost_types::Timestamp {
+    (UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).into()
+}
+
+pub fn is_terminal(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Completed | Phase::Aborted | Phase::Failed | Phase::Interrupted
+    )
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let db = Connection::open(path).with_context(|| format!("open {}", path.display()))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS experiments (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 id TEXT UNIQUE NOT NULL,
+                 name TEXT NOT NULL,
+                 nodes TEXT NOT NULL,
+                 fault BLOB NOT NULL,
+                 phase INTEGER NOT NULL,
+                 started_ms INTEGER NOT NULL,
+                 ended_ms INTEGER,
+                 recovery_ms INTEGER,
+                 result TEXT NOT NULL DEFAULT '',
+                 lease_id TEXT NOT NULL DEFAULT '');
+             CREATE TABLE IF NOT EXISTS events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 experiment_id TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL,
+                 phase INTEGER NOT NULL,
+                 node TEXT NOT NULL,
+                 message TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS events_by_experiment ON events(experiment_id);
+             CREATE TABLE IF NOT EXISTS leases (
+                 id TEXT PRIMARY KEY,
+                 experiment_id TEXT NOT NULL,
+                 nodes TEXT NOT NULL,
+                 granted_ms INTEGER NOT NULL,
+                 released_ms INTEGER,
+                 release_reason TEXT);",
+        )?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest experiment number used so far (ids are `exp-<number>`).
+    pub fn last_seq(&self) -> Result<u64> {
+        let n: i64 =
+            self.db()
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM experiments", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(n as u64)
+    }
+
+    pub fn experiment_id(seq: u64) -> String {
+        format!("exp-{seq:06}")
+    }
+
+    /// Inserts experiment number `seq` (from `last_seq() + n`) and returns its id.
+    pub fn create_experiment(
+        &self,
+        seq: u64,
+        name: &str,
+        nodes: &[String],
+        fault: &FaultSpec,
+    ) -> Result<String> {
+        let id = Self::experiment_id(seq);
+        let next = seq as i64;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO experiments (seq, id, name, nodes, fault, phase, started_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                next,
+                id,
+                name,
+                nodes.join(","),
+                fault.encode_to_vec(),
+                Phase::Preflight as i32,
+                ms(SystemTime::now())
+            ],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn record_event(&self, ev: &ExperimentEvent) -> Result<()> {
+        let at = ev
+            .at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or_else(SystemTime::now);
+        let db = self.db();
+        db.execute(
+            "INSERT INTO events (experiment_id, at_ms, phase, node, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![ev.experiment_id, ms(at), ev.phase, ev.node, ev.message],
+        )?;
+        db.execute(
+            "UPDATE experiments SET phase = ?2 WHERE id = ?1",
+            params![ev.experiment_id, ev.phase],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_lease(&self, experiment_id: &str, lease_id: &str, nodes: &[String]) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE experiments SET lease_id = ?2 WHERE id = ?1",
+            params![experiment_id, lease_id],
+        )?;
+        tx.execute(
+            "INSERT INTO leases (id, experiment_id, nodes, granted_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                lease_id,
+                experiment_id,
+                nodes.join(","),
+                ms(SystemTime::now())
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn release_lease(&self, lease_id: &str, reason: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE leases SET released_ms = ?2, release_reason = ?3 WHERE id = ?1 AND released_ms IS NULL",
+            params![lease_id, ms(SystemTime::now()), reason],
+        )?;
+        Ok(())
+    }
+
+    /// Ends an experiment in `phase` with its result.
+    pub fn finish(
+        &self,
+        id: &str,
+        phase: Phase,
+        result: &str,
+        recovery: Option<Duration>,
+    ) -> Result<()> {
+        self.db().execute(
+            "UPDATE experiments SET phase = ?2, result = ?3, ended_ms = ?4, recovery_ms = ?5 WHERE id = ?1",
+            params![
+                id,
+                phase as i32,
+                result,
+                ms(SystemTime::now()),
+                recovery.map(|d| d.as_millis() as i64)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// At start-up: every experiment a previous coordinator left running is marked
+    /// `interrupted` and its lease released. Returns (experiment id, lease id) pairs.
+    pub fn interrupt_unfinished(&self) -> Result<Vec<(String, String)>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let unfinished: Vec<(String, String)> = {
+            let mut q = tx.prepare(
+                "SELECT id, lease_id FROM experiments WHERE phase NOT IN (?1, ?2, ?3, ?4)",
+            )?;
+            q.query_map(
+                params![
+                    Phase::Completed as i32,
+                    Phase::Aborted as i32,
+                    Phase::Failed as i32,
+                    Phase::Interrupted as i32
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        let now = ms(SystemTime::now());
+        for (id, lease) in &unfinished {
+            let msg = "the coordinator restarted while this experiment ran; its effects are \
+                       removed by the agents and its lease is freed";
+            tx.execute(
+                "UPDATE experiments SET phase = ?2, result = ?3, ended_ms = ?4 WHERE id = ?1",
+                params![id, Phase::Interrupted as i32, msg, now],
+            )?;
+            tx.execute(
+                "INSERT INTO events (experiment_id, at_ms, phase, node, message) VALUES (?1, ?2, ?3, '', ?4)",
+                params![id, now, Phase::Interrupted as i32, msg],
+            )?;
+            tx.execute(
+                "UPDATE leases SET released_ms = ?2, release_reason = 'coordinator restart' WHERE id = ?1 AND released_ms IS NULL",
+                params![lease, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(unfinished)
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Experiment> {
+        let nodes: String = r.get("nodes")?;
+        let fault: Vec<u8> = r.get("fault")?;
+        Ok(Experiment {
+            id: r.get("id")?,
+            name: r.get("name")?,
+            nodes: nodes
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            fault: FaultSpec::decode(fault.as_slice()).ok(),
+            phase: r.get("phase")?,
+            started: Some(time(r.get("started_ms")?)),
+            ended: r.get::<_, Option<i64>>("ended_ms")?.map(time),
+            recovery_time: r
+                .get::<_, Option<i64>>("recovery_ms")?
+                .and_then(|m| Duration::from_millis(m.max(0) as u64).try_into().ok()),
+            result: r.get("result")?,
+        })
+    }
+
+    pub fn experiment(&self, id: &str) -> Result<Option<Experiment>> {
+        Ok(self
+            .db()
+            .query_row("SELECT * FROM experiments WHERE id = ?1", [id], Self::row)
+            .optional()?)
+    }
+
+    /// The newest `limit` experiments, newest first.
+    pub fn experiments(&self, limit: u32) -> Result<Vec<Experiment>> {
+        let db = self.db();
+        let mut q = db.prepare("SELECT * FROM experiments ORDER BY seq DESC LIMIT ?1")?;
+        let rows = q.query_map([limit.max(1)], Self::row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn events(&self, id: &str) -> Result<Vec<ExperimentEvent>> {
+        let db = self.db();
+        let mut q = db.prepare(
+            "SELECT at_ms, phase, node, message FROM events WHERE experiment_id = ?1 ORDER BY seq",
+        )?;
+        let rows = q.query_map([id], |r| {
+            Ok(ExperimentEvent {
+                experiment_id: id.to_owned(),
+                at: Some(time(r.get(0)?)),
+                phase: r.get(1)?,
+                node: r.get(2)?,
+                message: r.get(3)?,
+                sample: None,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfinished_experiments_are_interrupted_on_reopen_and_history_is_kept() {
+        let path = std::env::temp_dir().join(format!("fl-store-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let s = Store::open(&path).unwrap();
+            let a = s
+                .create_experiment(
+                    s.last_seq().unwrap() + 1,
+                    "done",
+                    &["node-1".into()],
+                    &FaultSpec::default(),
+                )
+                .unwrap();
+            s.finish(
+                &a,
+                Phase::Completed,
+                "recovered",
+                Some(Duration::from_millis(1200)),
+            )
+            .unwrap();
+            let b = s
+                .create_experiment(
+                    s.last_seq().unwrap() + 1,
+                    "running",
+                    &["node-2".into()],
+                    &FaultSpec::default(),
+                )
+                .unwrap();
+            s.set_lease(&b, "lease-1-b", &["node-2".into()]).unwrap();
+            s.record_event(&ExperimentEvent {
+                experiment_id: b.clone(),
+                phase: Phase::Fault as i32,
+                message: "applied".into(),
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!((a.as_str(), b.as_str()), ("exp-000001", "exp-000002"));
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.interrupt_unfinished().unwrap(),
+            vec![("exp-000002".to_owned(), "lease-1-b".to_owned())]
+        );
+        let list = s.experiments(10).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].phase, Phase::Interrupted as i32);
+        assert_eq!(list[1].phase, Phase::Completed as i32);
+        assert_eq!(list[1].recovery_time.unwrap().nanos, 200_000_000);
+        let events = s.events("exp-000002").unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].message, "applied");
+        assert!(s.interrupt_unfinished().unwrap().is_empty());
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
+    }
+}
