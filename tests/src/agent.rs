@@ -9,19 +9,25 @@ use std::{
 
 use serde_json::Value;
 
-/// The agent binary of the same build as the running program: beside it (xtask in
-/// target/<profile>/) or one level up (tests in target/<profile>/deps/).
+/// The agent binary of the same build as the running program.
 pub fn agent_binary() -> PathBuf {
+    binary("faultline-agent")
+}
+
+/// A workspace binary (`faultline-agent`, `faultline-coordinator`, `faultline`) of the
+/// same build as the running program: beside it (xtask in target/<profile>/) or one
+/// level up (tests in target/<profile>/deps/).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().expect("exe dir");
-    let candidates = [dir.join("faultline-agent"), dir.join("../faultline-agent")];
+    let candidates = [dir.join(name), dir.join("..").join(name)];
     candidates
         .iter()
         .find(|p| p.exists())
         .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "faultline-agent not found beside {}: build the workspace first",
+                "{name} not found beside {}: build the workspace first",
                 exe.display()
             )
         })

@@ -6,6 +6,7 @@
 //! its own namespaces; no traffic ever leaves them.
 pub mod agent;
 pub mod checks;
+pub mod fleet;
 pub mod netns;
 pub mod node;
 pub mod rtt;

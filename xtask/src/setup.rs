@@ -23,6 +23,9 @@ const APT_PACKAGES: &[&str] = &[
     "cargo-web",
     "rust-web-src",
     "iproute2",
+    // The demo and the control-plane tests: POST /abort, agents joined to a netns only.
+    "curl",
+    "util-linux",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;

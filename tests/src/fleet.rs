@@ -1,0 +1,354 @@
+//! A sandbox fleet: a coordinator in its own network namespace and N node namespaces
+//! (`node-1`..`node-N`), each joined to the coordinator's namespace by a veth pair and
+//! running a real `faultline-agent run` over mTLS. Everything (namespaces, processes,
+//! certificates, tokens, the store) belongs to the fleet and goes when it is dropped.
+//!
+//! Addresses: node i is 10.201.i.2 on its `eth0`; the coordinator's side of that link
+//! is 10.201.i.1. They exist only inside the fleet's namespaces.
+use std::{
+    fs::File,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Netns, TempPath, agent::binary, netns::ip};
+
+pub const NODE_IFACE: &str = "eth0";
+const GRPC_PORT: u16 = 7443;
+const HTTP_PORT: u16 = 7080;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+pub struct FleetNode {
+    pub name: String,
+    pub ns: Netns,
+    /// This node's address on its link to the coordinator.
+    pub addr: String,
+    /// The coordinator's address on that link.
+    pub ctl_addr: String,
+}
+
+pub struct Fleet {
+    pub ctl: Netns,
+    pub nodes: Vec<FleetNode>,
+    pub dir: TempPath,
+    tokens: [String; 3],
+    coordinator_args: Vec<String>,
+    agent_args: Vec<String>,
+    coordinator: Option<Child>,
+    agents: Vec<Option<Child>>,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Fleet {
+    /// Builds `n` nodes, starts the coordinator with `coordinator_args` (e.g.
+    /// `--profile staging`) and every agent with `agent_args` (global agent options
+    /// such as `--profile`), and waits until all agents are connected.
+    pub fn new(n: usize, coordinator_args: &[&str], agent_args: &[&str]) -> Self {
+        let dir = TempPath::dir("faultline-fleet");
+        let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        run(Command::new(binary("faultline-coordinator"))
+            .args(["certs", "init", "--dir"])
+            .arg(dir.join("tls"))
+            .arg("--agents")
+            .arg(names.join(",")));
+        let token = |name: &str, role: &str| {
+            let out = run(Command::new(binary("faultline-coordinator"))
+                .args(["tokens", "add", "--file"])
+                .arg(dir.join("tokens.yaml"))
+                .args(["--name", name, "--role", role]));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let tokens = [
+            token("dashboard", "viewer"),
+            token("ci", "operator"),
+            token("sre", "admin"),
+        ];
+        let ctl = Netns::new("ctl");
+        let nodes = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let ns = Netns::new(&format!("n{}", i + 1));
+                let link = format!("c{}", i + 1);
+                ip(&[
+                    "link", "add", &link, "netns", &ctl.name, "type", "veth", "peer", "name",
+                    NODE_IFACE, "netns", &ns.name,
+                ]);
+                let ctl_addr = format!("10.201.{}.1", i + 1);
+                let addr = format!("10.201.{}.2", i + 1);
+                ip(&["-n", &ctl.name, "addr", "add", &format!("{ctl_addr}/24"), "dev", &link]);
+                ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", NODE_IFACE]);
+                ip(&["-n", &ctl.name, "link", "set", &link, "up"]);
+                ip(&["-n", &ns.name, "link", "set", NODE_IFACE, "up"]);
+                FleetNode {
+                    name: name.clone(),
+                    ns,
+                    addr,
+                    ctl_addr,
+                }
+            })
+            .collect();
+        let mut fleet = Self {
+            ctl,
+            nodes,
+            dir,
+            tokens,
+            coordinator_args: coordinator_args.iter().map(|s| (*s).to_owned()).collect(),
+            agent_args: agent_args.iter().map(|s| (*s).to_owned()).collect(),
+            coordinator: None,
+            agents: (0..n).map(|_| None).collect(),
+        };
+        fleet.start_coordinator();
+        for i in 0..n {
+            fleet.start_agent(i);
+        }
+        fleet.wait_connected(n, Duration::from_secs(20));
+        fleet
+    }
+
+    pub fn token(&self, role: Role) -> &str {
+        &self.tokens[role as usize]
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// The text a process of the fleet logged so far (`coordinator`, `node-1`, ...).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    fn log_file(&self, name: &str) -> File {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .expect("log file")
+    }
+
+    /// Starts the coordinator (again) on the fleet's store and waits for its port.
+    pub fn start_coordinator(&mut self) {
+        assert!(self.coordinator.is_none(), "coordinator already running");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ctl.name])
+            .arg(binary("faultline-coordinator"))
+            .arg("serve")
+            .args(["--listen", &format!("0.0.0.0:{GRPC_PORT}")])
+            .args(["--http", &format!("127.0.0.1:{HTTP_PORT}")])
+            .arg("--tls-dir")
+            .arg(self.dir.join("tls"))
+            .arg("--tokens")
+            .arg(self.dir.join("tokens.yaml"))
+            .arg("--store")
+            .arg(self.dir.join("store/coordinator.db"))
+            .args(&self.coordinator_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(self.log_file("coordinator"))
+            .stderr(self.log_file("coordinator"))
+            .spawn()
+            .expect("spawn coordinator");
+        self.coordinator = Some(child);
+        let until = Instant::now() + Duration::from_secs(15);
+        let port_open = || {
+            self.ctl.enter(|| {
+                std::net::TcpStream::connect(("127.0.0.1", GRPC_PORT)).is_ok()
+                    && std::net::TcpStream::connect(("127.0.0.1", HTTP_PORT)).is_ok()
+            })
+        };
+        while !port_open() {
+            assert!(
+                Instant::now() < until,
+                "coordinator did not listen: {}",
+                self.log("coordinator")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn coordinator_pid(&self) -> i32 {
+        self.coordinator.as_ref().expect("coordinator running").id() as i32
+    }
+
+    /// Sends `sig` to the coordinator (SIGSTOP/SIGCONT to freeze it, ...).
+    pub fn signal_coordinator(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.coordinator_pid(), sig) };
+    }
+
+    /// SIGKILLs the coordinator and reaps it.
+    pub fn kill_coordinator(&mut self) {
+        let mut c = self.coordinator.take().expect("coordinator running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Starts node i's agent (0-based), joined to the node's network namespace only, so
+    /// it shares the host's cgroups like a real node's agent.
+    pub fn start_agent(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let tls = self.dir.join("tls");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.ns.name))
+            .arg(binary("faultline-agent"))
+            .arg("--state-dir")
+            .arg(self.dir.join(format!("state-{}", node.name)))
+            .args(&self.agent_args)
+            .arg("run")
+            .args(["--coordinator", &format!("https://{}:{GRPC_PORT}", node.ctl_addr)])
+            .args(["--tls-server-name", "faultline-coordinator"])
+            .args(["--node-name", &node.name])
+            .arg("--ca")
+            .arg(tls.join("ca.pem"))
+            .arg("--cert")
+            .arg(tls.join(format!("{}.pem", node.name)))
+            .arg("--key")
+            .arg(tls.join(format!("{}.key", node.name)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(self.log_file(&node.name))
+            .stderr(self.log_file(&node.name))
+            .spawn()
+            .expect("spawn agent");
+        self.agents[i] = Some(child);
+    }
+
+    pub fn agent_pid(&self, i: usize) -> i32 {
+        self.agents[i].as_ref().expect("agent running").id() as i32
+    }
+
+    /// Stops node i's agent with `sig` and reaps it.
+    pub fn stop_agent(&mut self, i: usize, sig: libc::c_int) -> std::process::ExitStatus {
+        let mut c = self.agents[i].take().expect("agent running");
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        c.wait().expect("wait agent")
+    }
+
+    /// Waits until `n` agents are connected to the coordinator.
+    pub fn wait_connected(&self, n: usize, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        loop {
+            let out = self.cli(Role::Viewer, &["nodes", "-o", "json"]);
+            if out.status.success() {
+                let nodes: Value = serde_json::from_slice(&out.stdout).expect("nodes json");
+                let up = nodes
+                    .as_array()
+                    .map_or(0, |a| a.iter().filter(|n| n["connected"] == true).count());
+                if up >= n {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "{n} agents never connected; coordinator log:\n{}",
+                self.log("coordinator")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `faultline` CLI, run in the coordinator's namespace with `role`'s token.
+    pub fn cli_command(&self, role: Role, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ctl.name])
+            .arg(binary("faultline"))
+            .args(["--coordinator", &format!("https://127.0.0.1:{GRPC_PORT}")])
+            .arg("--ca")
+            .arg(self.dir.join("tls/ca.pem"))
+            .args(args)
+            .env("FAULTLINE_TOKEN", self.token(role))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn cli(&self, role: Role, args: &[&str]) -> Output {
+        self.cli_command(role, args).output().expect("run faultline")
+    }
+
+    /// `curl -X <method>` against the coordinator's HTTP port, with `role`'s token
+    /// (or none): the HTTP status and the JSON body.
+    pub fn http(&self, role: Option<Role>, method: &str, path: &str) -> (u16, Value) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ctl.name, "curl", "-s", "-X", method])
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(r) = role {
+            cmd.args(["-H", &format!("Authorization: Bearer {}", self.token(r))]);
+        }
+        let out = run(cmd.arg(format!("http://127.0.0.1:{HTTP_PORT}{path}")));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.trim_end().rsplit_once('\n').unwrap_or(("", &text));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+        )
+    }
+
+    /// One experiment as JSON (`faultline experiment <id> -o json`).
+    pub fn experiment(&self, id: &str) -> Value {
+        let out = self.cli(Role::Viewer, &["experiment", id, "-o", "json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("experiment json")
+    }
+
+    /// Waits until experiment `id` reaches a phase in `phases`; returns it.
+    pub fn wait_phase(&self, id: &str, phases: &[&str], timeout: Duration) -> Value {
+        let until = Instant::now() + timeout;
+        loop {
+            let e = self.experiment(id);
+            if phases.iter().any(|p| e["phase"] == *p) {
+                return e;
+            }
+            assert!(Instant::now() < until, "{id} never reached {phases:?}: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Agents first, with SIGTERM: each removes its effects before it exits.
+        for a in self.agents.iter_mut().flatten() {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+        }
+        for a in self.agents.iter_mut().flatten() {
+            let until = Instant::now() + Duration::from_secs(20);
+            while matches!(a.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        if let Some(c) = &mut self.coordinator {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let until = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
