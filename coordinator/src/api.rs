@@ -57,6 +57,8 @@ fn duration_or(
     }
 }
 
+/// Shortest baseline: ten samples at the experiment rate of 10 Hz.
+const MIN_BASELINE: Duration = Duration::from_secs(1);
 /// Longest baseline or recovery window a request may ask for.
 const MAX_WINDOW: Duration = Duration::from_secs(600);
 
@@ -86,6 +88,11 @@ impl ChaosService for Chaos {
         limits::check(&spec, &c.config.limits, &c.config.limits_source)?;
         let baseline = duration_or(req.baseline, c.config.default_baseline, "baseline")?;
         let recovery = duration_or(req.recovery, c.config.default_recovery, "recovery")?;
+        if baseline < MIN_BASELINE {
+            return Err(Status::invalid_argument(format!(
+                "baseline must be at least {MIN_BASELINE:?}: recovery is judged against it"
+            )));
+        }
         if baseline > MAX_WINDOW || recovery > MAX_WINDOW {
             return Err(Status::invalid_argument(format!(
                 "baseline and recovery are limited to {MAX_WINDOW:?}"

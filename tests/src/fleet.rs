@@ -94,8 +94,24 @@ impl Fleet {
                 ]);
                 let ctl_addr = format!("10.201.{}.1", i + 1);
                 let addr = format!("10.201.{}.2", i + 1);
-                ip(&["-n", &ctl.name, "addr", "add", &format!("{ctl_addr}/24"), "dev", &link]);
-                ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/24"), "dev", NODE_IFACE]);
+                ip(&[
+                    "-n",
+                    &ctl.name,
+                    "addr",
+                    "add",
+                    &format!("{ctl_addr}/24"),
+                    "dev",
+                    &link,
+                ]);
+                ip(&[
+                    "-n",
+                    &ns.name,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    NODE_IFACE,
+                ]);
                 ip(&["-n", &ctl.name, "link", "set", &link, "up"]);
                 ip(&["-n", &ns.name, "link", "set", NODE_IFACE, "up"]);
                 FleetNode {
@@ -214,7 +230,10 @@ impl Fleet {
             .arg(self.dir.join(format!("state-{}", node.name)))
             .args(&self.agent_args)
             .arg("run")
-            .args(["--coordinator", &format!("https://{}:{GRPC_PORT}", node.ctl_addr)])
+            .args([
+                "--coordinator",
+                &format!("https://{}:{GRPC_PORT}", node.ctl_addr),
+            ])
             .args(["--tls-server-name", "faultline-coordinator"])
             .args(["--node-name", &node.name])
             .arg("--ca")
@@ -282,7 +301,9 @@ impl Fleet {
     }
 
     pub fn cli(&self, role: Role, args: &[&str]) -> Output {
-        self.cli_command(role, args).output().expect("run faultline")
+        self.cli_command(role, args)
+            .output()
+            .expect("run faultline")
     }
 
     /// `curl -X <method>` against the coordinator's HTTP port, with `role`'s token
@@ -306,7 +327,11 @@ impl Fleet {
     /// One experiment as JSON (`faultline experiment <id> -o json`).
     pub fn experiment(&self, id: &str) -> Value {
         let out = self.cli(Role::Viewer, &["experiment", id, "-o", "json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("experiment json")
     }
 

@@ -58,7 +58,10 @@ pub fn run() -> Result<()> {
         fleet.ctl.name
     );
     for n in &fleet.nodes {
-        println!("{}: netns {} ({} on {NODE_IFACE})", n.name, n.ns.name, n.addr);
+        println!(
+            "{}: netns {} ({} on {NODE_IFACE})",
+            n.name, n.ns.name, n.addr
+        );
     }
     cli_live(&fleet, Role::Viewer, &["nodes"])?;
 
@@ -90,15 +93,31 @@ pub fn run() -> Result<()> {
 fn remaining(namespaces: &[String], dir: &std::path::Path) -> Vec<String> {
     let mut left = Vec::new();
     let list = Command::new("ip").args(["netns", "list"]).output();
-    let list = list.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    left.extend(namespaces.iter().filter(|n| list.contains(n.as_str())).map(|n| format!("netns {n}")));
-    let ps = Command::new("pgrep").args(["-f", &dir.display().to_string()]).output();
+    let list = list
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    left.extend(
+        namespaces
+            .iter()
+            .filter(|n| list.contains(n.as_str()))
+            .map(|n| format!("netns {n}")),
+    );
+    let ps = Command::new("pgrep")
+        .args(["-f", &dir.display().to_string()])
+        .output();
     if let Ok(o) = ps
         && !o.stdout.is_empty()
     {
-        left.push(format!("processes: {}", String::from_utf8_lossy(&o.stdout).trim()));
+        left.push(format!(
+            "processes: {}",
+            String::from_utf8_lossy(&o.stdout).trim()
+        ));
     }
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory"] {
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/memory",
+    ] {
         if let Ok(entries) = std::fs::read_dir(format!("{root}/faultline")) {
             let groups: Vec<String> = entries
                 .flatten()
@@ -125,9 +144,30 @@ fn latency(fleet: &Fleet) -> Result<()> {
     println!("baseline: median UDP round trip coordinator -> node-2 {base:.3} ms");
     let sport = ECHO_PORT.to_string();
     let args = [
-        "run", "--name", "latency-daily", "--node", "node-2", "--fault", "latency", "--iface",
-        NODE_IFACE, "--direction", "egress", "--delay", "50ms", "--duration", "8s", "--proto",
-        "udp", "--sport", &sport, "--baseline", "2s", "--recovery", "10s", "--wait",
+        "run",
+        "--name",
+        "latency-daily",
+        "--node",
+        "node-2",
+        "--fault",
+        "latency",
+        "--iface",
+        NODE_IFACE,
+        "--direction",
+        "egress",
+        "--delay",
+        "50ms",
+        "--duration",
+        "8s",
+        "--proto",
+        "udp",
+        "--sport",
+        &sport,
+        "--baseline",
+        "2s",
+        "--recovery",
+        "10s",
+        "--wait",
     ];
     let (code, during) = thread::scope(|scope| {
         let probe = scope.spawn(|| {
@@ -161,7 +201,10 @@ struct Stream {
 
 fn stream(fleet: &Fleet, node: usize) -> Result<Stream> {
     let to: SocketAddr = format!("{}:{STREAM_PORT}", fleet.nodes[node].addr).parse()?;
-    let rx = receiver(&fleet.nodes[node].ns, format!("0.0.0.0:{STREAM_PORT}").parse()?);
+    let rx = receiver(
+        &fleet.nodes[node].ns,
+        format!("0.0.0.0:{STREAM_PORT}").parse()?,
+    );
     let tx = sender(&fleet.ctl, "0.0.0.0:0".parse()?);
     let seq = Arc::new(AtomicU32::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -196,9 +239,28 @@ fn loss(fleet: &Fleet) -> Result<()> {
         fleet,
         Role::Operator,
         &[
-            "run", "--name", "loss-daily", "--node", "node-2", "--fault", "loss", "--iface",
-            NODE_IFACE, "--percent", "1", "--duration", "10s", "--proto", "udp", "--dport",
-            &dport, "--baseline", "2s", "--recovery", "10s", "--wait",
+            "run",
+            "--name",
+            "loss-daily",
+            "--node",
+            "node-2",
+            "--fault",
+            "loss",
+            "--iface",
+            NODE_IFACE,
+            "--percent",
+            "1",
+            "--duration",
+            "10s",
+            "--proto",
+            "udp",
+            "--dport",
+            &dport,
+            "--baseline",
+            "2s",
+            "--recovery",
+            "10s",
+            "--wait",
         ],
     )?;
     thread::sleep(Duration::from_secs(1));
@@ -206,7 +268,9 @@ fn loss(fleet: &Fleet) -> Result<()> {
     s.sender.join().expect("sender");
     let total = s.seq.load(Ordering::Relaxed);
     let got = s.collector.join().expect("receiver");
-    let lost = (before..total).filter(|&i| got.get(i as usize) != Some(&true)).count();
+    let lost = (before..total)
+        .filter(|&i| got.get(i as usize) != Some(&true))
+        .count();
     let sent = (total - before) as usize;
     // The fault covers 10 s of the stream; at ~PPS the model predicts 1 % of those.
     let in_fault = (10 * PPS) as f64;
@@ -227,9 +291,26 @@ fn refusal_and_abort(fleet: &Fleet) -> Result<()> {
     let s = stream(fleet, 0)?;
     let dport = STREAM_PORT.to_string();
     let args = [
-        "run", "--name", "loss-long", "--node", "node-1", "--fault", "loss", "--iface", NODE_IFACE,
-        "--percent", "1", "--duration", "60s", "--proto", "udp", "--dport", &dport, "--baseline",
-        "1s", "--wait",
+        "run",
+        "--name",
+        "loss-long",
+        "--node",
+        "node-1",
+        "--fault",
+        "loss",
+        "--iface",
+        NODE_IFACE,
+        "--percent",
+        "1",
+        "--duration",
+        "60s",
+        "--proto",
+        "udp",
+        "--dport",
+        &dport,
+        "--baseline",
+        "1s",
+        "--wait",
     ];
     show(&format!("faultline {} &", args.join(" ")));
     let mut first = fleet
@@ -241,7 +322,17 @@ fn refusal_and_abort(fleet: &Fleet) -> Result<()> {
     let second = cli_live(
         fleet,
         Role::Operator,
-        &["run", "--node", "node-3", "--fault", "cpu", "--percent", "10", "--duration", "30s"],
+        &[
+            "run",
+            "--node",
+            "node-3",
+            "--fault",
+            "cpu",
+            "--percent",
+            "10",
+            "--duration",
+            "30s",
+        ],
     )?;
     println!("(exit code {second}: rejected)");
     show("curl -X POST -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:7080/abort");

@@ -1,0 +1,650 @@
+//! The control plane end to end: a real coordinator and real agents (each in its own
+//! network namespace, over mTLS), driven through the real `faultline` CLI and
+//! `POST /abort`, with the effects checked in the kernel.
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use faultline_proto::limits::{ChaosLimits, Profile};
+use faultline_tests::{
+    TempPath,
+    checks::faultline_leftovers,
+    fleet::{Fleet, NODE_IFACE, Role},
+    traffic::{collect, receiver, send, sender},
+};
+use serde_json::Value;
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Starts a long loss fault on node-1 without waiting; returns the experiment id once
+/// the agent has it in the kernel.
+fn start_loss(fleet: &Fleet, duration: &str) -> String {
+    let out = fleet.cli(
+        Role::Operator,
+        &[
+            "run",
+            "--node",
+            "node-1",
+            "--fault",
+            "loss",
+            "--iface",
+            NODE_IFACE,
+            "--percent",
+            "1",
+            "--duration",
+            duration,
+            "--baseline",
+            "1s",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let first: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().expect("an event"))
+            .expect("event json");
+    let id = first["experiment"].as_str().expect("id").to_owned();
+    fleet.wait_phase(&id, &["fault"], Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "the fault in the kernel", || {
+        !faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty()
+    });
+    id
+}
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn fifty_concurrent_starts_get_exactly_one_lease_and_the_next_starts_after_it() {
+    let fleet = Fleet::new(3, &[], &[]);
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            let node = format!("node-{}", i % 3 + 1);
+            fleet
+                .cli_command(
+                    Role::Operator,
+                    &[
+                        "run",
+                        "--node",
+                        &node,
+                        "--fault",
+                        "loss",
+                        "--iface",
+                        NODE_IFACE,
+                        "--percent",
+                        "0.5",
+                        "--duration",
+                        "2s",
+                        "--baseline",
+                        "1s",
+                    ],
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn faultline")
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect();
+    let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(won.len(), 1, "exactly one start must win");
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert_eq!(o.status.code(), Some(3), "{}", text(o));
+        assert!(
+            text(o).contains("blast_radius.max_concurrent = 1"),
+            "{}",
+            text(o)
+        );
+    }
+    // After it ends, the next one can start (queued behind it, to not race its end).
+    let next = fleet.cli(
+        Role::Operator,
+        &[
+            "run",
+            "--node",
+            "node-2",
+            "--fault",
+            "loss",
+            "--iface",
+            NODE_IFACE,
+            "--percent",
+            "0.5",
+            "--duration",
+            "1s",
+            "--baseline",
+            "1s",
+            "--recovery",
+            "10s",
+            "--queue",
+            "--wait",
+        ],
+    );
+    assert_eq!(next.status.code(), Some(0), "{}", text(&next));
+    let list: Value = serde_json::from_slice(
+        &fleet
+            .cli(Role::Viewer, &["experiments", "-o", "json"])
+            .stdout,
+    )
+    .expect("json");
+    let phases: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(phases, ["completed", "completed"], "{list}");
+}
+
+/// One request beyond each fault limit of `l`, with the limit it must name.
+fn over_limit_requests(l: &ChaosLimits) -> Vec<(Vec<String>, &'static str)> {
+    let secs = |d: Duration| format!("{}s", d.as_secs() + 1);
+    let base = |fault: &str| -> Vec<String> {
+        let mut v: Vec<String> = ["run", "--node", "node-1", "--baseline", "1s", "--wait"]
+            .map(String::from)
+            .to_vec();
+        v.extend(["--fault".into(), fault.into()]);
+        if matches!(fault, "loss" | "latency") {
+            v.extend(["--iface".into(), NODE_IFACE.into()]);
+        }
+        v
+    };
+    let with = |fault: &str, extra: &[String]| {
+        let mut v = base(fault);
+        v.extend(extra.iter().cloned());
+        v
+    };
+    let s = |x: &str| x.to_owned();
+    let loss = l.packet_loss.max_loss.value();
+    let cpu = l.cpu_stress.max_stress.value();
+    let mem = l.memory_stress.max_stress.value();
+    let lat = l.latency_injection.max_latency;
+    vec![
+        (
+            with(
+                "loss",
+                &[
+                    s("--percent"),
+                    (loss + 0.5).to_string(),
+                    s("--duration"),
+                    s("5s"),
+                ],
+            ),
+            "packet_loss.max_loss",
+        ),
+        (
+            with(
+                "loss",
+                &[
+                    s("--percent"),
+                    loss.to_string(),
+                    s("--duration"),
+                    secs(l.packet_loss.max_duration),
+                ],
+            ),
+            "packet_loss.max_duration",
+        ),
+        (
+            with(
+                "latency",
+                &[
+                    s("--delay"),
+                    format!("{}ms", lat.as_millis() + 1),
+                    s("--duration"),
+                    s("5s"),
+                ],
+            ),
+            "latency_injection.max_latency",
+        ),
+        (
+            with(
+                "latency",
+                &[
+                    s("--delay"),
+                    format!("{}ms", lat.as_millis()),
+                    s("--duration"),
+                    secs(l.latency_injection.max_duration),
+                ],
+            ),
+            "latency_injection.max_duration",
+        ),
+        (
+            with(
+                "cpu",
+                &[
+                    s("--percent"),
+                    (cpu + 1.0).to_string(),
+                    s("--duration"),
+                    s("5s"),
+                ],
+            ),
+            "cpu_stress.max_stress",
+        ),
+        (
+            with(
+                "cpu",
+                &[
+                    s("--percent"),
+                    cpu.to_string(),
+                    s("--duration"),
+                    secs(l.cpu_stress.max_duration),
+                ],
+            ),
+            "cpu_stress.max_duration",
+        ),
+        (
+            with(
+                "memory",
+                &[
+                    s("--percent"),
+                    (mem + 1.0).to_string(),
+                    s("--duration"),
+                    s("5s"),
+                ],
+            ),
+            "memory_stress.max_stress",
+        ),
+        (
+            with(
+                "memory",
+                &[
+                    s("--percent"),
+                    mem.to_string(),
+                    s("--duration"),
+                    secs(l.memory_stress.max_duration),
+                ],
+            ),
+            "memory_stress.max_duration",
+        ),
+    ]
+}
+
+#[test]
+fn the_coordinator_refuses_every_limit_of_both_profiles_with_invalid_argument() {
+    for profile in [Profile::Production, Profile::Staging] {
+        let name = profile.to_string();
+        let fleet = Fleet::new(2, &["--profile", &name], &[]);
+        let limits = ChaosLimits::profile(profile);
+        for (args, limit) in over_limit_requests(&limits) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = fleet.cli(Role::Operator, &args);
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(3), "{args:?}: {t}");
+            assert!(t.contains("InvalidArgument"), "{args:?}: {t}");
+            assert!(
+                t.contains(limit) && t.contains(&format!("coordinator profile {name}")),
+                "{args:?} must name {limit}: {t}"
+            );
+        }
+        let out = fleet.cli(
+            Role::Operator,
+            &[
+                "run",
+                "--node",
+                "node-1",
+                "--node",
+                "node-2",
+                "--fault",
+                "cpu",
+                "--percent",
+                "1",
+                "--duration",
+                "5s",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert!(
+            text(&out).contains("blast_radius.max_nodes = 1"),
+            "{}",
+            text(&out)
+        );
+        // Nothing was started by any of them.
+        let list = fleet.cli(Role::Viewer, &["experiments", "-o", "json"]);
+        assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+    }
+}
+
+#[test]
+fn each_agent_enforces_its_own_caps_when_the_coordinator_allows_more() {
+    let wide = TempPath::new("faultline-wide-limits");
+    std::fs::write(
+        &*wide,
+        "chaos_limits:\n\
+         \x20 latency_injection: { max_latency: 5s, max_duration: 3600s }\n\
+         \x20 packet_loss: { max_loss: 100%, max_duration: 3600s }\n\
+         \x20 cpu_stress: { max_stress: 100%, max_duration: 3600s }\n\
+         \x20 memory_stress: { max_stress: 100%, max_duration: 3600s }\n\
+         \x20 blast_radius: { max_nodes: 1, max_concurrent: 1 }\n",
+    )
+    .expect("write limits");
+    let wide = wide.display().to_string();
+    for profile in [Profile::Production, Profile::Staging] {
+        let name = profile.to_string();
+        let fleet = Fleet::new(1, &["--limits", &wide], &["--profile", &name]);
+        for (args, limit) in over_limit_requests(&ChaosLimits::profile(profile)) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = fleet.cli(Role::Operator, &args);
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(3), "{args:?}: {t}");
+            assert!(
+                t.contains("refused by the agent on node-1")
+                    && t.contains(limit)
+                    && t.contains(&format!("agent profile {name}")),
+                "{args:?} must be refused by the agent naming {limit}: {t}"
+            );
+        }
+        assert!(faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty());
+    }
+}
+
+#[test]
+fn post_abort_removes_an_active_loss_fault_and_the_counters_stop() {
+    let fleet = Fleet::new(1, &[], &[]);
+    let node = &fleet.nodes[0];
+    let rx = receiver(&node.ns, "0.0.0.0:9000".parse().unwrap());
+    let tx = Arc::new(sender(&fleet.ctl, "0.0.0.0:0".parse().unwrap()));
+    let to: SocketAddr = format!("{}:9000", node.addr).parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pump = {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                send(&tx, to, 200, 2000);
+            }
+        })
+    };
+    let mut run = fleet
+        .cli_command(
+            Role::Operator,
+            &[
+                "run",
+                "--node",
+                "node-1",
+                "--fault",
+                "loss",
+                "--iface",
+                NODE_IFACE,
+                "--percent",
+                "1",
+                "--duration",
+                "60s",
+                "--proto",
+                "udp",
+                "--dport",
+                "9000",
+                "--baseline",
+                "1s",
+                "--wait",
+                "-o",
+                "json",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    // Live counters: wait until the kernel has dropped something.
+    loop {
+        let line = lines.next().expect("stream ended").expect("read");
+        let ev: Value = serde_json::from_str(&line).expect("json");
+        if ev["sample"]["ingress"]["dropped"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+    }
+    let t0 = Instant::now();
+    let (status, body) = fleet.http(Some(Role::Operator), "POST", "/abort?reason=test");
+    let round_trip = t0.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let took = body["took_ms"].as_f64().expect("took_ms");
+    println!(
+        "abort: agents confirmed removal {took:.1} ms after POST /abort was received \
+         ({:.1} ms round trip incl. curl)",
+        round_trip.as_secs_f64() * 1e3
+    );
+    assert!(took < 1000.0, "abort took {took} ms");
+    assert_eq!(body["kill_switch_engaged"], true);
+    // Removal was confirmed, so nothing may be left in the kernel right now.
+    let left = faultline_leftovers(&node.ns, NODE_IFACE);
+    assert!(left.is_empty(), "confirmed but still attached: {left:?}");
+    let last: Vec<Value> = lines
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect();
+    assert_eq!(
+        run.wait().unwrap().code(),
+        Some(4),
+        "the run exits 'aborted'"
+    );
+    assert_eq!(last.last().unwrap()["phase"], "aborted", "{last:?}");
+    stop.store(true, Ordering::Relaxed);
+    pump.join().unwrap();
+    // The counters stop: a fresh stream after the abort loses nothing.
+    drop(collect(&rx, u32::MAX / 1024)); // drain what arrived during the fault
+    let rx = receiver(&node.ns, "0.0.0.0:9001".parse().unwrap());
+    let to: SocketAddr = format!("{}:9001", node.addr).parse().unwrap();
+    send(&tx, to, 3000, 3000);
+    let got = collect(&rx, 3000);
+    assert_eq!(got.iter().filter(|r| **r).count(), 3000, "loss after abort");
+    // The kill switch refuses new work until an admin clears it.
+    let out = fleet.cli(
+        Role::Operator,
+        &[
+            "run",
+            "--node",
+            "node-1",
+            "--fault",
+            "cpu",
+            "--percent",
+            "5",
+            "--duration",
+            "2s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out).contains("kill switch is engaged"),
+        "{}",
+        text(&out)
+    );
+    let out = fleet.cli(Role::Admin, &["clear-kill-switch"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The lease TTL the dead-man tests run with.
+const TTL: Duration = Duration::from_secs(2);
+
+#[test]
+fn the_dead_man_switch_removes_effects_when_the_coordinator_stops() {
+    let fleet = Fleet::new(1, &["--lease-ttl", "2s"], &[]);
+    let id = start_loss(&fleet, "60s");
+    fleet.signal_coordinator(libc::SIGSTOP);
+    let gone = wait_until(TTL * 3, "the dead-man switch", || {
+        faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty()
+    });
+    println!("dead-man: effects gone {gone:?} after the coordinator was stopped (ttl {TTL:?})");
+    assert!(gone <= TTL + Duration::from_millis(500), "{gone:?}");
+    fleet.signal_coordinator(libc::SIGCONT);
+    let e = fleet.wait_phase(&id, &["failed"], Duration::from_secs(10));
+    assert!(e["result"].as_str().unwrap().contains("lapsed"), "{e}");
+    assert!(fleet.log("node-1").contains("dead-man switch"));
+}
+
+#[test]
+fn a_killed_coordinator_leaves_no_effect_and_a_restart_marks_the_experiment_interrupted() {
+    let mut fleet = Fleet::new(1, &["--lease-ttl", "2s"], &[]);
+    // History from before the crash.
+    let out = fleet.cli(
+        Role::Operator,
+        &[
+            "run",
+            "--node",
+            "node-1",
+            "--fault",
+            "loss",
+            "--iface",
+            NODE_IFACE,
+            "--percent",
+            "1",
+            "--duration",
+            "1s",
+            "--baseline",
+            "1s",
+            "--recovery",
+            "10s",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // SIGKILL and stay down: the agent's dead-man switch removes the effect.
+    let killed = start_loss(&fleet, "60s");
+    fleet.kill_coordinator();
+    let gone = wait_until(TTL * 3, "the dead-man switch", || {
+        faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty()
+    });
+    println!("coordinator SIGKILL: effects gone after {gone:?} (ttl {TTL:?})");
+    assert!(gone <= TTL + Duration::from_millis(500), "{gone:?}");
+    fleet.start_coordinator();
+    fleet.wait_connected(1, Duration::from_secs(10));
+    let e = fleet.experiment(&killed);
+    assert_eq!(e["phase"], "interrupted", "{e}");
+
+    // SIGKILL and come straight back: the restarted coordinator does not know the
+    // agent's lease and orders its removal before the TTL runs out.
+    let second = start_loss(&fleet, "60s");
+    fleet.kill_coordinator();
+    let t0 = Instant::now();
+    fleet.start_coordinator();
+    wait_until(
+        TTL * 3,
+        "removal ordered by the restarted coordinator",
+        || faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty(),
+    );
+    println!("coordinator restart: effects gone after {:?}", t0.elapsed());
+    assert!(fleet.log("coordinator").contains("unknown lease"));
+    let list: Value = serde_json::from_slice(
+        &fleet
+            .cli(Role::Viewer, &["experiments", "-o", "json"])
+            .stdout,
+    )
+    .expect("json");
+    let phases: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["phase"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            (second.as_str(), "interrupted"),
+            (killed.as_str(), "interrupted"),
+            ("exp-000001", "completed")
+        ]
+    );
+    // The freed lease lets the next experiment run.
+    let out = fleet.cli(
+        Role::Operator,
+        &[
+            "run",
+            "--node",
+            "node-1",
+            "--fault",
+            "loss",
+            "--iface",
+            NODE_IFACE,
+            "--percent",
+            "1",
+            "--duration",
+            "1s",
+            "--baseline",
+            "1s",
+            "--recovery",
+            "10s",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn token_roles_are_enforced_on_grpc_and_http() {
+    let fleet = Fleet::new(1, &[], &[]);
+    let start = [
+        "run",
+        "--node",
+        "node-1",
+        "--fault",
+        "cpu",
+        "--percent",
+        "5",
+        "--duration",
+        "2s",
+    ];
+    let out = fleet.cli(Role::Viewer, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for (role, args, action) in [
+        (
+            Role::Viewer,
+            &start[..],
+            "starting an experiment needs operator",
+        ),
+        (Role::Viewer, &["abort"][..], "abort needs operator"),
+        (
+            Role::Operator,
+            &["clear-kill-switch"][..],
+            "clearing the kill switch needs admin",
+        ),
+    ] {
+        let out = fleet.cli(role, args);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert!(
+            text(&out).contains("PermissionDenied") && text(&out).contains(action),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = fleet
+        .cli_command(Role::Viewer, &["status"])
+        .env("FAULTLINE_TOKEN", "fl_not-a-token")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).contains("Unauthenticated"), "{}", text(&out));
+    let out = fleet
+        .cli_command(Role::Viewer, &["status"])
+        .env_remove("FAULTLINE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    assert_eq!(fleet.http(None, "POST", "/abort").0, 401);
+    assert_eq!(fleet.http(Some(Role::Viewer), "POST", "/abort").0, 403);
+    assert_eq!(fleet.http(Some(Role::Viewer), "GET", "/status").0, 200);
+    let (code, body) = fleet.http(Some(Role::Operator), "POST", "/abort");
+    assert_eq!(code, 200, "{body}");
+    let (_, status) = fleet.http(Some(Role::Viewer), "GET", "/status");
+    assert!(status["kill_switch"].is_string(), "{status}");
+    let out = fleet.cli(Role::Admin, &["clear-kill-switch"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, status) = fleet.http(Some(Role::Viewer), "GET", "/status");
+    assert!(status["kill_switch"].is_null(), "{status}");
+}
