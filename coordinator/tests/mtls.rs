@@ -1,0 +1,273 @@
+//! The real coordinator binary on loopback: agents without a certificate, with one from
+//! another CA, with an expired one, or posing as another node are refused; a valid
+//! agent registers. gRPC health and reflection answer standard clients.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use faultline_proto::v1::{
+    AgentMessage, ListNodesRequest, Register, agent_message::Body,
+    agent_service_client::AgentServiceClient, chaos_service_client::ChaosServiceClient,
+};
+use tokio_stream::StreamExt;
+use tonic::{
+    Code, Request,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_faultline-coordinator");
+
+struct Coordinator {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+    token: String,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run coordinator");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A coordinator with its own CA in a directory of its own (`tag` keeps tests that
+/// run at the same time apart), plus a second CA and an expired agent certificate.
+fn start(tag: &str) -> Coordinator {
+    let dir = std::env::temp_dir().join(format!("fl-mtls-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = |p: &str| dir.join(p).display().to_string();
+    run(&["certs", "init", "--dir", &d("tls"), "--agents", "node-1"]);
+    run(&[
+        "certs",
+        "init",
+        "--dir",
+        &d("other-ca"),
+        "--agents",
+        "node-1",
+    ]);
+    run(&["certs", "agent", "--dir", &d("tls"), "stale", "--expired"]);
+    let token = run(&[
+        "tokens",
+        "add",
+        "--file",
+        &d("tokens.yaml"),
+        "--name",
+        "t",
+        "--role",
+        "viewer",
+    ]);
+    let (grpc, http) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args([
+            "--tls-dir",
+            &d("tls"),
+            "--tokens",
+            &d("tokens.yaml"),
+            "--store",
+            &d("db/c.db"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn coordinator");
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(Instant::now() < until, "coordinator did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Coordinator {
+        child,
+        dir,
+        url: format!("https://127.0.0.1:{grpc}"),
+        token,
+    }
+}
+
+async fn channel(c: &Coordinator, identity: Option<(&Path, &str)>) -> Result<Channel, String> {
+    let read = |p: PathBuf| std::fs::read(p).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(c.dir.join("tls/ca.pem"))));
+    if let Some((dir, name)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            read(dir.join(format!("{name}.pem"))),
+            read(dir.join(format!("{name}.key"))),
+        ));
+    }
+    Endpoint::from_shared(c.url.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Opens an agent session registering as `node`; Ok once the coordinator accepted it.
+async fn register(
+    c: &Coordinator,
+    identity: Option<(&Path, &str)>,
+    node: &str,
+) -> Result<(), (Code, String)> {
+    let ch = channel(c, identity)
+        .await
+        .map_err(|e| (Code::Unavailable, e))?;
+    let hello = AgentMessage {
+        body: Some(Body::Register(Register {
+            node_name: node.into(),
+            ..Default::default()
+        })),
+    };
+    // Keep the stream open (pending) after the Register so the session lives.
+    let outbound = tokio_stream::iter(vec![hello]).chain(tokio_stream::pending());
+    let mut client = AgentServiceClient::new(ch);
+    let resp = client
+        .session(outbound)
+        .await
+        .map_err(|s| (s.code(), s.message().to_owned()))?;
+    // Hold the session for the caller's check.
+    tokio::spawn(async move {
+        let mut s = resp.into_inner();
+        while let Ok(Some(_)) = s.message().await {}
+        drop(client);
+    });
+    Ok(())
+}
+
+async fn connected(c: &Coordinator) -> Vec<String> {
+    let mut chaos = ChaosServiceClient::new(channel(c, None).await.unwrap());
+    let mut req = Request::new(ListNodesRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", c.token).parse().unwrap(),
+    );
+    chaos
+        .list_nodes(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+        .into_iter()
+        .filter(|n| n.connected)
+        .map(|n| n.name)
+        .collect()
+}
+
+/// The handshake (TLS 1.3: the first read after it) failed: no application status.
+fn refused_by_tls(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    )
+}
+
+#[tokio::test]
+async fn agents_need_a_current_certificate_from_the_faultline_ca_for_their_own_name() {
+    let c = start("agents");
+    let tls = c.dir.join("tls");
+    let other = c.dir.join("other-ca");
+
+    let e = register(&c, None, "node-1").await.unwrap_err();
+    assert_eq!(e.0, Code::Unauthenticated, "no certificate: {e:?}");
+
+    let e = register(&c, Some((&other, "node-1")), "node-1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.0, Code::Unavailable | Code::Unknown | Code::Internal),
+        "other CA: {e:?}"
+    );
+
+    let e = register(&c, Some((&tls, "stale")), "stale")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.0, Code::Unavailable | Code::Unknown | Code::Internal),
+        "expired: {e:?}"
+    );
+
+    let e = register(&c, Some((&tls, "node-1")), "node-2")
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, Code::PermissionDenied, "posing as another node: {e:?}");
+    assert!(connected(&c).await.is_empty());
+
+    register(&c, Some((&tls, "node-1")), "node-1")
+        .await
+        .expect("valid agent");
+    let until = Instant::now() + Duration::from_secs(5);
+    while connected(&c).await != ["node-1"] {
+        assert!(Instant::now() < until, "node-1 never listed as connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_standard_clients() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let c = start("reflection");
+    let ch = channel(&c, None).await.unwrap();
+    let status = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest {
+            service: "faultline.v1.ChaosService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in [
+        "faultline.v1.ChaosService",
+        "faultline.v1.AgentService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == s), "{s} not in {names:?}");
+    }
+}
