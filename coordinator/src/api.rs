@@ -205,7 +205,7 @@ impl ChaosService for Chaos {
         request: Request<ClearKillSwitchRequest>,
     ) -> Result<Response<ClearKillSwitchResponse>, Status> {
         let caller = require(&request, Role::Admin, "clearing the kill switch")?;
-        tracing::warn!(caller = %caller.name, "kill switch cleared");
+        tracing::info!(caller = %caller.name, "kill switch cleared");
         self.0.leases.clear_kill_switch();
         Ok(Response::new(ClearKillSwitchResponse {}))
     }

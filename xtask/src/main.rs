@@ -103,7 +103,13 @@ fn main() -> Result<()> {
         Task::Demo => {
             require_root("demo")?;
             setup::setup()?;
-            run(cargo().args(["build", "--package", "faultline-agent"]))?;
+            run(cargo().args([
+                "build",
+                "--package",
+                "faultline-agent",
+                "--package",
+                "faultline-coordinator",
+            ]))?;
             demo::run()
         }
         Task::VmBench => {
@@ -115,8 +121,21 @@ fn main() -> Result<()> {
             require_root("bench")?;
             setup::setup()?;
             // `cargo bench` runs from target/release and looks for the agent there.
-            run(cargo().args(["build", "--release", "--package", "faultline-agent"]))?;
-            run(cargo().args(["bench", "--package", "faultline-tests"]))
+            run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "faultline-agent",
+                "--package",
+                "faultline-coordinator",
+            ]))?;
+            run(cargo().args([
+                "bench",
+                "--package",
+                "faultline-tests",
+                "--package",
+                "faultline-coordinator",
+            ]))
         }
     }
 }
