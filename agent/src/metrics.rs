@@ -1,35 +1,16 @@
-//! Kernel-level metric samples for the coordinator: node CPU (from /proc/stat deltas),
-//! memory, PSI, packet counters of this network namespace, TCP retransmits, the root
-//! cgroup's usage, and the eBPF fault counters of the active effect.
+//! Kernel-level metric samples for the coordinator: node CPU (from /proc/stat deltas)
+//! and memory (read as the stress faults read them), PSI, packet counters of this
+//! network namespace, TCP retransmits, the root cgroup's usage, and the eBPF fault
+//! counters of the active effect.
 use std::{collections::HashMap, path::Path, time::SystemTime};
 
 use faultline_proto::v1::{FaultCounters, MetricSample};
-use procfs::{Current, CurrentSI};
+use procfs::Current;
 
-/// Busy and total jiffies of all CPUs at one instant.
-#[derive(Clone, Copy, Default)]
-struct CpuTimes {
-    busy: u64,
-    total: u64,
-}
-
-fn cpu_times() -> Option<CpuTimes> {
-    let t = procfs::KernelStats::current().ok()?.total;
-    let idle = t.idle + t.iowait.unwrap_or(0);
-    let busy = t.user
-        + t.nice
-        + t.system
-        + t.irq.unwrap_or(0)
-        + t.softirq.unwrap_or(0)
-        + t.steal.unwrap_or(0);
-    Some(CpuTimes {
-        busy,
-        total: busy + idle,
-    })
-}
+use crate::stress::NodeSample;
 
 pub struct Sampler {
-    last_cpu: Option<CpuTimes>,
+    last: Option<NodeSample>,
     /// The last computed busy share: at 10 Hz a sample can fall within one tick.
     cpu_busy: f64,
     cgroup_root: std::path::PathBuf,
@@ -38,7 +19,7 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(cgroup_root: &Path) -> Self {
         Self {
-            last_cpu: cpu_times(),
+            last: NodeSample::now().ok(),
             cpu_busy: 0.0,
             cgroup_root: cgroup_root.to_owned(),
         }
@@ -46,24 +27,17 @@ impl Sampler {
 
     /// One sample; fields the kernel does not offer (PSI disabled, ...) stay zero.
     pub fn sample(&mut self, ingress: FaultCounters, egress: FaultCounters) -> MetricSample {
-        let now = cpu_times();
+        let now = NodeSample::now().ok();
         // Deltas need a few ticks to mean anything; until then keep the last value.
-        if let (Some(a), Some(b)) = (self.last_cpu, now)
-            && b.total >= a.total + 10
-        {
-            self.cpu_busy = 100.0 * (b.busy - a.busy) as f64 / (b.total - a.total) as f64;
-            self.last_cpu = Some(b);
-        } else if self.last_cpu.is_none() {
-            self.last_cpu = now;
+        match (self.last, now) {
+            (Some(a), Some(b)) if b.ticks_since(&a) >= 10 => {
+                self.cpu_busy = b.cpu_busy_since(&a);
+                self.last = Some(b);
+            }
+            (None, _) => self.last = now,
+            _ => {}
         }
-        let cpu_busy_percent = self.cpu_busy;
-        let memory_used_percent = procfs::Meminfo::current()
-            .ok()
-            .and_then(|m| {
-                let avail = m.mem_available?;
-                Some(100.0 * (m.mem_total - avail.min(m.mem_total)) as f64 / m.mem_total as f64)
-            })
-            .unwrap_or(0.0);
+        let memory_used_percent = now.map_or(0.0, |n| n.mem_used_percent());
         let (mut rx, mut tx) = (0, 0);
         if let Ok(devs) = procfs::net::dev_status() {
             for (name, d) in devs {
@@ -75,7 +49,7 @@ impl Sampler {
         }
         MetricSample {
             at: Some(SystemTime::now().into()),
-            cpu_busy_percent,
+            cpu_busy_percent: self.cpu_busy,
             memory_used_percent,
             psi_cpu_some_avg10: procfs::CpuPressure::current()
                 .map(|p| f64::from(p.some.avg10))

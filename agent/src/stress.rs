@@ -107,6 +107,11 @@ impl NodeSample {
         100.0 * self.busy_ticks.saturating_sub(earlier.busy_ticks) as f64 / total as f64
     }
 
+    /// CPU ticks (all CPUs) between two samples.
+    pub fn ticks_since(&self, earlier: &NodeSample) -> u64 {
+        self.total_ticks.saturating_sub(earlier.total_ticks)
+    }
+
     pub fn mem_used_percent(&self) -> f64 {
         100.0 * (self.mem_total - self.mem_available) as f64 / self.mem_total as f64
     }

@@ -10,8 +10,7 @@
 //! The real-agent abort (eBPF loss fault in a network namespace) is in
 //! `tests/benches/abort.rs`.
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -23,126 +22,35 @@ use faultline_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{
-    Request,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_faultline-coordinator");
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Coordinator, authed};
+
 const AGENTS: usize = 1000;
 
-struct Coordinator {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-    admin: String,
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn start() -> Coordinator {
-    let dir = std::env::temp_dir().join(format!("fl-bench-cp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let d = |p: &str| dir.join(p).display().to_string();
     let names: Vec<String> = (0..AGENTS).map(name).collect();
-    run(&[
-        "certs",
-        "init",
-        "--dir",
-        &d("tls"),
-        "--agents",
-        &names.join(","),
-    ]);
-    let admin = run(&[
-        "tokens",
-        "add",
-        "--file",
-        &d("tokens.yaml"),
-        "--name",
-        "a",
-        "--role",
+    common::start(
+        "bench",
+        &names,
         "admin",
-    ]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args([
-            "--tls-dir",
-            &d("tls"),
-            "--tokens",
-            &d("tokens.yaml"),
-            "--store",
-            &d("db/c.db"),
-        ])
-        .args(["--baseline", "1s", "--recovery", "1s"])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn coordinator");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Coordinator {
-        child,
-        dir,
-        url: format!("https://127.0.0.1:{port}"),
-        admin,
-    }
+        &["--baseline", "1s", "--recovery", "1s"],
+    )
 }
 
 fn name(i: usize) -> String {
     format!("sim-{i:04}")
 }
 
-async fn channel(url: &str, dir: &Path, identity: Option<&str>) -> Channel {
-    let read = |f: String| std::fs::read(dir.join("tls").join(f)).unwrap();
-    let mut tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem".into())));
-    if let Some(n) = identity {
-        tls = tls.identity(Identity::from_pem(
-            read(format!("{n}.pem")),
-            read(format!("{n}.key")),
-        ));
-    }
-    Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// One simulated agent: acknowledges every order at once, heartbeats and samples at 1 Hz.
 async fn sim_agent(url: String, dir: PathBuf, node: String, connected: mpsc::Sender<()>) {
-    let ch = channel(&url, &dir, Some(&node)).await;
+    let tls = dir.join("tls");
+    let ch = common::connect(&url, &tls.join("ca.pem"), Some((&tls, &node)))
+        .await
+        .expect("connect");
     let (tx, rx) = mpsc::channel(64);
     tx.send(msg(Body::Register(Register {
         node_name: node.clone(),
@@ -204,13 +112,6 @@ fn ack(id: &str, state: EffectState) -> AgentMessage {
     }))
 }
 
-fn authed<T>(token: &str, m: T) -> Request<T> {
-    let mut r = Request::new(m);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
@@ -232,12 +133,12 @@ async fn connect_agents(c: &Coordinator, from: usize, to: usize) {
     }
 }
 
-async fn aborts(chaos: &mut ChaosServiceClient<Channel>, admin: &str, n: usize) -> Vec<f64> {
+async fn aborts(chaos: &mut ChaosServiceClient<Channel>, c: &Coordinator, n: usize) -> Vec<f64> {
     let mut took = Vec::new();
     for _ in 0..n {
         let r = chaos
             .abort(authed(
-                admin,
+                c,
                 AbortRequest {
                     experiment_id: String::new(),
                     reason: "bench".into(),
@@ -249,7 +150,7 @@ async fn aborts(chaos: &mut ChaosServiceClient<Channel>, admin: &str, n: usize) 
         let d = r.took.unwrap();
         took.push(d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6);
         chaos
-            .clear_kill_switch(authed(admin, ClearKillSwitchRequest {}))
+            .clear_kill_switch(authed(c, ClearKillSwitchRequest {}))
             .await
             .unwrap();
     }
@@ -277,10 +178,10 @@ fn proc_stat(pid: u32) -> (f64, f64) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let c = start();
-    let mut chaos = ChaosServiceClient::new(channel(&c.url, &c.dir, None).await);
+    let mut chaos = ChaosServiceClient::new(common::channel(&c, None).await.expect("connect"));
 
     connect_agents(&c, 0, 1).await;
-    let (p50, p99, max) = quantiles(aborts(&mut chaos, &c.admin, 100).await);
+    let (p50, p99, max) = quantiles(aborts(&mut chaos, &c, 100).await);
     println!(
         "abort, 1 simulated agent, 100 aborts: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
     );
@@ -299,7 +200,7 @@ async fn main() {
         let t0 = Instant::now();
         let mut events = chaos
             .start(authed(
-                &c.admin,
+                &c,
                 StartRequest {
                     nodes: vec![name(0)],
                     fault: Some(spec),
@@ -314,7 +215,7 @@ async fn main() {
         assert!(first.message.starts_with("lease "), "{}", first.message);
         chaos
             .abort(authed(
-                &c.admin,
+                &c,
                 AbortRequest {
                     experiment_id: first.experiment_id,
                     reason: String::new(),
@@ -323,7 +224,7 @@ async fn main() {
             .await
             .unwrap();
         chaos
-            .clear_kill_switch(authed(&c.admin, ClearKillSwitchRequest {}))
+            .clear_kill_switch(authed(&c, ClearKillSwitchRequest {}))
             .await
             .unwrap();
     }
@@ -333,7 +234,7 @@ async fn main() {
     );
 
     connect_agents(&c, 1, 100).await;
-    let (p50, p99, max) = quantiles(aborts(&mut chaos, &c.admin, 100).await);
+    let (p50, p99, max) = quantiles(aborts(&mut chaos, &c, 100).await);
     println!(
         "abort, 100 simulated agents, 100 aborts: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
     );
@@ -349,7 +250,7 @@ async fn main() {
     println!(
         "{AGENTS} simulated agents, 1 Hz heartbeats + metric samples, 30 s: coordinator CPU {share:.1}% of one core, RSS {rss:.0} MiB"
     );
-    let (p50, p99, max) = quantiles(aborts(&mut chaos, &c.admin, 20).await);
+    let (p50, p99, max) = quantiles(aborts(&mut chaos, &c, 20).await);
     println!(
         "abort, {AGENTS} simulated agents, 20 aborts: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
     );

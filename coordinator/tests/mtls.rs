@@ -2,8 +2,7 @@
 //! another CA, with an expired one, or posing as another node are refused; a valid
 //! agent registers. gRPC health and reflection answer standard clients.
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -12,57 +11,18 @@ use faultline_proto::v1::{
     agent_service_client::AgentServiceClient, chaos_service_client::ChaosServiceClient,
 };
 use tokio_stream::StreamExt;
-use tonic::{
-    Code, Request,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tonic::Code;
 
-const BIN: &str = env!("CARGO_BIN_EXE_faultline-coordinator");
+mod common;
 
-struct Coordinator {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-    token: String,
-}
+use common::{Coordinator, authed, channel};
 
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run coordinator");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A coordinator with its own CA in a directory of its own (`tag` keeps tests that
-/// run at the same time apart), plus a second CA and an expired agent certificate.
+/// A coordinator with node-1's certificate, plus a second CA and an expired
+/// certificate in its directory to present.
 fn start(tag: &str) -> Coordinator {
-    let dir = std::env::temp_dir().join(format!("fl-mtls-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let d = |p: &str| dir.join(p).display().to_string();
-    run(&["certs", "init", "--dir", &d("tls"), "--agents", "node-1"]);
-    run(&[
+    let c = common::start(tag, &["node-1".to_owned()], "viewer", &[]);
+    let d = |p: &str| c.dir.join(p).display().to_string();
+    common::run(&[
         "certs",
         "init",
         "--dir",
@@ -70,63 +30,8 @@ fn start(tag: &str) -> Coordinator {
         "--agents",
         "node-1",
     ]);
-    run(&["certs", "agent", "--dir", &d("tls"), "stale", "--expired"]);
-    let token = run(&[
-        "tokens",
-        "add",
-        "--file",
-        &d("tokens.yaml"),
-        "--name",
-        "t",
-        "--role",
-        "viewer",
-    ]);
-    let (grpc, http) = (free_port(), free_port());
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args([
-            "--tls-dir",
-            &d("tls"),
-            "--tokens",
-            &d("tokens.yaml"),
-            "--store",
-            &d("db/c.db"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn coordinator");
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(Instant::now() < until, "coordinator did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Coordinator {
-        child,
-        dir,
-        url: format!("https://127.0.0.1:{grpc}"),
-        token,
-    }
-}
-
-async fn channel(c: &Coordinator, identity: Option<(&Path, &str)>) -> Result<Channel, String> {
-    let read = |p: PathBuf| std::fs::read(p).unwrap();
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(c.dir.join("tls/ca.pem"))));
-    if let Some((dir, name)) = identity {
-        tls = tls.identity(Identity::from_pem(
-            read(dir.join(format!("{name}.pem"))),
-            read(dir.join(format!("{name}.key"))),
-        ));
-    }
-    Endpoint::from_shared(c.url.clone())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))
+    common::run(&["certs", "agent", "--dir", &d("tls"), "stale", "--expired"]);
+    c
 }
 
 /// Opens an agent session registering as `node`; Ok once the coordinator accepted it.
@@ -137,7 +42,7 @@ async fn register(
 ) -> Result<(), (Code, String)> {
     let ch = channel(c, identity)
         .await
-        .map_err(|e| (Code::Unavailable, e))?;
+        .map_err(|e| (Code::Unavailable, format!("{e:?}")))?;
     let hello = AgentMessage {
         body: Some(Body::Register(Register {
             node_name: node.into(),
@@ -162,13 +67,8 @@ async fn register(
 
 async fn connected(c: &Coordinator) -> Vec<String> {
     let mut chaos = ChaosServiceClient::new(channel(c, None).await.unwrap());
-    let mut req = Request::new(ListNodesRequest {});
-    req.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", c.token).parse().unwrap(),
-    );
     chaos
-        .list_nodes(req)
+        .list_nodes(authed(c, ListNodesRequest {}))
         .await
         .unwrap()
         .into_inner()

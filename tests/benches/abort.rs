@@ -3,14 +3,9 @@
 //! coordinator reports the time until the agent confirmed removal (the fault's child
 //! disarmed, detached and exited). 100 rounds; p50/p99/max, plus the HTTP round trip
 //! as curl sees it.
-use std::{
-    io::{BufRead, BufReader},
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use faultline_tests::fleet::{Fleet, NODE_IFACE, Role};
-use serde_json::Value;
 
 fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -22,51 +17,26 @@ fn main() {
     let fleet = Fleet::new(1, &[], &[]);
     let (mut took, mut round_trip) = (Vec::new(), Vec::new());
     for _ in 0..100 {
-        let mut run = fleet
-            .cli_command(
-                Role::Operator,
-                &[
-                    "run",
-                    "--node",
-                    "node-1",
-                    "--fault",
-                    "loss",
-                    "--iface",
-                    NODE_IFACE,
-                    "--percent",
-                    "1",
-                    "--duration",
-                    "60s",
-                    "--baseline",
-                    "1s",
-                    "--wait",
-                    "-o",
-                    "json",
-                ],
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn run");
-        let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("stream ended").expect("read");
-            let ev: Value = serde_json::from_str(&line).expect("json");
-            if ev["message"]
+        let mut run = fleet.watch_run(
+            Role::Operator,
+            &format!(
+                "run --node node-1 --fault loss --iface {NODE_IFACE} --percent 1 \
+                 --duration 60s --baseline 1s"
+            ),
+        );
+        run.until(|ev| {
+            ev["message"]
                 .as_str()
-                .unwrap_or("")
-                .starts_with("applied on")
-            {
-                break;
-            }
-        }
+                .is_some_and(|m| m.starts_with("applied on"))
+        });
+        // Let the fault run (and count) a little before it is aborted.
         std::thread::sleep(Duration::from_millis(300));
         let t0 = Instant::now();
         let (status, body) = fleet.http(Some(Role::Operator), "POST", "/abort");
         round_trip.push(t0.elapsed().as_secs_f64() * 1e3);
         assert_eq!(status, 200, "{body}");
-        took.push(body["took_ms"].as_f64().unwrap());
-        lines.for_each(drop);
-        assert_eq!(run.wait().unwrap().code(), Some(4), "the run ends aborted");
+        took.push(body["took_ms"].as_f64().expect("took_ms"));
+        assert_eq!(run.finish().0, Some(4), "the run ends aborted");
         assert!(
             fleet
                 .cli(Role::Admin, &["clear-kill-switch"])
@@ -76,7 +46,8 @@ fn main() {
     }
     let (p50, p99, max) = quantiles(took);
     println!(
-        "abort, 1 real agent with a loss fault active, 100 aborts: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (until the agent confirmed removal)"
+        "abort, 1 real agent with a loss fault active, 100 aborts: p50 {p50:.2} ms, \
+         p99 {p99:.2} ms, max {max:.2} ms (until the agent confirmed removal)"
     );
     let (p50, p99, max) = quantiles(round_trip);
     println!(

@@ -7,8 +7,9 @@
 //! is 10.201.i.1. They exist only inside the fleet's namespaces.
 use std::{
     fs::File,
+    io::{BufRead, BufReader, Lines},
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, ChildStdout, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -306,6 +307,24 @@ impl Fleet {
             .expect("run faultline")
     }
 
+    /// `cli` with the arguments given as one line, split on whitespace.
+    pub fn cli_line(&self, role: Role, line: &str) -> Output {
+        self.cli(role, &line.split_whitespace().collect::<Vec<_>>())
+    }
+
+    /// `faultline <line> --wait -o json`, running, its events read as they come.
+    pub fn watch_run(&self, role: Role, line: &str) -> RunEvents {
+        let mut args: Vec<&str> = line.split_whitespace().collect();
+        args.extend(["--wait", "-o", "json"]);
+        let mut child = self
+            .cli_command(role, &args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn faultline run");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        RunEvents { child, lines }
+    }
+
     /// `curl -X <method>` against the coordinator's HTTP port, with `role`'s token
     /// (or none): the HTTP status and the JSON body.
     pub fn http(&self, role: Option<Role>, method: &str, path: &str) -> (u16, Value) {
@@ -346,6 +365,40 @@ impl Fleet {
             assert!(Instant::now() < until, "{id} never reached {phases:?}: {e}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// The JSON event stream of a running `faultline run --wait`.
+pub struct RunEvents {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl RunEvents {
+    /// Reads events until one satisfies `pred`, and returns it.
+    pub fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let line = self
+                .lines
+                .next()
+                .expect("the run ended before the awaited event")
+                .expect("read event");
+            let ev: Value = serde_json::from_str(&line).expect("event json");
+            if pred(&ev) {
+                return ev;
+            }
+        }
+    }
+
+    /// Reads the rest; returns the exit code and the remaining events.
+    pub fn finish(mut self) -> (Option<i32>, Vec<Value>) {
+        let rest = self
+            .lines
+            .by_ref()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect();
+        (self.child.wait().expect("wait run").code(), rest)
     }
 }
 

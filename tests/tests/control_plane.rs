@@ -2,7 +2,6 @@
 //! network namespace, over mTLS), driven through the real `faultline` CLI and
 //! `POST /abort`, with the effects checked in the kernel.
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     process::Stdio,
     sync::{
@@ -22,6 +21,11 @@ use faultline_tests::{
 };
 use serde_json::Value;
 
+/// A command line split on whitespace.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -29,25 +33,12 @@ fn text(out: &std::process::Output) -> String {
 /// Starts a long loss fault on node-1 without waiting; returns the experiment id once
 /// the agent has it in the kernel.
 fn start_loss(fleet: &Fleet, duration: &str) -> String {
-    let out = fleet.cli(
+    let out = fleet.cli_line(
         Role::Operator,
-        &[
-            "run",
-            "--node",
-            "node-1",
-            "--fault",
-            "loss",
-            "--iface",
-            NODE_IFACE,
-            "--percent",
-            "1",
-            "--duration",
-            duration,
-            "--baseline",
-            "1s",
-            "-o",
-            "json",
-        ],
+        &format!(
+            "run --node node-1 --fault loss --iface {NODE_IFACE} --percent 1 \
+             --duration {duration} --baseline 1s -o json"
+        ),
     );
     assert!(out.status.success(), "{}", text(&out));
     let first: Value =
@@ -79,21 +70,10 @@ fn fifty_concurrent_starts_get_exactly_one_lease_and_the_next_starts_after_it() 
             fleet
                 .cli_command(
                     Role::Operator,
-                    &[
-                        "run",
-                        "--node",
-                        &node,
-                        "--fault",
-                        "loss",
-                        "--iface",
-                        NODE_IFACE,
-                        "--percent",
-                        "0.5",
-                        "--duration",
-                        "2s",
-                        "--baseline",
-                        "1s",
-                    ],
+                    &words(&format!(
+                        "run --node {node} --fault loss --iface {NODE_IFACE} \
+                        --percent 0.5 --duration 2s --baseline 1s"
+                    )),
                 )
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -118,25 +98,10 @@ fn fifty_concurrent_starts_get_exactly_one_lease_and_the_next_starts_after_it() 
     // After it ends, the next one can start (queued behind it, to not race its end).
     let next = fleet.cli(
         Role::Operator,
-        &[
-            "run",
-            "--node",
-            "node-2",
-            "--fault",
-            "loss",
-            "--iface",
-            NODE_IFACE,
-            "--percent",
-            "0.5",
-            "--duration",
-            "1s",
-            "--baseline",
-            "1s",
-            "--recovery",
-            "10s",
-            "--queue",
-            "--wait",
-        ],
+        &words(&format!(
+            "run --node node-2 --fault loss --iface {NODE_IFACE} --percent 0.5 \
+            --duration 1s --baseline 1s --recovery 10s --queue --wait"
+        )),
     );
     assert_eq!(next.status.code(), Some(0), "{}", text(&next));
     let list: Value = serde_json::from_slice(
@@ -296,19 +261,7 @@ fn the_coordinator_refuses_every_limit_of_both_profiles_with_invalid_argument() 
         }
         let out = fleet.cli(
             Role::Operator,
-            &[
-                "run",
-                "--node",
-                "node-1",
-                "--node",
-                "node-2",
-                "--fault",
-                "cpu",
-                "--percent",
-                "1",
-                "--duration",
-                "5s",
-            ],
+            &words("run --node node-1 --node node-2 --fault cpu --percent 1 --duration 5s"),
         );
         assert_eq!(out.status.code(), Some(3), "{}", text(&out));
         assert!(
@@ -371,44 +324,15 @@ fn post_abort_removes_an_active_loss_fault_and_the_counters_stop() {
             }
         })
     };
-    let mut run = fleet
-        .cli_command(
-            Role::Operator,
-            &[
-                "run",
-                "--node",
-                "node-1",
-                "--fault",
-                "loss",
-                "--iface",
-                NODE_IFACE,
-                "--percent",
-                "1",
-                "--duration",
-                "60s",
-                "--proto",
-                "udp",
-                "--dport",
-                "9000",
-                "--baseline",
-                "1s",
-                "--wait",
-                "-o",
-                "json",
-            ],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn run");
-    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut run = fleet.watch_run(
+        Role::Operator,
+        &format!(
+            "run --node node-1 --fault loss --iface {NODE_IFACE} --percent 1 --duration 60s \
+             --proto udp --dport 9000 --baseline 1s"
+        ),
+    );
     // Live counters: wait until the kernel has dropped something.
-    loop {
-        let line = lines.next().expect("stream ended").expect("read");
-        let ev: Value = serde_json::from_str(&line).expect("json");
-        if ev["sample"]["ingress"]["dropped"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-    }
+    run.until(|ev| ev["sample"]["ingress"]["dropped"].as_u64().unwrap_or(0) > 0);
     let t0 = Instant::now();
     let (status, body) = fleet.http(Some(Role::Operator), "POST", "/abort?reason=test");
     let round_trip = t0.elapsed();
@@ -424,15 +348,8 @@ fn post_abort_removes_an_active_loss_fault_and_the_counters_stop() {
     // Removal was confirmed, so nothing may be left in the kernel right now.
     let left = faultline_leftovers(&node.ns, NODE_IFACE);
     assert!(left.is_empty(), "confirmed but still attached: {left:?}");
-    let last: Vec<Value> = lines
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect();
-    assert_eq!(
-        run.wait().unwrap().code(),
-        Some(4),
-        "the run exits 'aborted'"
-    );
+    let (code, last) = run.finish();
+    assert_eq!(code, Some(4), "the run exits 'aborted'");
     assert_eq!(last.last().unwrap()["phase"], "aborted", "{last:?}");
     stop.store(true, Ordering::Relaxed);
     pump.join().unwrap();
@@ -446,17 +363,7 @@ fn post_abort_removes_an_active_loss_fault_and_the_counters_stop() {
     // The kill switch refuses new work until an admin clears it.
     let out = fleet.cli(
         Role::Operator,
-        &[
-            "run",
-            "--node",
-            "node-1",
-            "--fault",
-            "cpu",
-            "--percent",
-            "5",
-            "--duration",
-            "2s",
-        ],
+        &words("run --node node-1 --fault cpu --percent 5 --duration 2s"),
     );
     assert_eq!(out.status.code(), Some(3));
     assert!(
@@ -493,24 +400,10 @@ fn a_killed_coordinator_leaves_no_effect_and_a_restart_marks_the_experiment_inte
     // History from before the crash.
     let out = fleet.cli(
         Role::Operator,
-        &[
-            "run",
-            "--node",
-            "node-1",
-            "--fault",
-            "loss",
-            "--iface",
-            NODE_IFACE,
-            "--percent",
-            "1",
-            "--duration",
-            "1s",
-            "--baseline",
-            "1s",
-            "--recovery",
-            "10s",
-            "--wait",
-        ],
+        &words(&format!(
+            "run --node node-1 --fault loss --iface {NODE_IFACE} --percent 1 \
+            --duration 1s --baseline 1s --recovery 10s --wait"
+        )),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
@@ -563,24 +456,10 @@ fn a_killed_coordinator_leaves_no_effect_and_a_restart_marks_the_experiment_inte
     // The freed lease lets the next experiment run.
     let out = fleet.cli(
         Role::Operator,
-        &[
-            "run",
-            "--node",
-            "node-1",
-            "--fault",
-            "loss",
-            "--iface",
-            NODE_IFACE,
-            "--percent",
-            "1",
-            "--duration",
-            "1s",
-            "--baseline",
-            "1s",
-            "--recovery",
-            "10s",
-            "--wait",
-        ],
+        &words(&format!(
+            "run --node node-1 --fault loss --iface {NODE_IFACE} --percent 1 \
+            --duration 1s --baseline 1s --recovery 10s --wait"
+        )),
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
@@ -588,17 +467,7 @@ fn a_killed_coordinator_leaves_no_effect_and_a_restart_marks_the_experiment_inte
 #[test]
 fn token_roles_are_enforced_on_grpc_and_http() {
     let fleet = Fleet::new(1, &[], &[]);
-    let start = [
-        "run",
-        "--node",
-        "node-1",
-        "--fault",
-        "cpu",
-        "--percent",
-        "5",
-        "--duration",
-        "2s",
-    ];
+    let start = words("run --node node-1 --fault cpu --percent 5 --duration 2s");
     let out = fleet.cli(Role::Viewer, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
     for (role, args, action) in [

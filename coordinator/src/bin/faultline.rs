@@ -351,10 +351,25 @@ async fn connect(cli: &Cli) -> Result<ChaosServiceClient<Channel>, Fail> {
         .map_err(|e| {
             Fail(
                 EXIT_INFRA,
-                format!("cannot reach the coordinator at {}: {e:?}", cli.coordinator),
+                format!(
+                    "cannot reach the coordinator at {}: {}",
+                    cli.coordinator,
+                    causes(&e)
+                ),
             )
         })?;
     Ok(ChaosServiceClient::new(channel))
+}
+
+/// An error and its sources, `a: b: c`.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out = format!("{out}: {s}");
+        next = s.source();
+    }
+    out
 }
 
 fn authed<T>(cli: &Cli, msg: T) -> Result<Request<T>, Fail> {
@@ -702,12 +717,10 @@ async fn execute(cli: &Cli) -> Result<u8, Fail> {
             Ok(0)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "faultline",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "faultline", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             Ok(0)
         }
     }
