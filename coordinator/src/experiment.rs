@@ -245,6 +245,13 @@ async fn steps(r: &mut Run) -> Outcome {
         .unwrap_or_default();
     let order_id = format!("{}-fault", r.exp.id);
     let mut acks = r.c.expect(&order_id);
+    if let Some(why) = r.aborted() {
+        return Outcome::Done(
+            Phase::Aborted,
+            format!("aborted before the fault: {why}"),
+            None,
+        );
+    }
     for node in &r.exp.nodes {
         let apply = Body::Apply(ApplyFault {
             lease_id: r.exp.lease_id.clone(),
@@ -269,6 +276,9 @@ async fn steps(r: &mut Run) -> Outcome {
             },
             _ = r.abort.changed() => {
                 if let Some(why) = r.aborted() {
+                    // The abort's own removal may have reached the agent before this
+                    // order did: remove again, after it, before reporting the end.
+                    r.c.remove(&r.exp.nodes, &r.exp.lease_id, Duration::from_secs(5)).await;
                     return Outcome::Done(Phase::Aborted, format!("aborted: {why}"), None);
                 }
             }
