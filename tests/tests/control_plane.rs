@@ -119,127 +119,86 @@ fn fifty_concurrent_starts_get_exactly_one_lease_and_the_next_starts_after_it() 
     assert_eq!(phases, ["completed", "completed"], "{list}");
 }
 
-/// One request beyond each fault limit of `l`, with the limit it must name.
-fn over_limit_requests(l: &ChaosLimits) -> Vec<(Vec<String>, &'static str)> {
-    let secs = |d: Duration| format!("{}s", d.as_secs() + 1);
-    let base = |fault: &str| -> Vec<String> {
-        let mut v: Vec<String> = ["run", "--node", "node-1", "--baseline", "1s", "--wait"]
-            .map(String::from)
-            .to_vec();
-        v.extend(["--fault".into(), fault.into()]);
-        if matches!(fault, "loss" | "latency") {
-            v.extend(["--iface".into(), NODE_IFACE.into()]);
-        }
-        v
-    };
-    let with = |fault: &str, extra: &[String]| {
-        let mut v = base(fault);
-        v.extend(extra.iter().cloned());
-        v
-    };
-    let s = |x: &str| x.to_owned();
+/// One `run` command line beyond each fault limit of `l` (one unit over a size cap,
+/// one second over a duration cap), with the limit it must name.
+fn over_limit_requests(l: &ChaosLimits) -> Vec<(String, &'static str)> {
+    let over = |d: Duration| d.as_secs() + 1;
+    let net = format!("--iface {NODE_IFACE}");
     let loss = l.packet_loss.max_loss.value();
     let cpu = l.cpu_stress.max_stress.value();
     let mem = l.memory_stress.max_stress.value();
-    let lat = l.latency_injection.max_latency;
-    vec![
+    let lat = l.latency_injection.max_latency.as_millis();
+    [
         (
-            with(
-                "loss",
-                &[
-                    s("--percent"),
-                    (loss + 0.5).to_string(),
-                    s("--duration"),
-                    s("5s"),
-                ],
-            ),
+            format!("loss {net} --percent {} --duration 5s", loss + 0.5),
             "packet_loss.max_loss",
         ),
         (
-            with(
-                "loss",
-                &[
-                    s("--percent"),
-                    loss.to_string(),
-                    s("--duration"),
-                    secs(l.packet_loss.max_duration),
-                ],
+            format!(
+                "loss {net} --percent {loss} --duration {}s",
+                over(l.packet_loss.max_duration)
             ),
             "packet_loss.max_duration",
         ),
         (
-            with(
-                "latency",
-                &[
-                    s("--delay"),
-                    format!("{}ms", lat.as_millis() + 1),
-                    s("--duration"),
-                    s("5s"),
-                ],
-            ),
+            format!("latency {net} --delay {}ms --duration 5s", lat + 1),
             "latency_injection.max_latency",
         ),
         (
-            with(
-                "latency",
-                &[
-                    s("--delay"),
-                    format!("{}ms", lat.as_millis()),
-                    s("--duration"),
-                    secs(l.latency_injection.max_duration),
-                ],
+            format!(
+                "latency {net} --delay {lat}ms --duration {}s",
+                over(l.latency_injection.max_duration)
             ),
             "latency_injection.max_duration",
         ),
         (
-            with(
-                "cpu",
-                &[
-                    s("--percent"),
-                    (cpu + 1.0).to_string(),
-                    s("--duration"),
-                    s("5s"),
-                ],
-            ),
+            format!("cpu --percent {} --duration 5s", cpu + 1.0),
             "cpu_stress.max_stress",
         ),
         (
-            with(
-                "cpu",
-                &[
-                    s("--percent"),
-                    cpu.to_string(),
-                    s("--duration"),
-                    secs(l.cpu_stress.max_duration),
-                ],
+            format!(
+                "cpu --percent {cpu} --duration {}s",
+                over(l.cpu_stress.max_duration)
             ),
             "cpu_stress.max_duration",
         ),
         (
-            with(
-                "memory",
-                &[
-                    s("--percent"),
-                    (mem + 1.0).to_string(),
-                    s("--duration"),
-                    s("5s"),
-                ],
-            ),
+            format!("memory --percent {} --duration 5s", mem + 1.0),
             "memory_stress.max_stress",
         ),
         (
-            with(
-                "memory",
-                &[
-                    s("--percent"),
-                    mem.to_string(),
-                    s("--duration"),
-                    secs(l.memory_stress.max_duration),
-                ],
+            format!(
+                "memory --percent {mem} --duration {}s",
+                over(l.memory_stress.max_duration)
             ),
             "memory_stress.max_duration",
         ),
     ]
+    .into_iter()
+    .map(|(fault, limit)| {
+        (
+            format!("run --node node-1 --baseline 1s --wait --fault {fault}"),
+            limit,
+        )
+    })
+    .collect()
+}
+
+/// Every over-limit request of `profile` exits 3 (rejected) with all of
+/// `expected(limit)` in its output.
+fn assert_each_limit_refused(
+    fleet: &Fleet,
+    profile: Profile,
+    expected: impl Fn(&str) -> Vec<String>,
+) {
+    for (line, limit) in over_limit_requests(&ChaosLimits::profile(profile)) {
+        let out = fleet.cli_line(Role::Operator, &line);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{line}: {t}");
+        for e in expected(limit) {
+            assert!(t.contains(&e), "{line} must be refused with '{e}': {t}");
+        }
+    }
 }
 
 #[test]
@@ -247,18 +206,13 @@ fn the_coordinator_refuses_every_limit_of_both_profiles_with_invalid_argument() 
     for profile in [Profile::Production, Profile::Staging] {
         let name = profile.to_string();
         let fleet = Fleet::new(2, &["--profile", &name], &[]);
-        let limits = ChaosLimits::profile(profile);
-        for (args, limit) in over_limit_requests(&limits) {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = fleet.cli(Role::Operator, &args);
-            let t = text(&out);
-            assert_eq!(out.status.code(), Some(3), "{args:?}: {t}");
-            assert!(t.contains("InvalidArgument"), "{args:?}: {t}");
-            assert!(
-                t.contains(limit) && t.contains(&format!("coordinator profile {name}")),
-                "{args:?} must name {limit}: {t}"
-            );
-        }
+        assert_each_limit_refused(&fleet, profile, |limit| {
+            vec![
+                "InvalidArgument".into(),
+                limit.into(),
+                format!("coordinator profile {name}"),
+            ]
+        });
         let out = fleet.cli(
             Role::Operator,
             &words("run --node node-1 --node node-2 --fault cpu --percent 1 --duration 5s"),
@@ -292,18 +246,13 @@ fn each_agent_enforces_its_own_caps_when_the_coordinator_allows_more() {
     for profile in [Profile::Production, Profile::Staging] {
         let name = profile.to_string();
         let fleet = Fleet::new(1, &["--limits", &wide], &["--profile", &name]);
-        for (args, limit) in over_limit_requests(&ChaosLimits::profile(profile)) {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = fleet.cli(Role::Operator, &args);
-            let t = text(&out);
-            assert_eq!(out.status.code(), Some(3), "{args:?}: {t}");
-            assert!(
-                t.contains("refused by the agent on node-1")
-                    && t.contains(limit)
-                    && t.contains(&format!("agent profile {name}")),
-                "{args:?} must be refused by the agent naming {limit}: {t}"
-            );
-        }
+        assert_each_limit_refused(&fleet, profile, |limit| {
+            vec![
+                "refused by the agent on node-1".into(),
+                limit.into(),
+                format!("agent profile {name}"),
+            ]
+        });
         assert!(faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty());
     }
 }

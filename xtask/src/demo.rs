@@ -37,11 +37,11 @@ fn show(cmd: &str) {
     println!("\n$ {cmd}");
 }
 
-/// Runs the CLI with its output on the terminal; returns its exit code.
-fn cli_live(fleet: &Fleet, role: Role, args: &[&str]) -> Result<i32> {
-    show(&format!("faultline {}", args.join(" ")));
+/// Runs `faultline <line>` with its output on the terminal; returns its exit code.
+fn cli_live(fleet: &Fleet, role: Role, line: &str) -> Result<i32> {
+    show(&format!("faultline {line}"));
     let status = fleet
-        .cli_command(role, args)
+        .cli_command(role, &line.split_whitespace().collect::<Vec<_>>())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()
@@ -63,13 +63,13 @@ pub fn run() -> Result<()> {
             n.name, n.ns.name, n.addr
         );
     }
-    cli_live(&fleet, Role::Viewer, &["nodes"])?;
+    cli_live(&fleet, Role::Viewer, "nodes")?;
 
     latency(&fleet)?;
     loss(&fleet)?;
     refusal_and_abort(&fleet)?;
 
-    cli_live(&fleet, Role::Viewer, &["experiments"])?;
+    cli_live(&fleet, Role::Viewer, "experiments")?;
     let nodes: Vec<_> = fleet.nodes.iter().map(|n| n.ns.name.clone()).collect();
     let dir = fleet.dir.to_path_buf();
     let mut residue = Vec::new();
@@ -142,40 +142,18 @@ fn latency(fleet: &Fleet) -> Result<()> {
     let gap = Duration::from_millis(10);
     let base = median(&udp_rtts(&fleet.ctl, to, 200, gap));
     println!("baseline: median UDP round trip coordinator -> node-2 {base:.3} ms");
-    let sport = ECHO_PORT.to_string();
-    let args = [
-        "run",
-        "--name",
-        "latency-daily",
-        "--node",
-        "node-2",
-        "--fault",
-        "latency",
-        "--iface",
-        NODE_IFACE,
-        "--direction",
-        "egress",
-        "--delay",
-        "50ms",
-        "--duration",
-        "8s",
-        "--proto",
-        "udp",
-        "--sport",
-        &sport,
-        "--baseline",
-        "2s",
-        "--recovery",
-        "10s",
-        "--wait",
-    ];
+    let line = format!(
+        "run --name latency-daily --node node-2 --fault latency --iface {NODE_IFACE} \
+         --direction egress --delay 50ms --duration 8s --proto udp --sport {ECHO_PORT} \
+         --baseline 2s --recovery 10s --wait"
+    );
     let (code, during) = thread::scope(|scope| {
         let probe = scope.spawn(|| {
             // Probe from inside the fault window (the baseline is 2 s, the fault 8 s).
             thread::sleep(Duration::from_secs(5));
             median(&udp_rtts(&fleet.ctl, to, 100, gap))
         });
-        let code = cli_live(fleet, Role::Operator, &args);
+        let code = cli_live(fleet, Role::Operator, &line);
         (code, probe.join().expect("probe"))
     });
     let code = code?;
@@ -190,13 +168,23 @@ fn latency(fleet: &Fleet) -> Result<()> {
     Ok(())
 }
 
-/// A sleep-paced UDP stream from the coordinator's namespace to node-2; returns the
-/// stop flag, the sequence counter and the threads.
+/// A sleep-paced UDP stream from the coordinator's namespace to a node, and the
+/// receiver recording which sequence numbers arrived.
 struct Stream {
     stop: Arc<AtomicBool>,
     seq: Arc<AtomicU32>,
     sender: thread::JoinHandle<()>,
     collector: thread::JoinHandle<Vec<bool>>,
+}
+
+impl Stream {
+    /// Stops sending; returns how many were sent and which of them arrived.
+    fn finish(self) -> (u32, Vec<bool>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sender.join().expect("sender");
+        let total = self.seq.load(Ordering::Relaxed);
+        (total, self.collector.join().expect("receiver"))
+    }
 }
 
 fn stream(fleet: &Fleet, node: usize) -> Result<Stream> {
@@ -233,41 +221,18 @@ fn stream(fleet: &Fleet, node: usize) -> Result<Stream> {
 fn loss(fleet: &Fleet) -> Result<()> {
     println!("\n== 2. packet loss: 1 % of a UDP stream to node-2 (production cap) ==");
     let s = stream(fleet, 1)?;
-    let dport = STREAM_PORT.to_string();
     let before = s.seq.load(Ordering::Relaxed);
     let code = cli_live(
         fleet,
         Role::Operator,
-        &[
-            "run",
-            "--name",
-            "loss-daily",
-            "--node",
-            "node-2",
-            "--fault",
-            "loss",
-            "--iface",
-            NODE_IFACE,
-            "--percent",
-            "1",
-            "--duration",
-            "10s",
-            "--proto",
-            "udp",
-            "--dport",
-            &dport,
-            "--baseline",
-            "2s",
-            "--recovery",
-            "10s",
-            "--wait",
-        ],
+        &format!(
+            "run --name loss-daily --node node-2 --fault loss --iface {NODE_IFACE} --percent 1 \
+             --duration 10s --proto udp --dport {STREAM_PORT} --baseline 2s --recovery 10s \
+             --wait"
+        ),
     )?;
     thread::sleep(Duration::from_secs(1));
-    s.stop.store(true, Ordering::Relaxed);
-    s.sender.join().expect("sender");
-    let total = s.seq.load(Ordering::Relaxed);
-    let got = s.collector.join().expect("receiver");
+    let (total, got) = s.finish();
     let lost = (before..total)
         .filter(|&i| got.get(i as usize) != Some(&true))
         .count();
@@ -307,32 +272,13 @@ fn loss(fleet: &Fleet) -> Result<()> {
 fn refusal_and_abort(fleet: &Fleet) -> Result<()> {
     println!("\n== 3. the lease refuses a second experiment; POST /abort ends the first ==");
     let s = stream(fleet, 0)?;
-    let dport = STREAM_PORT.to_string();
-    let args = [
-        "run",
-        "--name",
-        "loss-long",
-        "--node",
-        "node-1",
-        "--fault",
-        "loss",
-        "--iface",
-        NODE_IFACE,
-        "--percent",
-        "1",
-        "--duration",
-        "60s",
-        "--proto",
-        "udp",
-        "--dport",
-        &dport,
-        "--baseline",
-        "1s",
-        "--wait",
-    ];
-    show(&format!("faultline {} &", args.join(" ")));
+    let line = format!(
+        "run --name loss-long --node node-1 --fault loss --iface {NODE_IFACE} --percent 1 \
+         --duration 60s --proto udp --dport {STREAM_PORT} --baseline 1s --wait"
+    );
+    show(&format!("faultline {line} &"));
     let mut first = fleet
-        .cli_command(Role::Operator, &args)
+        .cli_command(Role::Operator, &line.split_whitespace().collect::<Vec<_>>())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -340,35 +286,25 @@ fn refusal_and_abort(fleet: &Fleet) -> Result<()> {
     let second = cli_live(
         fleet,
         Role::Operator,
-        &[
-            "run",
-            "--node",
-            "node-3",
-            "--fault",
-            "cpu",
-            "--percent",
-            "10",
-            "--duration",
-            "30s",
-        ],
+        "run --node node-3 --fault cpu --percent 10 --duration 30s",
     )?;
     println!("(exit code {second}: rejected)");
-    show("curl -X POST -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:7080/abort");
+    show(
+        "curl -X POST -H 'Authorization: Bearer $TOKEN' 'http://127.0.0.1:7080/abort?reason=demo'",
+    );
     let (status, body) = fleet.http(Some(Role::Operator), "POST", "/abort?reason=demo");
     println!("HTTP {status} {body}");
     let code = first.wait()?.code().unwrap_or(-1);
-    s.stop.store(true, Ordering::Relaxed);
-    s.sender.join().expect("sender");
-    drop(s.collector.join());
+    s.finish();
     println!(
         "all effects removed and confirmed by the agent {:.1} ms after POST /abort; the \
          experiment's CLI exited {code} (aborted)",
         body["took_ms"].as_f64().unwrap_or(f64::NAN)
     );
-    cli_live(fleet, Role::Viewer, &["status"])?;
+    cli_live(fleet, Role::Viewer, "status")?;
     if second != 3 || status != 200 || code != 4 {
         bail!("expected refusal (3), HTTP 200 and an aborted run (4)");
     }
-    cli_live(fleet, Role::Admin, &["clear-kill-switch"])?;
+    cli_live(fleet, Role::Admin, "clear-kill-switch")?;
     Ok(())
 }
