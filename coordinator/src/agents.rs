@@ -121,12 +121,12 @@ fn heartbeat(
     if let Some(e) = c.nodes().get_mut(node) {
         e.last_heartbeat = SystemTime::now();
     }
-    let held = c.leases.held();
     let mut renewed = Vec::new();
     for id in lease_ids {
-        let ours = held
-            .iter()
-            .any(|l| l.id == id && l.nodes.iter().any(|n| n == node));
+        let ours = c
+            .leases
+            .get(&id)
+            .is_some_and(|l| l.nodes.iter().any(|n| n == node));
         if ours && c.leases.renew(&id, now) {
             renewed.push(id);
         } else {

@@ -98,37 +98,15 @@ impl ChaosService for Chaos {
                 "baseline and recovery are limited to {MAX_WINDOW:?}"
             )));
         }
-        {
-            let nodes = c.nodes();
-            for n in &req.nodes {
-                match nodes.get(n) {
-                    None => {
-                        return Err(Status::failed_precondition(format!(
-                            "node {n} is not registered"
-                        )));
-                    }
-                    Some(e) if e.session.is_none() => {
-                        return Err(Status::failed_precondition(format!(
-                            "node {n}'s agent is not connected"
-                        )));
-                    }
-                    Some(_) => {}
-                }
-            }
+        for n in &req.nodes {
+            c.session(n)?;
         }
         let seq = c.next_experiment_seq();
         let id = crate::store::Store::experiment_id(seq);
         let (tx, rx) = mpsc::channel(1024);
-        let lease = match c.leases.grant(
-            &id,
-            &req.nodes,
-            c.config.lease_ttl,
-            std::time::Instant::now(),
-        ) {
+        let lease = match c.grant(&id, &req.nodes) {
             Ok(l) => l,
-            Err(r @ (Refusal::Concurrent { .. } | Refusal::NodeBusy { .. }))
-                if req.wait_for_lease =>
-            {
+            Err(r) if r.is_busy() && req.wait_for_lease => {
                 let _ = tx
                     .send(Ok(ExperimentEvent {
                         experiment_id: id.clone(),
@@ -144,17 +122,12 @@ impl ChaosService for Chaos {
                 tokio::spawn(async move {
                     loop {
                         let freed = c2.lease_freed.notified();
-                        match c2.leases.grant(
-                            &id,
-                            &nodes,
-                            c2.config.lease_ttl,
-                            std::time::Instant::now(),
-                        ) {
+                        match c2.grant(&id, &nodes) {
                             Ok(lease) => {
                                 launch(&c2, seq, &name, lease, spec, baseline, recovery, tx);
                                 return;
                             }
-                            Err(Refusal::Concurrent { .. } | Refusal::NodeBusy { .. }) => {}
+                            Err(r) if r.is_busy() => {}
                             Err(r) => {
                                 let _ = tx.send(Err(refusal(r))).await;
                                 return;
@@ -361,9 +334,7 @@ fn http_caller(
 ) -> Result<String, HttpResult> {
     let header = headers.get("authorization").and_then(|v| v.to_str().ok());
     let caller = h.tokens.authorize(header).map_err(|s| http_error(&s))?;
-    let mut req = Request::new(());
-    req.extensions_mut().insert(caller.clone());
-    require(&req, role, action).map_err(|s| http_error(&s))?;
+    caller.allow(role, action).map_err(|s| http_error(&s))?;
     Ok(caller.name)
 }
 

@@ -155,19 +155,27 @@ impl TokenFile {
     }
 }
 
-/// The role check each ChaosService method makes.
+impl Caller {
+    /// Whether this caller's role may do `action`, which needs `role`.
+    pub fn allow(&self, role: Role, action: &str) -> Result<(), Status> {
+        if self.role < role {
+            return Err(Status::permission_denied(format!(
+                "token '{}' has role {}; {action} needs {role} or higher",
+                self.name, self.role
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The role check each ChaosService method makes on the caller the interceptor found.
 pub fn require<T>(req: &Request<T>, role: Role, action: &str) -> Result<Caller, Status> {
     let caller = req
         .extensions()
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no caller"))?;
-    if caller.role < role {
-        return Err(Status::permission_denied(format!(
-            "token '{}' has role {}; {action} needs {role} or higher",
-            caller.name, caller.role
-        )));
-    }
+    caller.allow(role, action)?;
     Ok(caller)
 }
 

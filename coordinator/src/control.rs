@@ -21,7 +21,10 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::{leases::LeaseTable, store::Store};
+use crate::{
+    leases::{Lease, LeaseTable, Refusal},
+    store::Store,
+};
 
 pub struct Config {
     pub limits: ChaosLimits,
@@ -142,28 +145,35 @@ impl Control {
         }
     }
 
-    /// Sends one message to a node's agent; an error names why it cannot be sent.
-    pub fn send(&self, node: &str, body: Body) -> Result<(), Status> {
-        let tx = match self.nodes().get(node) {
-            None => {
-                return Err(Status::failed_precondition(format!(
-                    "node {node} is not registered"
-                )));
-            }
-            Some(NodeEntry { session: None, .. }) => {
-                return Err(Status::unavailable(format!(
-                    "node {node}'s agent is not connected"
-                )));
-            }
+    /// The node's session, or why there is none (not registered, agent not connected).
+    pub fn session(&self, node: &str) -> Result<AgentTx, Status> {
+        match self.nodes().get(node) {
+            None => Err(Status::failed_precondition(format!(
+                "node {node} is not registered"
+            ))),
+            Some(NodeEntry { session: None, .. }) => Err(Status::failed_precondition(format!(
+                "node {node}'s agent is not connected"
+            ))),
             Some(NodeEntry {
                 session: Some((_, tx)),
                 ..
-            }) => tx.clone(),
-        };
-        tx.try_send(Ok(CoordinatorMessage { body: Some(body) }))
+            }) => Ok(tx.clone()),
+        }
+    }
+
+    /// Sends one message to a node's agent; an error names why it cannot be sent.
+    pub fn send(&self, node: &str, body: Body) -> Result<(), Status> {
+        self.session(node)?
+            .try_send(Ok(CoordinatorMessage { body: Some(body) }))
             .map_err(|e| {
                 Status::unavailable(format!("node {node}: session cannot take orders: {e}"))
             })
+    }
+
+    /// A lease on `nodes` for experiment `id`, with the configured TTL.
+    pub fn grant(&self, id: &str, nodes: &[String]) -> Result<Lease, Refusal> {
+        self.leases
+            .grant(id, nodes, self.config.lease_ttl, Instant::now())
     }
 
     pub fn set_sample_rate(&self, nodes: &[String], hz: f64) {

@@ -41,6 +41,9 @@ pub type Events = mpsc::Sender<Result<ExperimentEvent, Status>>;
 /// `MEMORY_BAND`, and the node still counts as recovered.
 const CPU_BAND: f64 = 5.0;
 const MEMORY_BAND: f64 = 2.0;
+/// Event slots samples never take, so a slow reader still gets every phase event
+/// (an experiment emits fewer than this).
+const RESERVED_FOR_PHASES: usize = 32;
 /// How long an agent has to acknowledge an order (memory stress allocates first).
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -93,16 +96,21 @@ impl Window {
     }
 }
 
-enum Outcome {
-    Done(Phase, String, Option<Duration>),
-}
+/// How an experiment ended: its terminal phase, the result, the recovery time.
+struct Outcome(Phase, String, Option<Duration>);
 
 impl Run {
-    async fn emit(&self, message: String) {
-        self.emit_full(message, String::new(), None).await;
+    fn emit(&self, message: String) {
+        self.emit_full(message, String::new(), None);
     }
 
-    async fn emit_full(&self, message: String, node: String, sample: Option<MetricSample>) {
+    /// Records (unless it is a sample) and streams one event. Never waits for the
+    /// caller: a slow reader must not hold up the fault's end or an abort. Samples
+    /// are best effort and leave the channel's last slots to phase events.
+    fn emit_full(&self, message: String, node: String, sample: Option<MetricSample>) {
+        if sample.is_some() && self.events.capacity() <= RESERVED_FOR_PHASES {
+            return;
+        }
         let ev = ExperimentEvent {
             experiment_id: self.exp.id.clone(),
             at: Some(std::time::SystemTime::now().into()),
@@ -117,12 +125,12 @@ impl Run {
             tracing::error!("store: {e:#}");
         }
         // A caller that went away does not stop the experiment.
-        let _ = self.events.send(Ok(ev)).await;
+        let _ = self.events.try_send(Ok(ev));
     }
 
-    async fn set_phase(&mut self, phase: Phase, message: String) {
+    fn set_phase(&mut self, phase: Phase, message: String) {
         self.phase = phase;
-        self.emit(message).await;
+        self.emit(message);
     }
 
     fn aborted(&self) -> Option<String> {
@@ -150,7 +158,7 @@ impl Run {
                     let now = std::time::Instant::now();
                     if renew_self {
                         self.c.leases.renew(&self.exp.lease_id, now);
-                    } else if !self.c.leases.held().iter().any(|l| l.id == self.exp.lease_id && l.expires > now) {
+                    } else if self.c.leases.get(&self.exp.lease_id).is_none_or(|l| l.expires <= now) {
                         return Some(Stop::LeaseLapsed);
                     }
                 }
@@ -158,7 +166,7 @@ impl Run {
                     Ok((node, sample)) if self.exp.nodes.contains(&node) => {
                         window.add(&sample);
                         let stop = stop_when(&sample);
-                        self.emit_full(String::new(), node, Some(sample)).await;
+                        self.emit_full(String::new(), node, Some(sample));
                         if stop { return Some(Stop::Condition); }
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -193,7 +201,7 @@ pub async fn run(
         samples,
         phase: Phase::Preflight,
     };
-    let Outcome::Done(phase, result, recovery) = steps(&mut run).await;
+    let Outcome(phase, result, recovery) = steps(&mut run).await;
     c.set_sample_rate(&run.exp.nodes, 1.0);
     c.leases.release(&run.exp.lease_id);
     let _ = c.store.release_lease(&run.exp.lease_id, &result);
@@ -202,7 +210,7 @@ pub async fn run(
     }
     run.phase = phase;
     info!(experiment = %run.exp.id, "{result}");
-    run.emit(result).await;
+    run.emit(result);
     c.running().remove(&run.exp.id);
     c.lease_freed.notify_waiters();
     let _ = done.send(true);
@@ -214,29 +222,27 @@ async fn steps(r: &mut Run) -> Outcome {
         "lease {} on {} (ttl {ttl:?})",
         r.exp.lease_id,
         r.exp.nodes.join(", ")
-    ))
-    .await;
+    ));
     if let Err(why) = preflight(&r.c, &r.exp) {
-        return Outcome::Done(Phase::Failed, format!("failed: preflight: {why}"), None);
+        return Outcome(Phase::Failed, format!("failed: preflight: {why}"), None);
     }
     r.c.set_sample_rate(&r.exp.nodes, 10.0);
 
     r.set_phase(
         Phase::Baseline,
         format!("measuring the baseline for {:?}", r.exp.baseline),
-    )
-    .await;
+    );
     let mut baseline = Window::default();
     let until = Instant::now() + r.exp.baseline;
     if let Some(Stop::Aborted(why)) = r.observe(until, &mut baseline, true, |_| false).await {
-        return Outcome::Done(
+        return Outcome(
             Phase::Aborted,
             format!("aborted before the fault: {why}"),
             None,
         );
     }
 
-    r.set_phase(Phase::Fault, "ordering the fault".into()).await;
+    r.set_phase(Phase::Fault, "ordering the fault".into());
     let duration = r
         .exp
         .spec
@@ -246,7 +252,7 @@ async fn steps(r: &mut Run) -> Outcome {
     let order_id = format!("{}-fault", r.exp.id);
     let mut acks = r.c.expect(&order_id);
     if let Some(why) = r.aborted() {
-        return Outcome::Done(
+        return Outcome(
             Phase::Aborted,
             format!("aborted before the fault: {why}"),
             None,
@@ -260,7 +266,7 @@ async fn steps(r: &mut Run) -> Outcome {
             lease_ttl: ttl.try_into().ok(),
         });
         if let Err(e) = r.c.send(node, apply) {
-            return Outcome::Done(Phase::Failed, format!("failed: {}", e.message()), None);
+            return Outcome(Phase::Failed, format!("failed: {}", e.message()), None);
         }
     }
     // Until the agent holds the effect, the coordinator keeps the lease alive.
@@ -271,7 +277,7 @@ async fn steps(r: &mut Run) -> Outcome {
                 Ok(Some(a)) => break a,
                 _ => {
                     r.c.remove(&r.exp.nodes, &r.exp.lease_id, Duration::from_secs(5)).await;
-                    return Outcome::Done(Phase::Failed, format!("failed: no acknowledgement within {ACK_TIMEOUT:?}"), None);
+                    return Outcome(Phase::Failed, format!("failed: no acknowledgement within {ACK_TIMEOUT:?}"), None);
                 }
             },
             _ = r.abort.changed() => {
@@ -279,7 +285,7 @@ async fn steps(r: &mut Run) -> Outcome {
                     // The abort's own removal may have reached the agent before this
                     // order did: remove again, after it, before reporting the end.
                     r.c.remove(&r.exp.nodes, &r.exp.lease_id, Duration::from_secs(5)).await;
-                    return Outcome::Done(Phase::Aborted, format!("aborted: {why}"), None);
+                    return Outcome(Phase::Aborted, format!("aborted: {why}"), None);
                 }
             }
         }
@@ -287,7 +293,7 @@ async fn steps(r: &mut Run) -> Outcome {
     match EffectState::try_from(applied.state) {
         Ok(EffectState::Applied) => {}
         Ok(EffectState::Refused) => {
-            return Outcome::Done(
+            return Outcome(
                 Phase::Failed,
                 format!(
                     "refused by the agent on {}: {}",
@@ -298,7 +304,7 @@ async fn steps(r: &mut Run) -> Outcome {
             );
         }
         _ => {
-            return Outcome::Done(
+            return Outcome(
                 Phase::Failed,
                 format!(
                     "failed: applying on {}: {}",
@@ -313,8 +319,7 @@ async fn steps(r: &mut Run) -> Outcome {
         "applied on {}: {}",
         r.exp.nodes.join(", "),
         applied.detail
-    ))
-    .await;
+    ));
 
     let mut during = Window::default();
     let until = Instant::now() + duration;
@@ -326,14 +331,14 @@ async fn steps(r: &mut Run) -> Outcome {
     };
     match stop {
         Some(Stop::Aborted(why)) => {
-            return Outcome::Done(
+            return Outcome(
                 Phase::Aborted,
                 format!("aborted: {why}; every effect removed"),
                 None,
             );
         }
         Some(Stop::LeaseLapsed) => {
-            return Outcome::Done(
+            return Outcome(
                 Phase::Failed,
                 format!(
                     "failed: lease {} lapsed: {} stopped renewing it; the agent's dead-man \
@@ -350,7 +355,7 @@ async fn steps(r: &mut Run) -> Outcome {
         r.c.remove(&r.exp.nodes, &r.exp.lease_id, Duration::from_secs(10))
             .await;
     if !unconfirmed.is_empty() {
-        return Outcome::Done(
+        return Outcome(
             Phase::Failed,
             format!(
                 "failed: removal not confirmed by {}",
@@ -367,25 +372,21 @@ async fn steps(r: &mut Run) -> Outcome {
             "fault removed; waiting up to {:?} for the baseline",
             r.exp.recovery
         ),
-    )
-    .await;
+    );
     let cpu_limit = Window::max(&baseline.cpu) + CPU_BAND;
     let mem_limit = Window::max(&baseline.memory) + MEMORY_BAND;
     let mut after = Window::default();
-    let mut recovered_at = None;
     let stop = r
         .observe(removed_at + r.exp.recovery, &mut after, true, |s| {
             let quiet = s.ingress.unwrap_or_default().matched == 0
                 && s.egress.unwrap_or_default().matched == 0;
-            let ok = quiet && s.cpu_busy_percent <= cpu_limit && s.memory_used_percent <= mem_limit;
-            if ok {
-                recovered_at = Some(Instant::now());
-            }
-            ok
+            quiet && s.cpu_busy_percent <= cpu_limit && s.memory_used_percent <= mem_limit
         })
         .await;
+    // Stop::Condition: a sample back within the baseline band arrived just now.
+    let recovered = matches!(stop, Some(Stop::Condition)).then(|| removed_at.elapsed());
     if let Some(Stop::Aborted(why)) = stop {
-        return Outcome::Done(
+        return Outcome(
             Phase::Aborted,
             format!("aborted during recovery: {why}"),
             None,
@@ -407,19 +408,16 @@ async fn steps(r: &mut Run) -> Outcome {
             _ => String::new(),
         }
     );
-    match recovered_at {
-        Some(at) => {
-            let took = at - removed_at;
-            Outcome::Done(
-                Phase::Completed,
-                format!(
-                    "completed: recovered {:.2} s after removal; {summary}",
-                    took.as_secs_f64()
-                ),
-                Some(took),
-            )
-        }
-        None => Outcome::Done(
+    match recovered {
+        Some(took) => Outcome(
+            Phase::Completed,
+            format!(
+                "completed: recovered {:.2} s after removal; {summary}",
+                took.as_secs_f64()
+            ),
+            Some(took),
+        ),
+        None => Outcome(
             Phase::Failed,
             format!(
                 "recovery failed: not back to baseline (cpu <= {cpu_limit:.1}%, mem <= \
@@ -433,15 +431,13 @@ async fn steps(r: &mut Run) -> Outcome {
 
 /// The node can carry this fault: agent connected, and the kernel features it needs.
 fn preflight(c: &Control, exp: &Experiment) -> Result<(), String> {
-    let nodes = c.nodes();
     for n in &exp.nodes {
-        let e = nodes
+        c.session(n).map_err(|s| s.message().to_owned())?;
+        let caps = c
+            .nodes()
             .get(n)
-            .ok_or_else(|| format!("node {n} is not registered"))?;
-        if e.session.is_none() {
-            return Err(format!("node {n}'s agent is not connected"));
-        }
-        let caps = e.info.capabilities.clone().unwrap_or_default();
+            .and_then(|e| e.info.capabilities.clone())
+            .unwrap_or_default();
         match exp.spec.fault {
             Some(Fault::Loss(_)) | Some(Fault::Latency(_)) if !caps.bpf => {
                 return Err(format!("node {n} cannot load BPF programs"));

@@ -46,6 +46,13 @@ pub enum Refusal {
     NodeBusy { node: String, experiment: String },
 }
 
+impl Refusal {
+    /// Refused only while other leases are held: it ends when one is released.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Refusal::Concurrent { .. } | Refusal::NodeBusy { .. })
+    }
+}
+
 #[derive(Default)]
 struct State {
     leases: HashMap<String, Lease>,
@@ -162,6 +169,12 @@ impl LeaseTable {
             .iter()
             .filter_map(|id| st.leases.remove(id))
             .collect()
+    }
+
+    /// The lease `lease_id`, if it is held (it may be past its expiry until the next
+    /// grant or `expire` drops it).
+    pub fn get(&self, lease_id: &str) -> Option<Lease> {
+        self.state().leases.get(lease_id).cloned()
     }
 
     pub fn held(&self) -> Vec<Lease> {
