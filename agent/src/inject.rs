@@ -94,17 +94,19 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    pub fn load(&self) -> Result<(ChaosLimits, String)> {
+    /// These options as command-line arguments, for the daemon's fault children.
+    pub fn to_args(&self) -> Vec<String> {
         match &self.limits {
-            Some(path) => Ok((
-                ChaosLimits::from_file(path).map_err(|e| UsageError(e.to_string()))?,
-                format!("limits file {}", path.display()),
-            )),
-            None => Ok((
-                ChaosLimits::profile(self.profile),
-                format!("agent profile {}", self.profile),
-            )),
+            Some(path) => vec!["--limits".into(), path.display().to_string()],
+            None => vec!["--profile".into(), self.profile.to_string()],
         }
+    }
+
+    pub fn load(&self) -> Result<(ChaosLimits, String)> {
+        Ok(
+            ChaosLimits::load(self.limits.as_deref(), self.profile, "agent")
+                .map_err(|e| UsageError(e.to_string()))?,
+        )
     }
 }
 

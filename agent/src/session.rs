@@ -91,6 +91,9 @@ enum Inbound {
 
 pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result<()> {
     crate::preflight::check_privileges()?;
+    // Every child checks the limits itself; loading them here too makes a bad file
+    // stop the daemon before it touches anything, not refuse every order later.
+    limits.load()?;
     let endpoint = endpoint(&args)?;
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
@@ -120,13 +123,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
         })),
     };
     let mut global = vec!["--state-dir".to_owned(), state_dir.display().to_string()];
-    match &limits.limits {
-        Some(path) => global.extend(["--limits".to_owned(), path.display().to_string()]),
-        None => global.extend(["--profile".to_owned(), limits.profile.to_string()]),
-    }
-    // Limits are checked by every child as well; load them once here so a bad file
-    // stops the daemon at start rather than refusing every order.
-    limits.load()?;
+    global.extend(limits.to_args());
 
     let mut signals = crate::signals::Signals::install()?;
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(1024);

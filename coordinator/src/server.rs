@@ -59,16 +59,9 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let (limits, limits_source) = match &args.limits {
-        Some(p) => (
-            ChaosLimits::from_file(p).map_err(|e| anyhow::anyhow!("{e}"))?,
-            format!("coordinator limits file {}", p.display()),
-        ),
-        None => (
-            ChaosLimits::profile(args.profile),
-            format!("coordinator profile {}", args.profile),
-        ),
-    };
+    let (limits, limits_source) =
+        ChaosLimits::load(args.limits.as_deref(), args.profile, "coordinator")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     anyhow::ensure!(
         !args.lease_ttl.is_zero() && args.lease_ttl <= Duration::from_secs(300),
         "--lease-ttl must be between 1ms and 300s"

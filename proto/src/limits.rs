@@ -263,6 +263,22 @@ impl ChaosLimits {
         })
     }
 
+    /// The caps `who` ("agent", "coordinator") enforces: `file` when given, else the
+    /// built-in `profile`; with the source that refusals name.
+    pub fn load(
+        file: Option<&Path>,
+        profile: Profile,
+        who: &str,
+    ) -> Result<(Self, String), LoadError> {
+        Ok(match file {
+            Some(p) => (
+                Self::from_file(p)?,
+                format!("{who} limits file {}", p.display()),
+            ),
+            None => (Self::profile(profile), format!("{who} profile {profile}")),
+        })
+    }
+
     /// Checks a packet-loss request. `loss` is the long-run loss rate the model
     /// produces (for Gilbert-Elliott, its stationary rate).
     pub fn check_loss(
