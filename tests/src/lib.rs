@@ -11,6 +11,7 @@ pub mod netns;
 pub mod node;
 pub mod rtt;
 pub mod traffic;
+pub mod workload;
 
 pub use agent::{Agent, agent_binary, limits_file};
 

@@ -2,34 +2,12 @@
 //! agent, measured with mincore() by the agent and rebuilt by a re-read.
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use faultline_tests::{Agent, agent::run_agent, agent_binary};
-
-/// Where test files go: a filesystem with a real page cache. The temp dir by
-/// default; the VM lane points this at a 9p mount with cache=loose, since its /tmp
-/// is tmpfs (shmem pages, which no fadvise evicts).
-fn scratch() -> PathBuf {
-    std::env::var_os("FAULTLINE_TEST_CACHE_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
-}
-
-/// 8 files x 4 MiB of data, read once so they sit in the page cache.
-fn file_set(tag: &str) -> PathBuf {
-    let dir = scratch().join(format!("fl-cache-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for i in 0..8u8 {
-        let data: Vec<u8> = (0..4u32 << 20).map(|b| (b as u8) ^ i).collect();
-        std::fs::write(dir.join(format!("f{i}")), data).unwrap();
-    }
-    // SAFETY: sync(2); clean pages are what fadvise can drop at once.
-    unsafe { libc::sync() };
-    read_all(&dir);
-    dir
-}
-
-fn read_all(dir: &PathBuf) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        std::hint::black_box(std::fs::read(e.unwrap().path()).unwrap());
-    }
-}
+use faultline_tests::{
+    Agent,
+    agent::run_agent,
+    agent_binary,
+    workload::{file_set, hook_server, read_all},
+};
 
 fn state() -> faultline_tests::TempPath {
     faultline_tests::TempPath::dir("fl-cache-state")
@@ -157,38 +135,9 @@ fn cache_bad_inputs_are_refused() {
     }
 }
 
-/// A local HTTP endpoint that answers 204 and reports the request lines it saw.
-fn hook_server(requests: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handle = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for stream in listener.incoming().take(requests) {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            seen.push(line.trim().to_owned());
-            // Drain the headers before answering.
-            let mut h = String::new();
-            while reader.read_line(&mut h).unwrap() > 2 {
-                h.clear();
-            }
-            stream
-                .write_all(
-                    b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .unwrap();
-        }
-        seen
-    });
-    (port, handle)
-}
-
 #[test]
 fn hooks_ask_each_component_and_failures_are_named() {
-    let (port, server) = hook_server(2);
+    let (port, server) = hook_server(None, 2);
     let api = format!("api=http://127.0.0.1:{port}/cache/drop");
     let consensus = format!("consensus=http://127.0.0.1:{port}/consensus/cache");
     let out = run_agent(
@@ -208,7 +157,7 @@ fn hooks_ask_each_component_and_failures_are_named() {
     );
 
     // An unreachable component is reported by name; the others still ran; exit 1.
-    let (port, server) = hook_server(1);
+    let (port, server) = hook_server(None, 1);
     let ok = format!("api=http://127.0.0.1:{port}/cache/drop");
     let dead = "scheduler=http://127.0.0.1:9/cache/drop";
     let out = run_agent(None, &["inject", "cache", "--hook", dead, "--hook", &ok]);
