@@ -172,10 +172,12 @@ fn main() -> ExitCode {
                 Fault::Memory(args) => inject::memory(cli.limits, args).await,
                 Fault::Gc(args) => faults::gc::run(cli.state_dir, cli.limits, args).await,
                 // Eviction is instantaneous; only the observation takes time.
-                Fault::Cache(args) => tokio::task::spawn_blocking(move || faults::cache::run(args))
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| r),
+                Fault::Cache(args) => {
+                    tokio::task::spawn_blocking(move || faults::cache::run(cli.limits, args))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r)
+                }
             },
             Command::Run(args) => session::run(cli.state_dir, cli.limits, *args).await,
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,

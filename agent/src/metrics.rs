@@ -26,7 +26,13 @@ impl Sampler {
     }
 
     /// One sample; fields the kernel does not offer (PSI disabled, ...) stay zero.
-    pub fn sample(&mut self, ingress: FaultCounters, egress: FaultCounters) -> MetricSample {
+    /// `ingress`/`egress` and `fault` are the active fault's counters and readings.
+    pub fn sample(
+        &mut self,
+        ingress: FaultCounters,
+        egress: FaultCounters,
+        fault: HashMap<String, f64>,
+    ) -> MetricSample {
         let now = NodeSample::now().ok();
         // Deltas need a few ticks to mean anything; until then keep the last value.
         match (self.last, now) {
@@ -66,6 +72,7 @@ impl Sampler {
             ingress: Some(ingress),
             egress: Some(egress),
             cgroup: self.cgroup_stats(),
+            fault,
         }
     }
 

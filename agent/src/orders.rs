@@ -5,10 +5,10 @@
 //! with SIGTERM (the child then removes everything it applied and exits).
 //!
 //! A child gets PR_SET_PDEATHSIG = SIGTERM: if the daemon dies, its effects go with it.
-use std::{process::Stdio, time::Duration};
+use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use faultline_proto::v1::{
-    Direction, FaultCounters, FaultSpec, JitterDistribution, TrafficFilter, fault_spec::Fault,
+    Direction, FaultCounters, FaultSpec, Hook, JitterDistribution, TrafficFilter, fault_spec::Fault,
 };
 use serde_json::Value;
 use tokio::{
@@ -26,6 +26,9 @@ pub enum Report {
         ingress: FaultCounters,
         egress: FaultCounters,
     },
+    /// The latest numbers of a fault's own readings, keyed "<fault>.<field>" (e.g.
+    /// "cache.resident_percent"); they go out with every metric sample.
+    Readings(HashMap<String, f64>),
     /// The child is gone (and with it every effect it applied).
     Exited {
         order_id: String,
@@ -60,12 +63,14 @@ fn filter_args(f: Option<&TrafficFilter>, args: &mut Vec<String>) {
         ("--dport", &f.dport),
     ] {
         if !value.is_empty() {
-            args.extend([flag.to_owned(), value.clone()]);
+            args.push(format!("{flag}={value}"));
         }
     }
 }
 
-/// The `inject` command line for `spec` (after the global options).
+/// The `inject` command line for `spec` (after the global options). Values that come
+/// from the request as text are joined to their flag (`--path=VALUE`), so no value
+/// can ever be read as a flag of its own.
 pub fn inject_args(spec: &FaultSpec) -> Result<Vec<String>, String> {
     let duration = millis(spec.duration.as_ref().ok_or("fault.duration is required")?)?;
     let fault = spec.fault.as_ref().ok_or("fault: none given")?;
@@ -73,13 +78,13 @@ pub fn inject_args(spec: &FaultSpec) -> Result<Vec<String>, String> {
     let mut args = vec![s("inject")];
     match fault {
         Fault::Loss(l) => {
-            args.extend([s("loss"), s("--iface"), l.interface.clone()]);
+            args.extend([s("loss"), format!("--iface={}", l.interface)]);
             args.extend([s("--direction"), s(direction(l.direction))]);
-            args.extend([s("--percent"), l.percent.to_string()]);
+            args.push(format!("--percent={}", l.percent));
             filter_args(l.filter.as_ref(), &mut args);
         }
         Fault::Latency(l) => {
-            args.extend([s("latency"), s("--iface"), l.interface.clone()]);
+            args.extend([s("latency"), format!("--iface={}", l.interface)]);
             args.extend([s("--direction"), s(direction(l.direction))]);
             args.extend([
                 s("--delay"),
@@ -101,15 +106,46 @@ pub fn inject_args(spec: &FaultSpec) -> Result<Vec<String>, String> {
             }
             filter_args(l.filter.as_ref(), &mut args);
         }
-        Fault::Cpu(c) => args.extend([s("cpu"), s("--percent"), c.percent.to_string()]),
-        Fault::Memory(m) => args.extend([s("memory"), s("--percent"), m.percent.to_string()]),
+        // Numbers with `=` too: a negative one must reach the agent's own check.
+        Fault::Cpu(c) => args.extend([s("cpu"), format!("--percent={}", c.percent)]),
+        Fault::Memory(m) => args.extend([s("memory"), format!("--percent={}", m.percent)]),
+        Fault::Gc(g) => {
+            args.extend([s("gc"), format!("--target-cgroup={}", g.target_cgroup)]);
+            if g.to_percent != 0.0 {
+                args.push(format!("--to-percent={}", g.to_percent));
+            }
+            hook_args(&g.hooks, &mut args);
+        }
+        Fault::Cache(c) => {
+            args.push(s("cache"));
+            for p in &c.paths {
+                args.push(format!("--path={p}"));
+            }
+            if !c.target_cgroup.is_empty() {
+                args.push(format!("--target-cgroup={}", c.target_cgroup));
+            }
+            hook_args(&c.hooks, &mut args);
+        }
     }
-    args.extend([s("--duration"), duration, s("--output"), s("json")]);
-    // Network faults report counters at the experiment sample rate (10 Hz).
+    // Eviction is one shot: the fault's duration is the window its rebuild is watched.
+    let length = if matches!(fault, Fault::Cache(_)) {
+        "--observe"
+    } else {
+        "--duration"
+    };
+    args.extend([s(length), duration, s("--output"), s("json")]);
+    // Network faults report counters at the experiment sample rate (10 Hz); the
+    // others a reading a second, as often as their numbers move.
     if matches!(fault, Fault::Loss(_) | Fault::Latency(_)) {
         args.extend([s("--interval"), s("100ms")]);
     }
     Ok(args)
+}
+
+fn hook_args(hooks: &[Hook], args: &mut Vec<String>) {
+    for h in hooks {
+        args.push(format!("--hook={}={}", h.name, h.url));
+    }
 }
 
 /// A running child: dropping the sender does nothing; `stop` asks for removal.
@@ -152,6 +188,7 @@ pub fn spawn(
     let mut stderr = child.stderr.take().expect("piped");
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<()>();
     let order = order_id.to_owned();
+    let kind = inject.get(1).cloned().unwrap_or_default();
     let events = reports.clone();
     let reader = tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
@@ -162,13 +199,23 @@ pub fn spawn(
                 continue;
             };
             match ev["event"].as_str() {
-                Some("armed") => {
+                // Cache invalidation's effect is its one-shot eviction.
+                Some(e @ ("armed" | "evicted")) => {
                     armed = true;
-                    let detail = ev["fault"].as_str().unwrap_or("applied").to_owned();
+                    let detail = match ev["fault"].as_str() {
+                        Some(f) => f.to_owned(),
+                        None => format!("{kind} {e}"),
+                    };
                     let _ = events.send(Report::Armed {
                         order_id: order.clone(),
                         detail,
                     });
+                    if e == "evicted" {
+                        let _ = events.send(Report::Readings(readings(&kind, &ev)));
+                    }
+                }
+                Some("reading") => {
+                    let _ = events.send(Report::Readings(readings(&kind, &ev)));
                 }
                 Some("counters") => {
                     let _ = events.send(Report::Counters {
@@ -219,6 +266,18 @@ pub fn spawn(
     Ok(Handle(stop_tx))
 }
 
+/// The numeric fields of a reading, except its timing.
+fn readings(kind: &str, ev: &Value) -> HashMap<String, f64> {
+    let Some(fields) = ev.as_object() else {
+        return HashMap::new();
+    };
+    fields
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "elapsed_ms" | "pid"))
+        .filter_map(|(k, v)| Some((format!("{kind}.{k}"), v.as_f64()?)))
+        .collect()
+}
+
 fn counters(v: &Value) -> FaultCounters {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     FaultCounters {
@@ -231,7 +290,7 @@ fn counters(v: &Value) -> FaultCounters {
 
 #[cfg(test)]
 mod tests {
-    use faultline_proto::v1::{LatencyFault, LossFault};
+    use faultline_proto::v1::{CacheFault, GcFault, LatencyFault, LossFault};
 
     use super::*;
 
@@ -256,7 +315,7 @@ mod tests {
         };
         assert_eq!(
             inject_args(&spec).unwrap().join(" "),
-            "inject loss --iface eth0 --direction both --percent 0.5 --proto udp --dport 7000 \
+            "inject loss --iface=eth0 --direction both --percent=0.5 --proto=udp --dport=7000 \
              --duration 60000ms --output json --interval 100ms"
         );
         let spec = FaultSpec {
@@ -272,8 +331,40 @@ mod tests {
         };
         assert_eq!(
             inject_args(&spec).unwrap().join(" "),
-            "inject latency --iface eth0 --direction egress --delay 50ms --jitter 5ms \
+            "inject latency --iface=eth0 --direction egress --delay 50ms --jitter 5ms \
              --jitter-distribution normal --duration 1500ms --output json --interval 100ms"
+        );
+        let hook = |name: &str, url: &str| Hook {
+            name: name.into(),
+            url: url.into(),
+        };
+        let spec = FaultSpec {
+            fault: Some(Fault::Gc(GcFault {
+                target_cgroup: "system.slice/app.service".into(),
+                to_percent: 70.0,
+                hooks: vec![hook("jvm", "http://127.0.0.1:8080/gc")],
+            })),
+            duration: dur(30_000),
+        };
+        assert_eq!(
+            inject_args(&spec).unwrap().join(" "),
+            "inject gc --target-cgroup=system.slice/app.service --to-percent=70 \
+             --hook=jvm=http://127.0.0.1:8080/gc --duration 30000ms --output json"
+        );
+        // A cache's duration is its observation window. A value that looks like a
+        // flag stays the value of its own flag.
+        let spec = FaultSpec {
+            fault: Some(Fault::Cache(CacheFault {
+                paths: vec!["/srv/data".into(), "--runtime-command=sh".into()],
+                target_cgroup: String::new(),
+                hooks: vec![hook("api", "http://127.0.0.1:8081/cache/drop")],
+            })),
+            duration: dur(30_000),
+        };
+        assert_eq!(
+            inject_args(&spec).unwrap().join(" "),
+            "inject cache --path=/srv/data --path=--runtime-command=sh \
+             --hook=api=http://127.0.0.1:8081/cache/drop --observe 30000ms --output json"
         );
         assert!(
             inject_args(&FaultSpec {

@@ -81,6 +81,7 @@ struct State {
     /// RemoveFault requests waiting for their children to exit.
     removals: HashMap<String, HashSet<String>>,
     counters: (FaultCounters, FaultCounters),
+    readings: HashMap<String, f64>,
     sample_hz: f64,
 }
 
@@ -169,7 +170,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
             _ = tokio::time::sleep_until(next_sample) => {
                 next_sample = Instant::now() + Duration::from_secs_f64(1.0 / st.sample_hz);
                 let (i, e) = st.counters;
-                send(Out::Sample(sampler.sample(i, e)));
+                send(Out::Sample(sampler.sample(i, e, st.readings.clone())));
             }
             _ = watchdog.tick() => dead_man(&mut st),
         }
@@ -346,6 +347,7 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             send(ack(&order_id, EffectState::Applied, detail));
         }
         Report::Counters { ingress, egress } => st.counters = (ingress, egress),
+        Report::Readings(values) => st.readings.extend(values),
         Report::Exited {
             order_id,
             armed,
@@ -378,6 +380,7 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             }
             if st.effects.is_empty() {
                 st.counters = Default::default();
+                st.readings.clear();
             }
         }
     }

@@ -11,7 +11,7 @@
 //!
 //! Results start with a keyword the CLI maps to its exit codes: `completed`,
 //! `refused`, `aborted`, `recovery failed`, `failed`.
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use faultline_proto::v1::{
     ApplyFault, EffectState, ExperimentEvent, FaultSpec, MetricSample, Phase,
@@ -64,6 +64,9 @@ struct Window {
     matched: u64,
     delayed: u64,
     retransmits: (Option<u64>, u64),
+    /// The fault's own readings: the latest and the largest of each.
+    fault_last: HashMap<String, f64>,
+    fault_max: HashMap<String, f64>,
 }
 
 impl Window {
@@ -76,6 +79,11 @@ impl Window {
         self.delayed = self.delayed.max(i.delayed + e.delayed);
         self.retransmits.0.get_or_insert(s.tcp_retransmits);
         self.retransmits.1 = s.tcp_retransmits;
+        for (k, &v) in &s.fault {
+            self.fault_last.insert(k.clone(), v);
+            let max = self.fault_max.entry(k.clone()).or_insert(v);
+            *max = max.max(v);
+        }
     }
     fn mean(v: &[f64]) -> f64 {
         if v.is_empty() {
@@ -405,6 +413,27 @@ async fn steps(r: &mut Run) -> Outcome {
                 during.delayed,
                 during.retransmits.1 - during.retransmits.0.unwrap_or(during.retransmits.1)
             ),
+            Some(Fault::Gc(_)) => {
+                let max = |k: &str| during.fault_max.get(k).copied().unwrap_or(0.0);
+                format!(
+                    " | gc: {:.0} pages reclaimed, peak group memory PSI {:.2}",
+                    max("gc.reclaimed_pages"),
+                    max("gc.psi_some_avg10")
+                )
+            }
+            Some(Fault::Cache(_)) => {
+                let get = |k: &str| during.fault_last.get(k).copied().unwrap_or(0.0);
+                format!(
+                    " | cache resident {:.1}% -> {:.1}% evicted -> {:.1}% rebuilt",
+                    get("cache.resident_before_percent"),
+                    get("cache.resident_after_percent"),
+                    during
+                        .fault_last
+                        .get("cache.resident_percent")
+                        .copied()
+                        .unwrap_or(get("cache.resident_after_percent"))
+                )
+            }
             _ => String::new(),
         }
     );
@@ -442,8 +471,17 @@ fn preflight(c: &Control, exp: &Experiment) -> Result<(), String> {
             Some(Fault::Loss(_)) | Some(Fault::Latency(_)) if !caps.bpf => {
                 return Err(format!("node {n} cannot load BPF programs"));
             }
-            Some(Fault::Cpu(_)) | Some(Fault::Memory(_)) if caps.cgroup == "none" => {
+            Some(Fault::Cpu(_)) | Some(Fault::Memory(_)) | Some(Fault::Gc(_))
+                if caps.cgroup == "none" =>
+            {
                 return Err(format!("node {n} has no cgroup filesystem"));
+            }
+            Some(Fault::Cache(ref c)) if !c.target_cgroup.is_empty() && caps.cgroup != "v2" => {
+                return Err(format!(
+                    "node {n} has cgroup {}: a workload's file cache can be reclaimed on \
+                     cgroup v2 only (evict by path instead)",
+                    caps.cgroup
+                ));
             }
             _ => {}
         }

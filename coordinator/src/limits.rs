@@ -6,7 +6,7 @@ use std::time::Duration;
 use faultline_proto::{
     jitter,
     limits::{ChaosLimits, Percent},
-    v1::{FaultSpec, JitterDistribution, fault_spec::Fault},
+    v1::{FaultSpec, Hook, JitterDistribution, fault_spec::Fault},
 };
 use tonic::Status;
 
@@ -17,10 +17,9 @@ pub fn check(spec: &FaultSpec, caps: &ChaosLimits, source: &str) -> Result<(), S
             "fault.duration must be greater than zero",
         ));
     }
-    let fault = spec
-        .fault
-        .as_ref()
-        .ok_or_else(|| Status::invalid_argument("fault: one of loss, latency, cpu, memory"))?;
+    let fault = spec.fault.as_ref().ok_or_else(|| {
+        Status::invalid_argument("fault: one of loss, latency, cpu, memory, gc, cache")
+    })?;
     let refused =
         |e: faultline_proto::limits::LimitExceeded| Status::invalid_argument(e.to_string());
     match fault {
@@ -61,7 +60,61 @@ pub fn check(spec: &FaultSpec, caps: &ChaosLimits, source: &str) -> Result<(), S
         Fault::Memory(m) => caps
             .check_memory(percent(m.percent, "memory.percent")?, duration, source)
             .map_err(refused),
+        Fault::Gc(g) => {
+            if g.target_cgroup.is_empty() {
+                return Err(Status::invalid_argument(
+                    "gc.target_cgroup is required: the workload cgroup to squeeze",
+                ));
+            }
+            if g.to_percent != 0.0 && !(50.0..=99.0).contains(&g.to_percent) {
+                return Err(Status::invalid_argument(format!(
+                    "gc.to_percent {} is outside 50-99",
+                    g.to_percent
+                )));
+            }
+            hooks(&g.hooks, "gc")?;
+            caps.check_memory_duration(duration, source)
+                .map_err(refused)
+        }
+        Fault::Cache(c) => {
+            if c.paths.is_empty() && c.target_cgroup.is_empty() && c.hooks.is_empty() {
+                return Err(Status::invalid_argument(
+                    "cache: name what to evict (paths, target_cgroup and/or hooks)",
+                ));
+            }
+            if let Some(p) = c.paths.iter().find(|p| !p.starts_with('/')) {
+                return Err(Status::invalid_argument(format!(
+                    "cache.paths: '{p}' is not an absolute path"
+                )));
+            }
+            hooks(&c.hooks, "cache")?;
+            caps.check_memory_duration(duration, source)
+                .map_err(refused)
+        }
     }
+}
+
+/// A hook is a named http:// endpoint; the agent checks it again before calling.
+fn hooks(hooks: &[Hook], field: &str) -> Result<(), Status> {
+    for h in hooks {
+        let named = !h.name.is_empty()
+            && h.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !named {
+            return Err(Status::invalid_argument(format!(
+                "{field}.hooks: name '{}' must be letters, digits, '-' or '_'",
+                h.name
+            )));
+        }
+        if !h.url.starts_with("http://") {
+            return Err(Status::invalid_argument(format!(
+                "{field}.hooks: {}: '{}' must be an http:// URL of a node-local service",
+                h.name, h.url
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn percent(value: f64, field: &str) -> Result<Percent, Status> {
@@ -88,7 +141,7 @@ fn to_duration(d: &prost_types::Duration, field: &str) -> Result<Duration, Statu
 mod tests {
     use faultline_proto::{
         limits::Profile,
-        v1::{CpuFault, LatencyFault, LossFault, MemoryFault},
+        v1::{CacheFault, CpuFault, GcFault, LatencyFault, LossFault, MemoryFault},
     };
     use tonic::Code;
 
@@ -144,6 +197,18 @@ mod tests {
         };
         let cpu = |p| Fault::Cpu(CpuFault { percent: p });
         let memory = |p| Fault::Memory(MemoryFault { percent: p });
+        let gc = || {
+            Fault::Gc(GcFault {
+                target_cgroup: "app".into(),
+                ..Default::default()
+            })
+        };
+        let cache = || {
+            Fault::Cache(CacheFault {
+                paths: vec!["/srv/app/data".into()],
+                ..Default::default()
+            })
+        };
         for profile in [Profile::Production, Profile::Staging] {
             let caps = ChaosLimits::profile(profile);
             let max = |p: Percent| p.value();
@@ -192,6 +257,16 @@ mod tests {
                     caps.latency_injection.max_duration.as_secs() as i64 + 1,
                     "latency_injection.max_duration",
                 ),
+                (
+                    gc(),
+                    caps.memory_stress.max_duration.as_secs() as i64 + 1,
+                    "memory_stress.max_duration",
+                ),
+                (
+                    cache(),
+                    caps.memory_stress.max_duration.as_secs() as i64 + 1,
+                    "memory_stress.max_duration",
+                ),
             ];
             for (fault, duration, limit) in cases {
                 let msg = refused_by(&spec(fault, duration), profile);
@@ -207,10 +282,15 @@ mod tests {
                     0,
                     false,
                 ),
+                gc(),
+                cache(),
             ];
             for fault in at {
                 assert!(check(&spec(fault, 30), &caps, "test").is_ok(), "{profile}");
             }
+            let longest = caps.memory_stress.max_duration.as_secs() as i64;
+            assert!(check(&spec(gc(), longest), &caps, "test").is_ok());
+            assert!(check(&spec(cache(), longest), &caps, "test").is_ok());
         }
     }
 
@@ -261,5 +341,40 @@ mod tests {
             10,
         );
         assert!(refused_by(&bad_percent, Profile::Production).contains("loss.percent"));
+    }
+
+    #[test]
+    fn gc_and_cache_requests_are_checked_before_any_lease() {
+        let refused = |f: Fault| refused_by(&spec(f, 10), Profile::Production);
+        assert!(refused(Fault::Gc(GcFault::default())).contains("gc.target_cgroup is required"));
+        let squeeze = |p| {
+            Fault::Gc(GcFault {
+                target_cgroup: "app".into(),
+                to_percent: p,
+                ..Default::default()
+            })
+        };
+        assert!(refused(squeeze(30.0)).contains("gc.to_percent 30 is outside 50-99"));
+        assert!(refused(squeeze(99.5)).contains("outside 50-99"));
+        let hook = |name: &str, url: &str| {
+            Fault::Cache(CacheFault {
+                hooks: vec![Hook {
+                    name: name.into(),
+                    url: url.into(),
+                }],
+                ..Default::default()
+            })
+        };
+        assert!(refused(hook("api", "https://x/drop")).contains("must be an http:// URL"));
+        assert!(refused(hook("a b", "http://127.0.0.1/drop")).contains("name 'a b'"));
+        assert!(refused(Fault::Cache(CacheFault::default())).contains("name what to evict"));
+        let relative = Fault::Cache(CacheFault {
+            paths: vec!["data".into()],
+            ..Default::default()
+        });
+        assert!(refused(relative).contains("'data' is not an absolute path"));
+        let ok = hook("api", "http://127.0.0.1:8080/cache/drop");
+        let caps = ChaosLimits::profile(Profile::Production);
+        assert!(check(&spec(ok, 10), &caps, "t").is_ok());
     }
 }

@@ -360,6 +360,21 @@ impl ChaosLimits {
             source,
         )
     }
+
+    /// GC pressure and cache invalidation are memory faults without a share of their
+    /// own: only `memory_stress.max_duration` bounds them.
+    pub fn check_memory_duration(
+        &self,
+        duration: Duration,
+        source: &str,
+    ) -> Result<(), LimitExceeded> {
+        check_duration(
+            duration,
+            self.memory_stress.max_duration,
+            "memory_stress.max_duration",
+            source,
+        )
+    }
 }
 
 fn check_stress(

@@ -18,6 +18,7 @@ use faultline_tests::{
     checks::faultline_leftovers,
     fleet::{Fleet, NODE_IFACE, Role},
     traffic::{collect, receiver, send, sender},
+    workload::{Workload, file_set, hook_server},
 };
 use serde_json::Value;
 
@@ -169,6 +170,20 @@ fn over_limit_requests(l: &ChaosLimits) -> Vec<(String, &'static str)> {
         (
             format!(
                 "memory --percent {mem} --duration {}s",
+                over(l.memory_stress.max_duration)
+            ),
+            "memory_stress.max_duration",
+        ),
+        (
+            format!(
+                "gc --target-cgroup fltest-absent --duration {}s",
+                over(l.memory_stress.max_duration)
+            ),
+            "memory_stress.max_duration",
+        ),
+        (
+            format!(
+                "cache --path /tmp --duration {}s",
                 over(l.memory_stress.max_duration)
             ),
             "memory_stress.max_duration",
@@ -511,4 +526,91 @@ fn a_cpu_stress_experiment_runs_under_the_lease_and_the_node_recovers() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "stress cgroups left: {left:?}");
+}
+
+#[test]
+fn gc_pressure_through_the_coordinator_squeezes_the_workload_and_restores_its_limit() {
+    let fleet = Fleet::new(1, &[], &[]);
+    let w = Workload::new("cp-gc");
+    let original = w.limit();
+    // The runtime's "collect now" endpoint, on node-1's loopback where its agent is.
+    let (port, runtime) = hook_server(Some(&fleet.nodes[0].ns), 1);
+    let mut run = fleet.watch_run(
+        Role::Operator,
+        &format!(
+            "run --node node-1 --fault gc --target-cgroup {} --to-percent 70 \
+             --hook runtime=http://127.0.0.1:{port}/gc --duration 3s --baseline 1s \
+             --recovery 10s",
+            w.rel
+        ),
+    );
+    // The group's own readings come with the node's samples while the fault runs.
+    let ev = run.until(|e| e["phase"] == "fault" && e["sample"]["fault"]["gc.usage"].is_f64());
+    let usage = ev["sample"]["fault"]["gc.usage"].as_f64().unwrap();
+    let squeezed: f64 = w.limit().trim().parse().expect("a squeezed limit in bytes");
+    assert!(
+        squeezed < usage && squeezed > 0.5 * usage,
+        "limit {squeezed} against usage {usage}"
+    );
+    let (code, events) = run.finish();
+    let last = events.last().expect("a final event");
+    assert_eq!(code, Some(0), "{last}");
+    assert_eq!(w.limit(), original, "the exact original limit is back");
+    assert_eq!(runtime.join().unwrap(), vec!["POST /gc HTTP/1.1"]);
+    let result = last["message"].as_str().unwrap();
+    eprintln!("{result}");
+    assert!(result.contains("pages reclaimed"), "{result}");
+}
+
+#[test]
+fn cache_invalidation_through_the_coordinator_evicts_and_watches_the_rebuild() {
+    let fleet = Fleet::new(1, &[], &[]);
+    let files = file_set("cp");
+    let (port, api) = hook_server(Some(&fleet.nodes[0].ns), 1);
+    let mut run = fleet.watch_run(
+        Role::Operator,
+        &format!(
+            "run --node node-1 --fault cache --path {} --hook api=http://127.0.0.1:{port}/cache/drop \
+             --duration 3s --baseline 1s --recovery 10s",
+            files.display()
+        ),
+    );
+    let applied = run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied"))
+    });
+    assert!(
+        applied["message"]
+            .as_str()
+            .unwrap()
+            .contains("cache evicted"),
+        "{applied}"
+    );
+    let ev = run.until(|e| e["sample"]["fault"]["cache.resident_after_percent"].is_f64());
+    let fault = &ev["sample"]["fault"];
+    assert!(
+        fault["cache.resident_before_percent"].as_f64().unwrap() >= 95.0,
+        "{fault}"
+    );
+    assert!(
+        fault["cache.resident_after_percent"].as_f64().unwrap() <= 5.0,
+        "{fault}"
+    );
+    // The workload reads its files again: the rebuild shows in the next readings.
+    faultline_tests::workload::read_all(&files);
+    let ev = run.until(|e| {
+        e["sample"]["fault"]["cache.resident_percent"]
+            .as_f64()
+            .is_some_and(|p| p >= 95.0)
+    });
+    assert_eq!(ev["phase"], "fault", "{ev}");
+    let (code, events) = run.finish();
+    let last = events.last().expect("a final event");
+    assert_eq!(code, Some(0), "{last}");
+    assert_eq!(api.join().unwrap(), vec!["POST /cache/drop HTTP/1.1"]);
+    let result = last["message"].as_str().unwrap();
+    eprintln!("{result}");
+    assert!(result.contains("evicted ->"), "{result}");
+    let _ = std::fs::remove_dir_all(&files);
 }

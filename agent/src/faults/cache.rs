@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::{UsageError, output::Output, preflight};
+use crate::{UsageError, inject::LimitArgs, output::Output, preflight};
 
 #[derive(Args, Clone, Debug)]
 pub struct CacheArgs {
@@ -160,7 +160,7 @@ fn file_bytes(dir: &Path) -> Option<u64> {
     crate::cgroup::keyed(&dir.join("memory.stat"), "file ").ok()
 }
 
-pub fn run(args: CacheArgs) -> Result<()> {
+pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
     if args.paths.is_empty() && args.target_cgroup.is_none() && args.hooks.is_empty() {
         return Err(
             UsageError("name what to evict: --path, --target-cgroup and/or --hook".into()).into(),
@@ -169,6 +169,11 @@ pub fn run(args: CacheArgs) -> Result<()> {
     if args.interval.is_zero() {
         return Err(UsageError("--interval must be greater than zero".into()).into());
     }
+    // The observation window is the fault's duration (a coordinator holds the node's
+    // lease for it): bounded like the other memory faults.
+    let (caps, source) = limits.load()?;
+    caps.check_memory_duration(args.observe, &source)
+        .map_err(|e| UsageError(e.to_string()))?;
     let mut files = Vec::new();
     for p in &args.paths {
         if !p.exists() {

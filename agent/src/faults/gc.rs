@@ -131,7 +131,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     }
     // GC pressure is a memory fault: it runs under memory_stress.max_duration.
     let (caps, source) = limits.load()?;
-    caps.check_memory(Percent::new(0.0).expect("0"), args.duration, &source)
+    caps.check_memory_duration(args.duration, &source)
         .map_err(|e| UsageError(e.to_string()))?;
     preflight::check_root_for_cgroups()?;
     let t = target(&args.cgroup_root, &args.target_cgroup)?;

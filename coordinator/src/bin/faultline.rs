@@ -14,10 +14,11 @@ use std::{collections::HashMap, path::PathBuf, process::ExitCode, time::Duration
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use faultline_proto::v1::{
-    AbortRequest, ClearKillSwitchRequest, CpuFault, Direction, Experiment, ExperimentEvent,
-    FaultSpec, GetExperimentRequest, JitterDistribution, LatencyFault, ListExperimentsRequest,
-    ListNodesRequest, LossFault, MemoryFault, MetricSample, Phase, StartRequest, StatusRequest,
-    TrafficFilter, chaos_service_client::ChaosServiceClient, fault_spec::Fault,
+    AbortRequest, CacheFault, ClearKillSwitchRequest, CpuFault, Direction, Experiment,
+    ExperimentEvent, FaultSpec, GcFault, GetExperimentRequest, Hook, JitterDistribution,
+    LatencyFault, ListExperimentsRequest, ListNodesRequest, LossFault, MemoryFault, MetricSample,
+    Phase, StartRequest, StatusRequest, TrafficFilter, chaos_service_client::ChaosServiceClient,
+    fault_spec::Fault,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -139,6 +140,19 @@ struct RunArgs {
     src: Option<String>,
     #[arg(long)]
     dst: Option<String>,
+    /// gc: the workload cgroup to squeeze; cache: a cgroup v2 workload whose file
+    /// cache to reclaim (relative to the cgroup root).
+    #[arg(long)]
+    target_cgroup: Option<String>,
+    /// gc: squeeze the soft memory limit to this share of current usage (50-99).
+    #[arg(long)]
+    to_percent: Option<f64>,
+    /// cache: a file or directory whose page cache to evict (repeatable).
+    #[arg(long = "path")]
+    paths: Vec<String>,
+    /// gc, cache: NAME=URL, a node-local endpoint to POST to (repeatable).
+    #[arg(long = "hook")]
+    hooks: Vec<String>,
     #[arg(long, value_parser = humantime::parse_duration)]
     baseline: Option<Duration>,
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -158,6 +172,8 @@ enum FaultKind {
     Latency,
     Cpu,
     Memory,
+    Gc,
+    Cache,
 }
 
 /// The spec file: the same fields as the flags.
@@ -179,6 +195,13 @@ struct SpecFile {
     duration: Option<Duration>,
     #[serde(default)]
     filter: HashMap<String, String>,
+    target_cgroup: Option<String>,
+    to_percent: Option<f64>,
+    #[serde(default)]
+    paths: Vec<String>,
+    /// name: url, e.g. the reference report's components.
+    #[serde(default)]
+    hooks: std::collections::BTreeMap<String, String>,
     #[serde(default, with = "opt_duration")]
     baseline: Option<Duration>,
     #[serde(default, with = "opt_duration")]
@@ -245,7 +268,7 @@ fn build_request(args: &RunArgs) -> Result<StartRequest, Fail> {
     let kind = args
         .fault
         .or(file.fault)
-        .ok_or_else(|| usage("--fault loss|latency|cpu|memory is required"))?;
+        .ok_or_else(|| usage("--fault loss|latency|cpu|memory|gc|cache is required"))?;
     let duration = args
         .duration
         .or(file.duration)
@@ -288,6 +311,22 @@ fn build_request(args: &RunArgs) -> Result<StartRequest, Fail> {
         dport: f.get("dport").cloned().unwrap_or_default(),
     });
     let percent = args.percent.or(file.percent);
+    let target_cgroup = args.target_cgroup.clone().or(file.target_cgroup);
+    let mut hooks: Vec<Hook> = file
+        .hooks
+        .into_iter()
+        .map(|(name, url)| Hook { name, url })
+        .collect();
+    for h in &args.hooks {
+        let (name, url) = h
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--hook {h}: expected NAME=URL")))?;
+        hooks.retain(|k| k.name != name);
+        hooks.push(Hook {
+            name: name.to_owned(),
+            url: url.to_owned(),
+        });
+    }
     let need_iface = || {
         iface
             .clone()
@@ -319,6 +358,21 @@ fn build_request(args: &RunArgs) -> Result<StartRequest, Fail> {
         }),
         FaultKind::Memory => Fault::Memory(MemoryFault {
             percent: need_percent()?,
+        }),
+        FaultKind::Gc => Fault::Gc(GcFault {
+            target_cgroup: target_cgroup
+                .ok_or_else(|| usage("--target-cgroup is required for gc"))?,
+            to_percent: args.to_percent.or(file.to_percent).unwrap_or(0.0),
+            hooks,
+        }),
+        FaultKind::Cache => Fault::Cache(CacheFault {
+            paths: if args.paths.is_empty() {
+                file.paths
+            } else {
+                args.paths.clone()
+            },
+            target_cgroup: target_cgroup.unwrap_or_default(),
+            hooks,
         }),
     };
     Ok(StartRequest {
@@ -412,7 +466,7 @@ fn sample_json(s: &MetricSample) -> Value {
         "psi_memory_some_avg10": s.psi_memory_some_avg10, "psi_io_some_avg10": s.psi_io_some_avg10,
         "net_rx_packets": s.net_rx_packets, "net_tx_packets": s.net_tx_packets,
         "tcp_retransmits": s.tcp_retransmits, "ingress": c(s.ingress), "egress": c(s.egress),
-        "cgroup": s.cgroup,
+        "cgroup": s.cgroup, "fault": s.fault,
     })
 }
 
@@ -436,6 +490,12 @@ fn fault_summary(e: &Experiment) -> String {
         ),
         Some(Fault::Cpu(c)) => format!("cpu {}%", c.percent),
         Some(Fault::Memory(m)) => format!("memory {}%", m.percent),
+        Some(Fault::Gc(g)) => format!("gc pressure on {}", g.target_cgroup),
+        Some(Fault::Cache(c)) => format!(
+            "cache invalidation ({} path(s), {} hook(s))",
+            c.paths.len(),
+            c.hooks.len()
+        ),
         None => "-".into(),
     }
 }
@@ -485,6 +545,16 @@ impl Progress {
                 i.delayed + e.delayed,
                 s.tcp_retransmits
             );
+            // A gc or cache fault's own readings, on a line of their own.
+            if !s.fault.is_empty() {
+                let mut readings: Vec<_> = s.fault.iter().collect();
+                readings.sort_by(|a, b| a.0.cmp(b.0));
+                let line: Vec<String> = readings
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", round(**v)))
+                    .collect();
+                println!("  {:<10} {:<7} {}", "", ev.node, line.join("  "));
+            }
         } else {
             println!(
                 "{} [{}] {}",
@@ -493,6 +563,15 @@ impl Progress {
                 ev.message
             );
         }
+    }
+}
+
+/// Integers as integers, fractions to one decimal.
+fn round(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
     }
 }
 
