@@ -14,9 +14,11 @@ use std::{
 
 use faultline_proto::limits::{ChaosLimits, Profile};
 use faultline_tests::{
-    TempPath,
+    Agent, TempPath,
+    agent::counter,
     checks::faultline_leftovers,
     fleet::{Fleet, NODE_IFACE, Role},
+    limits_file,
     traffic::{collect, receiver, send, sender},
     workload::{Workload, file_set, hook_server},
 };
@@ -356,6 +358,65 @@ fn the_dead_man_switch_removes_effects_when_the_coordinator_stops() {
     let e = fleet.wait_phase(&id, &["failed"], Duration::from_secs(10));
     assert!(e["result"].as_str().unwrap().contains("lapsed"), "{e}");
     assert!(fleet.log("node-1").contains("dead-man switch"));
+}
+
+/// The network path cut, with faultline's own loss fault: 100 % on the coordinator's
+/// end of node-1's link (local mode in the coordinator's namespace, on a wide limits
+/// file). The agent can no longer renew its lease and removes its effect by itself.
+#[test]
+fn the_dead_man_switch_removes_effects_when_the_network_to_the_coordinator_is_cut() {
+    let fleet = Fleet::new(1, &["--lease-ttl", "2s"], &[]);
+    let id = start_loss(&fleet, "60s");
+    let limits = limits_file("100%", "60s");
+    let (cut, _) = Agent::start(
+        &fleet.ctl.name,
+        &fleet.ctl.state_dir(),
+        &[
+            "--limits",
+            limits.to_str().unwrap(),
+            "inject",
+            "loss",
+            "--iface",
+            "c1",
+            "--direction",
+            "both",
+            "--percent",
+            "100",
+            "--duration",
+            "30s",
+        ],
+    );
+    let gone = wait_until(TTL * 3, "the dead-man switch", || {
+        faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty()
+    });
+    println!("dead-man: effects gone {gone:?} after the link was cut (ttl {TTL:?})");
+    assert!(gone <= TTL + Duration::from_millis(500), "{gone:?}");
+    let e = fleet.wait_phase(&id, &["failed"], Duration::from_secs(10));
+    assert!(e["result"].as_str().unwrap().contains("lapsed"), "{e}");
+    // The cut was real: the agent's heartbeats died on the coordinator's side.
+    let removed = cut.stop();
+    assert!(counter(&removed, "ingress", "dropped") > 0, "{removed}");
+    assert!(faultline_leftovers(&fleet.ctl, "c1").is_empty());
+    assert!(fleet.log("node-1").contains("dead-man switch"));
+    // With the link back, heartbeats arrive again (on the old stream once TCP
+    // retransmits, or on a new one) and the node takes the next experiment.
+    let restored_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    wait_until(Duration::from_secs(30), "a heartbeat after the cut", || {
+        let out = fleet.cli(Role::Viewer, &["nodes", "-o", "json"]);
+        let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        nodes[0]["last_heartbeat_ms"]
+            .as_i64()
+            .is_some_and(|t| t > restored_ms)
+    });
+    let out = fleet.cli_line(
+        Role::Operator,
+        "run --node node-1 --fault cpu --percent 5 --duration 1s --baseline 1s --recovery 10s \
+         --wait",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
 #[test]

@@ -713,6 +713,7 @@ async fn execute(cli: &Cli) -> Result<u8, Fail> {
                     .map(|n| {
                         let c = n.capabilities.clone().unwrap_or_default();
                         json!({"name": n.name, "connected": n.connected, "labels": n.labels,
+                           "last_heartbeat_ms": millis(n.last_heartbeat.as_ref()),
                            "agent_version": n.agent_version, "lease": n.lease_id,
                            "kernel": c.kernel, "tcx": c.tcx, "sch_fq": c.sch_fq, "cgroup": c.cgroup,
                            "latency_backend": c.latency_backend})
