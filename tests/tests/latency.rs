@@ -100,15 +100,18 @@ fn check_added_rtt(args: &[&str], expect_ms: f64) {
     let base_udp = median(&udp_rtts(&pair.a, to, 100, gap));
     let base_tcp = median(&tcp_rtts(&pair.a, to, 100, gap));
     // Where fq exists (the VM lane), netem is the anchor: the VM's timer emulation
-    // adds the same bias to every qdisc that holds packets, so EDT is held to 1 ms
-    // plus netem's own error, measured here side by side.
+    // adds the same bias to every qdisc that holds packets, so EDT is held to netem's
+    // own error, measured here side by side, plus 1 ms (2 ms emulated: the two runs
+    // are seconds apart, and TCG's lateness drifts by that much between them; one CI
+    // run measured netem at +1.85 ms and EDT at +3.08 ms a few seconds later).
     let anchor = netem_error_ms(&pair.b, expect_ms, || {
         (
             median(&udp_rtts(&pair.a, to, 100, gap)) - base_udp,
             median(&tcp_rtts(&pair.a, to, 100, gap)) - base_tcp,
         )
     });
-    let (tol_udp, tol_tcp) = anchor.map_or((1.0, 1.0), |(u, t)| (1.0 + u, 1.0 + t));
+    let margin = slack(1.0, 2.0);
+    let (tol_udp, tol_tcp) = anchor.map_or((margin, margin), |(u, t)| (margin + u, margin + t));
     let before = qdiscs(&pair.b);
 
     let (agent, armed) = start_latency(&pair, &limits, args);
@@ -269,14 +272,18 @@ fn jittered_stream_at_1000pps_keeps_every_packet_in_order_and_spares_other_traff
     // a larger draw, so at 1 ms spacing and +-10 ms jitter the distribution shifts up
     // (median ~26 ms) but stays below delay + jitter, up to scheduling noise. (This
     // VM's own timer wakeups are late by up to 5-15 ms about 1% of the time, from
-    // hypervisor steal; hence p95 rather than p99 here. The benchmark reports p99.)
+    // hypervisor steal; hence p95 rather than p99 here. The benchmark reports p99.
+    // Under TCG emulation late wakeups are common enough to reach p95: a CI run saw
+    // p99 at 43.7 ms, so the emulated bound is the same 10 ms slack as for the other
+    // traffic below.)
     assert!(
         quantile(&delays, 0.0) >= 10.0,
         "a packet left before delay - jitter"
     );
+    let p95 = quantile(&delays, 0.95);
     assert!(
-        quantile(&delays, 0.95) <= 30.0 + 2.0,
-        "p95 one-way delay beyond delay + jitter"
+        p95 <= 30.0 + slack(2.0, 10.0),
+        "p95 one-way delay {p95:.3} ms beyond delay + jitter"
     );
     let m = median(&delays);
     assert!((20.0..=30.0).contains(&m), "median one-way delay {m}");
@@ -693,18 +700,21 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// With reordering allowed, the delays follow the requested distribution: normal with
-/// sd = jitter, uniform with sd = jitter / sqrt(3). Release noise is independent of the
-/// drawn jitter, so it adds variance: the same stream with a fixed delay measures it,
-/// and the jitter's sd is what remains (a few hundred microseconds of noise sd here,
-/// up to ~3 ms in the emulated VM lane).
+/// With reordering allowed, the delays follow the requested distribution. The check
+/// uses robust statistics, median and interquartile range (normal: IQR = 1.349 sd =
+/// 6.74 ms for 5 ms jitter; uniform on +-5 ms: IQR = 5 ms), because release noise
+/// is not steady: a burst of late releases in the emulated VM lane once doubled the
+/// uniform run's sd while the fixed-delay reference run had measured 1 ms of noise.
+/// A burst that late touches the tails, not the middle half. The same stream with a
+/// fixed delay measures the noise's own IQR, which the jitter's IQR may grow by.
 #[test]
 fn jitter_follows_the_requested_distribution() {
     let _serial = serial();
     let pair = Pair::new();
     let (fixed, _) = stream_through(&pair, &["--delay", "30ms"], 2000, 500);
-    let (_, noise_sd) = mean_sd(&fixed.iter().map(|&(_, d)| d).collect::<Vec<_>>());
-    for (dist, expect_sd) in [("normal", 5.0), ("uniform", 5.0 / 3f64.sqrt())] {
+    let fixed: Vec<f64> = fixed.iter().map(|&(_, d)| d).collect();
+    let noise_iqr = iqr(&fixed);
+    for (dist, expect_iqr) in [("normal", 2.0 * 0.6745 * 5.0), ("uniform", 5.0)] {
         let (got, _) = stream_through(
             &pair,
             &[
@@ -720,24 +730,25 @@ fn jitter_follows_the_requested_distribution() {
             500,
         );
         let delays: Vec<f64> = got.iter().map(|&(_, d)| d).collect();
-        let (mean, observed_sd) = mean_sd(&delays);
-        let sd = (observed_sd.powi(2) - noise_sd.powi(2)).max(0.0).sqrt();
+        let (median, spread) = (median(&delays), iqr(&delays));
+        let (mean, sd) = mean_sd(&delays);
         let reordered = got.windows(2).filter(|w| w[0].0 > w[1].0).count();
         eprintln!(
-            "{dist}: mean {mean:.3} ms sd {sd:.3} ms (expected {expect_sd:.3}; observed \
-             {observed_sd:.3}, release noise {noise_sd:.3}); {reordered} reordered"
+            "{dist}: median {median:.3} ms, IQR {spread:.3} ms (expected {expect_iqr:.3}; \
+             release noise IQR {noise_iqr:.3}); mean {mean:.3} sd {sd:.3}; {reordered} reordered"
         );
         assert_eq!(got.len(), 2000);
         // Release noise only ever adds delay: the lower bound is tight everywhere;
         // the emulated VM lane's timers add 1-2 ms on top (as they do to netem).
         let late = slack(1.0, 3.0);
         assert!(
-            mean > 30.0 - 1.0 && mean < 30.0 + late,
-            "{dist}: mean {mean:.3}"
+            median > 30.0 - 1.0 && median < 30.0 + late,
+            "{dist}: median {median:.3}"
         );
+        // 15 % is over 5 standard errors of a 2000-sample IQR for either shape.
         assert!(
-            (sd - expect_sd).abs() < 0.15 * expect_sd + 0.3,
-            "{dist}: sd {sd:.3}"
+            spread > 0.85 * expect_iqr - 0.3 && spread < 1.15 * expect_iqr + 0.3 + noise_iqr,
+            "{dist}: IQR {spread:.3}"
         );
         // At 2 ms spacing and 5 ms jitter, allowed reordering does happen.
         assert!(
@@ -745,6 +756,10 @@ fn jitter_follows_the_requested_distribution() {
             "{dist}: --allow-reorder produced no reordering"
         );
     }
+}
+
+fn iqr(v: &[f64]) -> f64 {
+    quantile(v, 0.75) - quantile(v, 0.25)
 }
 
 /// Latency and loss together: the loss is binomial (3 sigma) and the survivors carry
