@@ -19,6 +19,7 @@ use faultline_tests::{
     checks::faultline_leftovers,
     fleet::{Fleet, NODE_IFACE, Role},
     limits_file,
+    rtt::{EchoServer, median, udp_rtts},
     traffic::{collect, receiver, send, sender},
     workload::{Workload, file_set, hook_server},
 };
@@ -674,4 +675,46 @@ fn cache_invalidation_through_the_coordinator_evicts_and_watches_the_rebuild() {
     eprintln!("{result}");
     assert!(result.contains("evicted ->"), "{result}");
     let _ = std::fs::remove_dir_all(&files);
+}
+
+/// The reference report's first scenario through the control plane: 50 ms on
+/// node-1's replies. Round trips from the coordinator's namespace carry the delay
+/// while the fault runs and lose it after. The backend is whatever the node's kernel
+/// offers: EDT with fq on a stock kernel (the VM lane requires it there), the delay
+/// line here.
+#[test]
+fn a_latency_experiment_delays_the_nodes_replies_and_the_node_recovers() {
+    let fleet = Fleet::new(1, &[], &[]);
+    let node = &fleet.nodes[0];
+    let _echo = EchoServer::start(&node.ns, 7000);
+    let to: SocketAddr = format!("{}:7000", node.addr).parse().unwrap();
+    let before = median(&udp_rtts(&fleet.ctl, to, 20, Duration::from_millis(5)));
+    let mut run = fleet.watch_run(
+        Role::Operator,
+        &format!(
+            "run --node node-1 --fault latency --iface {NODE_IFACE} --direction egress \
+             --delay 50ms --proto udp --sport 7000 --duration 4s --baseline 1s --recovery 10s"
+        ),
+    );
+    let applied = run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied"))
+    });
+    let detail = applied["message"].as_str().unwrap();
+    if std::env::var_os("FAULTLINE_EXPECT_EDT").is_some() {
+        assert!(detail.contains("via edt (fq)"), "{detail}");
+    }
+    let during = median(&udp_rtts(&fleet.ctl, to, 20, Duration::from_millis(5)));
+    let (code, events) = run.finish();
+    let last = events.last().expect("a final event");
+    assert_eq!(code, Some(0), "{last}");
+    let after = median(&udp_rtts(&fleet.ctl, to, 20, Duration::from_millis(5)));
+    println!("{detail}: rtt {before:.2} -> {during:.2} -> {after:.2} ms");
+    assert!(
+        during >= before + 45.0 && during <= before + 70.0,
+        "rtt {before:.2} -> {during:.2} ms"
+    );
+    assert!(after < before + 20.0, "rtt after the fault {after:.2} ms");
+    assert!(faultline_leftovers(&node.ns, NODE_IFACE).is_empty());
 }
