@@ -18,6 +18,17 @@ pub use agent::{Agent, agent_binary, limits_file};
 pub use checks::assert_nothing_attached;
 pub use netns::{Netns, Pair};
 
+/// Whether the tests run in the emulated VM lane (FAULTLINE_EMULATED), where TCG's
+/// timers and the host's steal make every timing and CPU-time measurement noisier.
+pub fn emulated() -> bool {
+    std::env::var_os("FAULTLINE_EMULATED").is_some()
+}
+
+/// A measurement bound: `host` on this machine, `emulated` in the VM lane.
+pub fn slack<T>(host: T, emulated: T) -> T {
+    if self::emulated() { emulated } else { host }
+}
+
 /// The running kernel's (major, minor), e.g. (6, 18).
 pub fn kernel_version() -> (u32, u32) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");

@@ -20,6 +20,7 @@ use faultline_tests::{
     fleet::{Fleet, NODE_IFACE, Role},
     limits_file,
     rtt::{EchoServer, median, udp_rtts},
+    slack,
     traffic::{collect, receiver, send, sender},
     workload::{Workload, file_set, hook_server},
 };
@@ -575,8 +576,12 @@ fn a_cpu_stress_experiment_runs_under_the_lease_and_the_node_recovers() {
     assert_eq!(e["phase"], "completed", "{e}");
     let (before, during) = cpu_before_during(e["result"].as_str().unwrap());
     // 15 % of the node, measured by the agent's 10 Hz samples: well above the idle
-    // baseline even with the sampling edges of the window.
-    assert!(during >= before + 7.5, "cpu {before}% -> {during}%: {e}");
+    // baseline even with the sampling edges of the window (and with what emulation
+    // steals from the burners in the VM lane, see the stress suite).
+    assert!(
+        during >= before + slack(7.5, 5.0),
+        "cpu {before}% -> {during}%: {e}"
+    );
     assert!(e["recovery_s"].as_f64().is_some(), "{e}");
     // The stress cgroup went with the fault.
     let left: Vec<_> = ["/sys/fs/cgroup/cpu/faultline", "/sys/fs/cgroup/faultline"]

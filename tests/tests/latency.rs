@@ -13,6 +13,7 @@ use faultline_tests::{
     assert_nothing_attached, limits_file,
     netns::{IFACE, ip, run_in},
     rtt::{EchoServer, median, quantile, stamped_stream, tcp_rtts, udp_rtts},
+    slack,
 };
 
 /// Timing is what these tests measure: they run one at a time, never beside each
@@ -23,17 +24,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A timing bound: `host` on this machine, `emulated` in the VM lane
-/// (FAULTLINE_EMULATED), where TCG's timers and scheduling add milliseconds to every
-/// measurement, faulted or not.
-fn slack(host: f64, emulated: f64) -> f64 {
-    if std::env::var_os("FAULTLINE_EMULATED").is_some() {
-        emulated
-    } else {
-        host
-    }
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
@@ -679,11 +669,7 @@ fn stream_through(
 /// so they are tolerated there and reported, and this machine stays strict.
 fn assert_in_order(got: &[(u32, f64)]) {
     let swaps = got.windows(2).filter(|w| w[0].0 > w[1].0).count();
-    let allowed = if std::env::var_os("FAULTLINE_EMULATED").is_some() {
-        got.len() / 200
-    } else {
-        0
-    };
+    let allowed = slack(0, got.len() / 200);
     if swaps > 0 {
         eprintln!("{swaps} of {} packets arrived out of order", got.len());
     }

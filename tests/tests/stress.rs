@@ -14,6 +14,7 @@ use faultline_tests::{
     agent::run_agent,
     limits_file,
     node::{TargetCgroup, assert_no_stress_cgroups, exited, node_cpu_ns, proc_stat_busy},
+    slack,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -81,13 +82,14 @@ fn cpu_share_is_enforced_by_the_kernel_and_released() {
     let rise = during - base;
     let rise_stat = during_stat - base_stat;
     eprintln!("cpu 15%: precise rise {rise:.2} pp, /proc/stat rise {rise_stat:.2} pp");
+    // Never above the share; below it only by what emulation steals (see the ramp).
     assert!(
-        (rise - 15.0).abs() <= 1.5,
+        rise <= 15.0 + 1.5 && rise >= 15.0 - slack(1.5, 6.0),
         "node CPU (precise) rose {rise:.2} pp (baseline {base:.2}%, during {during:.2}%)"
     );
     // Tick sampling only over-charges here; under-delivery would still show.
     assert!(
-        rise_stat >= 13.5,
+        rise_stat >= slack(13.5, 9.0),
         "node CPU (/proc/stat) rose only {rise_stat:.2} pp (baseline {base_stat:.2}%, during {during_stat:.2}%)"
     );
     assert!(
@@ -137,10 +139,17 @@ fn ramp_reaches_the_share_gradually() {
     let full = group_share(&readings[9], &readings[13], cpus);
     assert!(early < 6.0, "seconds 1-3 of an 8 s ramp: {early:.2} %");
     assert!(
-        middle > early && middle < full,
+        middle > early && middle < full + slack(0.0, 2.0),
         "not gradual: {early:.2} -> {middle:.2} -> {full:.2}"
     );
-    assert!((full - 15.0).abs() <= 1.0, "after the ramp: {full:.2} %");
+    // The quota is a ceiling the kernel enforces everywhere. What the burners get
+    // below it is delivery, which emulation steals from: one CI run in the VM lane
+    // measured 10.48 % for a 15 % share, with guest wall time passing while the
+    // host did not run the vCPUs.
+    assert!(
+        full <= 15.0 + 1.0 && full >= 15.0 - slack(1.0, 6.0),
+        "after the ramp: {full:.2} %"
+    );
     assert_no_stress_cgroups();
 }
 
@@ -159,11 +168,7 @@ fn stressors_stop_at_the_deadline_while_the_agent_is_frozen() {
     // needs a slot in its throttled group to finish exiting, which under emulation
     // (the VM lane, FAULTLINE_EMULATED) can take several seconds. Allow 3 s here,
     // 10 s there, and report the lateness.
-    let grace = if std::env::var_os("FAULTLINE_EMULATED").is_some() {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(3)
-    };
+    let grace = slack(Duration::from_secs(3), Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(3));
     let deadline = Instant::now();
     for pid in &pids {
