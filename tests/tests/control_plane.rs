@@ -370,24 +370,11 @@ fn the_dead_man_switch_removes_effects_when_the_network_to_the_coordinator_is_cu
     let fleet = Fleet::new(1, &["--lease-ttl", "2s"], &[]);
     let id = start_loss(&fleet, "60s");
     let limits = limits_file("100%", "60s");
-    let (cut, _) = Agent::start(
-        &fleet.ctl.name,
-        &fleet.ctl.state_dir(),
-        &[
-            "--limits",
-            limits.to_str().unwrap(),
-            "inject",
-            "loss",
-            "--iface",
-            "c1",
-            "--direction",
-            "both",
-            "--percent",
-            "100",
-            "--duration",
-            "30s",
-        ],
+    let cut_line = format!(
+        "--limits {} inject loss --iface c1 --direction both --percent 100 --duration 30s",
+        limits.display()
     );
+    let (cut, _) = Agent::start(&fleet.ctl.name, &fleet.ctl.state_dir(), &words(&cut_line));
     let gone = wait_until(TTL * 3, "the dead-man switch", || {
         faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty()
     });

@@ -73,6 +73,17 @@ fn require_root(task: &str) -> Result<()> {
     Ok(())
 }
 
+/// The agent, the coordinator and the CLI (debug build).
+pub fn build_daemons() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--package",
+        "faultline-agent",
+        "--package",
+        "faultline-coordinator",
+    ]))
+}
+
 fn build_workspace() -> Result<()> {
     run(cargo().args(["build", "--workspace", "--all-targets"]))
 }
@@ -103,13 +114,7 @@ fn main() -> Result<()> {
         Task::Demo => {
             require_root("demo")?;
             setup::setup()?;
-            run(cargo().args([
-                "build",
-                "--package",
-                "faultline-agent",
-                "--package",
-                "faultline-coordinator",
-            ]))?;
+            build_daemons()?;
             demo::run()
         }
         Task::VmBench => {

@@ -321,13 +321,7 @@ struct GuestBuild {
 
 /// Builds the guest test binaries and the workspace binaries they run.
 fn build_binaries() -> Result<GuestBuild> {
-    run(crate::cargo().args([
-        "build",
-        "--package",
-        "faultline-agent",
-        "--package",
-        "faultline-coordinator",
-    ]))?;
+    crate::build_daemons()?;
     let out = crate::cargo()
         .args([
             "test",
