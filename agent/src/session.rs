@@ -71,6 +71,8 @@ const DEFAULT_TTL: Duration = Duration::from_secs(5);
 struct Effect {
     lease_id: String,
     handle: orders::Handle,
+    /// Stopped by the dead-man switch: its removal is acknowledged as Expired.
+    expired: bool,
 }
 
 #[derive(Default)]
@@ -294,6 +296,7 @@ fn order(
                         Effect {
                             lease_id: a.lease_id,
                             handle,
+                            expired: false,
                         },
                     );
                 }
@@ -354,8 +357,15 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             code,
             detail,
         } => {
-            let lease = st.effects.remove(&order_id).map(|e| e.lease_id);
+            let effect = st.effects.remove(&order_id);
+            let expired = effect.as_ref().is_some_and(|e| e.expired);
+            let lease = effect.map(|e| e.lease_id);
+            // An armed child exits 0 when it removed its effects at its deadline or
+            // on our SIGTERM, 1 when something failed after arming (it removed them
+            // too, e.g. a hook that could not be reached).
             let state = match (armed, code) {
+                (true, _) if expired => EffectState::Expired,
+                (true, Some(c)) if c != 0 => EffectState::Failed,
                 (true, _) => EffectState::Removed,
                 (false, Some(2)) => EffectState::Refused,
                 (false, _) => EffectState::Failed,
@@ -398,7 +408,8 @@ fn dead_man(st: &mut State) {
     for lease in lapsed {
         let ttl = st.leases.remove(&lease).map(|(_, t)| t).unwrap_or_default();
         warn!(%lease, "dead-man switch: no renewal within the lease TTL ({ttl:?}); removing its effects");
-        for e in st.effects.values().filter(|e| e.lease_id == lease) {
+        for e in st.effects.values_mut().filter(|e| e.lease_id == lease) {
+            e.expired = true;
             e.handle.stop();
         }
     }

@@ -333,9 +333,22 @@ async fn steps(r: &mut Run) -> Outcome {
     let until = Instant::now() + duration;
     let stop = tokio::select! {
         s = r.observe(until, &mut during, false, |_| false) => s,
-        // The effect ended on the agent before its time (the child failed or hit the
-        // in-kernel deadline early): that ends the fault phase too.
-        a = acks.rx.recv() => a.map(|_| Stop::Condition),
+        // The effect ended on the agent before the coordinator's timer: that ends the
+        // fault phase too. Why it ended decides the outcome. The agent's dead-man
+        // switch says Expired: heartbeats from before it fired may still renew the
+        // lease here (a coordinator that was frozen reads them late), so the agent's
+        // word, not the lease table, tells that the lease lapsed.
+        a = acks.rx.recv() => match a.map(|a| (EffectState::try_from(a.state), a.detail)) {
+            Some((Ok(EffectState::Expired), _)) => Some(Stop::LeaseLapsed),
+            Some((Ok(EffectState::Failed), detail)) => {
+                return Outcome(
+                    Phase::Failed,
+                    format!("failed: the effect failed on {}: {detail}", r.exp.nodes.join(", ")),
+                    None,
+                );
+            }
+            _ => Some(Stop::Condition),
+        },
     };
     match stop {
         Some(Stop::Aborted(why)) => {
