@@ -97,11 +97,7 @@ pub fn check(spec: &FaultSpec, caps: &ChaosLimits, source: &str) -> Result<(), S
 /// A hook is a named http:// endpoint; the agent checks it again before calling.
 fn hooks(hooks: &[Hook], field: &str) -> Result<(), Status> {
     for h in hooks {
-        let named = !h.name.is_empty()
-            && h.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !named {
+        if !Hook::valid_name(&h.name) {
             return Err(Status::invalid_argument(format!(
                 "{field}.hooks: name '{}' must be letters, digits, '-' or '_'",
                 h.name

@@ -10,6 +10,17 @@ tonic::include_proto!("faultline.v1");
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/faultline_v1_descriptor.bin"));
 
+impl Hook {
+    /// What a hook may be called (its name appears in reports): letters, digits, '-'
+    /// or '_'. Checked where an order enters the coordinator and again in the agent.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -19,11 +19,7 @@ impl FromStr for Hook {
         let (name, url) = s
             .split_once('=')
             .ok_or_else(|| format!("hook '{s}' is not NAME=URL"))?;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !faultline_proto::v1::Hook::valid_name(name) {
             return Err(format!(
                 "hook name '{name}' must be letters, digits, '-' or '_'"
             ));
