@@ -17,7 +17,14 @@ use crate::UsageError;
 
 const PARENT: &str = "faultline";
 const PREFIX: &str = "stress-";
-pub const CPU_PERIOD_US: u64 = 100_000;
+/// The CFS bandwidth period of a CPU stress group: the quota is the exact share per
+/// period, a hard ceiling the paced burners stay under. The longest period the kernel
+/// takes (1 s), because each time the ceiling clips a run it does so at a timer tick,
+/// which tick-sampled accounting (`/proc/stat`) charges in full: at the default
+/// 100 ms period that biased /proc/stat by -1 to +2.3 points of a 5 % share,
+/// depending on the period timer's phase against the tick; once a second it is
+/// within the sampling noise.
+pub const CPU_PERIOD_US: u64 = 1_000_000;
 
 /// One hierarchy flavour: where groups go and how limits are written.
 pub trait CgroupFs: Send + Sync {

@@ -251,7 +251,7 @@ pub async fn memory(limits: LimitArgs, args: crate::faults::memory::MemoryArgs) 
     caps.check_memory(args.percent, args.stress.duration, &source)
         .map_err(|e| UsageError(e.to_string()))?;
     preflight::check_root_for_cgroups()?;
-    let node = crate::stress::NodeSample::now()?;
+    let node = crate::stress::NodeSample::now(&args.stress.cgroup_root)?;
     let plan = crate::faults::memory::plan(&args, &node)?;
     crate::stress::run(args.stress, plan).await
 }

@@ -1,5 +1,6 @@
-//! Kernel-level metric samples for the coordinator: node CPU (from /proc/stat deltas)
-//! and memory (read as the stress faults read them), PSI, packet counters of this
+//! Kernel-level metric samples for the coordinator: node CPU (the precise run-time
+//! counter, with the tick-sampled /proc/stat figure alongside) and memory (read as the
+//! stress faults read them), PSI, packet counters of this
 //! network namespace, TCP retransmits, the root cgroup's usage, and the eBPF fault
 //! counters of the active effect.
 use std::{collections::HashMap, path::Path, time::SystemTime};
@@ -10,17 +11,22 @@ use procfs::Current;
 use crate::stress::NodeSample;
 
 pub struct Sampler {
+    /// The previous sample, for the precise share (meaningful at any rate).
     last: Option<NodeSample>,
-    /// The last computed busy share: at 10 Hz a sample can fall within one tick.
-    cpu_busy: f64,
+    /// Where the current tick window started, and the last tick share computed: at
+    /// 10 Hz a sample can fall within one tick.
+    tick_from: Option<NodeSample>,
+    cpu_ticks: f64,
     cgroup_root: std::path::PathBuf,
 }
 
 impl Sampler {
     pub fn new(cgroup_root: &Path) -> Self {
+        let now = NodeSample::now(cgroup_root).ok();
         Self {
-            last: NodeSample::now().ok(),
-            cpu_busy: 0.0,
+            last: now,
+            tick_from: now,
+            cpu_ticks: 0.0,
             cgroup_root: cgroup_root.to_owned(),
         }
     }
@@ -33,15 +39,22 @@ impl Sampler {
         egress: FaultCounters,
         fault: HashMap<String, f64>,
     ) -> MetricSample {
-        let now = NodeSample::now().ok();
-        // Deltas need a few ticks to mean anything; until then keep the last value.
-        match (self.last, now) {
+        let now = NodeSample::now(&self.cgroup_root).ok();
+        // Tick deltas need a few ticks to mean anything; until then keep the last.
+        match (self.tick_from, now) {
             (Some(a), Some(b)) if b.ticks_since(&a) >= 10 => {
-                self.cpu_busy = b.cpu_busy_since(&a);
-                self.last = Some(b);
+                self.cpu_ticks = b.cpu_busy_ticks_since(&a);
+                self.tick_from = Some(b);
             }
-            (None, _) => self.last = now,
+            (None, _) => self.tick_from = now,
             _ => {}
+        }
+        let (cpu_busy, cpu_precise) = match (self.last, now) {
+            (Some(a), Some(b)) if b.precise() => (b.cpu_busy_since(&a), true),
+            _ => (self.cpu_ticks, false),
+        };
+        if now.is_some() {
+            self.last = now;
         }
         let memory_used_percent = now.map_or(0.0, |n| n.mem_used_percent());
         let (mut rx, mut tx) = (0, 0);
@@ -55,7 +68,9 @@ impl Sampler {
         }
         MetricSample {
             at: Some(SystemTime::now().into()),
-            cpu_busy_percent: self.cpu_busy,
+            cpu_busy_percent: cpu_busy,
+            cpu_busy_tick_percent: self.cpu_ticks,
+            cpu_precise,
             memory_used_percent,
             psi_cpu_some_avg10: procfs::CpuPressure::current()
                 .map(|p| f64::from(p.some.avg10))

@@ -1,8 +1,10 @@
 //! Accuracy of the node stress faults and the agent's own cost (`cargo xtask bench`).
 //!
-//! - CPU share: requested vs measured over 30 s at 5 %, 15 % and 50 % of the node,
-//!   by the fence group's own counter, by the kernel's precise node-wide counter
-//!   (root cgroup), and by /proc/stat (tick-sampled).
+//! - CPU share: requested vs measured over 20 s at 5 %, 15 % and 50 % of the node,
+//!   side by side with stress-ng (`--cpu-load`), by the kernel's precise node-wide
+//!   counter (root cgroup) and by /proc/stat (tick-sampled, what node_exporter and
+//!   `top` show); for faultline also the burners' own fence-group counter above the
+//!   share (the cost of pacing) and the agent process's own CPU.
 //! - Memory share: requested 10 % of MemTotal vs the fence group's usage and the
 //!   node's used memory (excluding free pages parked on per-CPU lists).
 //! - The agent while a fault runs idle: CPU % and RSS of the agent process itself.
@@ -14,7 +16,7 @@ use faultline_tests::{
     node::{mem_used_percent, meminfo_kb, node_cpu_ns, proc_stat_busy},
 };
 
-const WINDOW: Duration = Duration::from_secs(30);
+const WINDOW: Duration = Duration::from_secs(20);
 
 /// (utime + stime in clock ticks, VmRSS in kB) of a process.
 fn proc_usage(pid: u32) -> (u64, u64) {
@@ -39,66 +41,116 @@ fn state() -> faultline_tests::TempPath {
     faultline_tests::TempPath::dir("fl-bench-state")
 }
 
+/// Node CPU over `window` by (/proc/stat, precise root counter), in percent.
+fn node_cpu(window: Duration, cpus: f64) -> (f64, f64) {
+    let (s0, t0) = proc_stat_busy();
+    let n0 = node_cpu_ns();
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let (s1, t1) = proc_stat_busy();
+    let precise = 100.0 * (node_cpu_ns() - n0) as f64 / start.elapsed().as_nanos() as f64 / cpus;
+    (100.0 * (s1 - s0) as f64 / (t1 - t0) as f64, precise)
+}
+
 fn main() {
     let cpus = std::thread::available_parallelism().unwrap().get() as f64;
     let ticks_per_s = 100.0; // USER_HZ
     println!(
-        "\nnode stress accuracy on {cpus} CPU(s), {}s windows",
+        "\nCPU stress accuracy on {cpus} CPU(s), faultline and stress-ng side by side, {}s \
+         windows, baseline subtracted; error = rise - requested, in points of the node",
         WINDOW.as_secs()
     );
     println!(
-        "{:<10} {:>14} {:>16} {:>14}",
-        "requested", "fence group", "node (precise)", "/proc/stat"
+        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>14} {:>12}",
+        "share", "tool", "/proc/stat", "error", "precise", "error", "burners' own", "controller"
     );
     for pct in ["5", "15", "50"] {
-        // Let the previous stressors' teardown settle.
-        std::thread::sleep(Duration::from_secs(3));
-        let (s0, t0) = proc_stat_busy();
-        let n0 = node_cpu_ns();
-        let base_start = Instant::now();
-        std::thread::sleep(Duration::from_secs(3));
-        let (s1, t1) = proc_stat_busy();
-        let base_node =
-            100.0 * (node_cpu_ns() - n0) as f64 / base_start.elapsed().as_nanos() as f64 / cpus;
-        let base_stat = 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64;
-
-        let st = state();
-        let (mut agent, _) = Agent::start_host(
-            &st,
-            &[
-                "--profile",
-                "staging",
-                "inject",
-                "cpu",
-                "--percent",
-                pct,
-                "--duration",
-                "40s",
-            ],
-        );
-        let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
-        let (s0, t0) = proc_stat_busy();
-        let n0 = node_cpu_ns();
-        let start = Instant::now();
-        let mut last = first.clone();
-        while start.elapsed() < WINDOW {
-            last = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
+        let share: f64 = pct.parse().unwrap();
+        for tool in ["faultline", "stress-ng"] {
+            // Let the previous stressors' teardown settle, then a baseline.
+            std::thread::sleep(Duration::from_secs(3));
+            let (base_stat, base_node) = node_cpu(Duration::from_secs(3), cpus);
+            let span = format!("{}s", WINDOW.as_secs() + 5);
+            let (stat, node, own, controller) = if tool == "faultline" {
+                let st = state();
+                let (mut agent, armed) = Agent::start_host(
+                    &st,
+                    &[
+                        "--profile",
+                        "staging",
+                        "inject",
+                        "cpu",
+                        "--percent",
+                        pct,
+                        "--duration",
+                        &span,
+                    ],
+                );
+                let pid = armed["pid"].as_u64().unwrap() as u32;
+                let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
+                let (a0, _) = proc_usage(pid);
+                let start = Instant::now();
+                let (stat, node) = node_cpu(WINDOW, cpus);
+                let (a1, _) = proc_usage(pid);
+                let agent_cpu =
+                    100.0 * (a1 - a0) as f64 / ticks_per_s / start.elapsed().as_secs_f64();
+                let mut last = first.clone();
+                while last["elapsed_ms"].as_u64()
+                    < first["elapsed_ms"]
+                        .as_u64()
+                        .map(|t| t + WINDOW.as_millis() as u64)
+                {
+                    last = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
+                }
+                let us = last["group_cpu_us"].as_u64().unwrap()
+                    - first["group_cpu_us"].as_u64().unwrap();
+                let ms =
+                    last["elapsed_ms"].as_u64().unwrap() - first["elapsed_ms"].as_u64().unwrap();
+                agent.stop();
+                // The burners' own counter (their fence group) above the share is
+                // what pacing costs: wake-ups and clock reads.
+                let group = 100.0 * us as f64 / 1000.0 / ms as f64 / cpus;
+                (
+                    stat,
+                    node,
+                    format!("{:+.2} pp", group - share),
+                    format!("{agent_cpu:.2}% of a CPU"),
+                )
+            } else {
+                let mut ng = std::process::Command::new("stress-ng")
+                    .args([
+                        "--cpu",
+                        &cpus.to_string(),
+                        "--cpu-load",
+                        pct,
+                        "--timeout",
+                        &span,
+                        "--quiet",
+                    ])
+                    .spawn()
+                    .expect("stress-ng (apt install stress-ng)");
+                std::thread::sleep(Duration::from_secs(1));
+                let (stat, node) = node_cpu(WINDOW, cpus);
+                let _ = ng.kill();
+                let _ = ng.wait();
+                let _ = std::process::Command::new("pkill")
+                    .args(["-x", "stress-ng"])
+                    .status();
+                (stat, node, "-".to_owned(), "-".to_owned())
+            };
+            let (stat, node) = (stat - base_stat, node - base_node);
+            println!(
+                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>14} {:>12}",
+                format!("{pct}%"),
+                tool,
+                stat,
+                stat - share,
+                node,
+                node - share,
+                own,
+                controller
+            );
         }
-        let (s1, t1) = proc_stat_busy();
-        let node = 100.0 * (node_cpu_ns() - n0) as f64 / start.elapsed().as_nanos() as f64 / cpus
-            - base_node;
-        let stat = 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64 - base_stat;
-        let us = last["group_cpu_us"].as_u64().unwrap() - first["group_cpu_us"].as_u64().unwrap();
-        let ms = last["elapsed_ms"].as_u64().unwrap() - first["elapsed_ms"].as_u64().unwrap();
-        let group = 100.0 * us as f64 / 1000.0 / ms as f64 / cpus;
-        agent.stop();
-        println!(
-            "{:<10} {:>13.2}% {:>15.2}% {:>13.2}%",
-            format!("{pct}%"),
-            group,
-            node,
-            stat
-        );
     }
 
     std::thread::sleep(Duration::from_secs(3));

@@ -24,9 +24,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Node CPU busy percent over `window`, two ways: (/proc/stat, precise). /proc/stat
-/// charges CPU time per timer tick; with a CFS quota throttling tasks at tick
-/// granularity it reads high on this machine's kernel (measured: 15.8-19.8 % for a
-/// 15 % share), while the precise counter agrees with the request to ~0.1 point.
+/// is what node_exporter, `top` and dashboards read: CPU time charged per timer tick.
+/// The precise figure is the kernel's nanosecond counter of task run time.
 fn node_cpu(window: Duration) -> (f64, f64) {
     let cpus = std::thread::available_parallelism().unwrap().get() as f64;
     let (b0, t0) = proc_stat_busy();
@@ -40,6 +39,100 @@ fn node_cpu(window: Duration) -> (f64, f64) {
         100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
         100.0 * (n1 - n0) as f64 / elapsed / cpus,
     )
+}
+
+/// A node-wide measurement needs a quiet node: flush dirty pages (a build just
+/// before leaves gigabytes to write back) and let the kernel finish tearing down the
+/// network namespaces of earlier tests (deferred work that takes seconds).
+fn wait_quiet() {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    let quiet_by = Instant::now() + Duration::from_secs(20);
+    while node_cpu(Duration::from_secs(1)).1 > 2.0 && Instant::now() < quiet_by {}
+}
+
+/// What a CPU stress of `share` % did to the node, seen three ways.
+struct Rise {
+    /// By /proc/stat (tick-sampled), baseline subtracted.
+    stat: f64,
+    /// By the kernel's precise counter, baseline subtracted.
+    precise: f64,
+    /// The precise node figure during the window, and the mean the agent itself
+    /// reported in its readings over the same window.
+    during: f64,
+    agent_reported: f64,
+}
+
+/// Baseline 3 s, then the stress (`extra` args after `inject cpu --percent share`),
+/// `settle` for it to reach its share, a 10 s window, and removal.
+fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> (Rise, serde_json::Value) {
+    wait_quiet();
+    let (base_stat, base) = node_cpu(Duration::from_secs(3));
+    let mut args = vec!["inject", "cpu", "--percent", share, "--duration", "30s"];
+    args.extend(extra);
+    let (mut agent, armed) = start(&args);
+    std::thread::sleep(settle);
+    // Readings queued while settling belong before the window.
+    while agent
+        .wait_event("reading", Duration::from_millis(50))
+        .is_some()
+    {}
+    let from = agent
+        .wait_event("reading", Duration::from_secs(5))
+        .expect("reading");
+    let (during_stat, during) = node_cpu(Duration::from_secs(10));
+    let mut reported = Vec::new();
+    while let Some(r) = agent.wait_event("reading", Duration::from_millis(1200)) {
+        reported.push(r["node_cpu_percent"].as_f64().unwrap());
+        if r["elapsed_ms"].as_u64() >= from["elapsed_ms"].as_u64().map(|t| t + 10_000) {
+            break;
+        }
+    }
+    let removed = agent.stop();
+    assert_eq!(removed["reason"], "SIGTERM");
+    for dir in cgroup_dirs(&armed) {
+        assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+    }
+    assert_no_stress_cgroups();
+    let rise = Rise {
+        stat: during_stat - base_stat,
+        precise: during - base,
+        during,
+        agent_reported: reported.iter().sum::<f64>() / reported.len().max(1) as f64,
+    };
+    eprintln!(
+        "cpu {share}% {extra:?}: precise rise {:.2} pp, /proc/stat rise {:.2} pp; node {:.2}% \
+         precise, agent reported {:.2}%",
+        rise.precise, rise.stat, rise.during, rise.agent_reported
+    );
+    (rise, armed)
+}
+
+/// The share as the node's own monitoring reads it: within 1 point of the request by
+/// the precise counter and by tick-sampled /proc/stat alike, and never more than 1
+/// point above it. The burners pace themselves under the quota; spinning until the
+/// quota throttled them read +2 to +5 points in /proc/stat (see `stress::pace`).
+/// Emulation (the VM lane) steals delivery below the share and makes tick sampling
+/// noisy, so there the floor is lower and /proc/stat's ceiling 3 points.
+fn assert_reads_as(share: f64, r: &Rise) {
+    assert!(
+        r.precise <= share + slack(1.0, 1.5) && r.precise >= share - slack(1.0, 6.0),
+        "node CPU (precise) rose {:.2} pp for {share} %",
+        r.precise
+    );
+    assert!(
+        r.stat <= share + slack(1.0, 3.0) && r.stat >= share - slack(1.0, 9.0),
+        "node CPU (/proc/stat) rose {:.2} pp for {share} %",
+        r.stat
+    );
+    // The agent's own node readings (what it streams and what recovery compares)
+    // use the precise counter too.
+    assert!(
+        (r.agent_reported - r.during).abs() <= slack(1.0, 3.0),
+        "the agent reported {:.2} % while the node ran {:.2} %",
+        r.agent_reported,
+        r.during
+    );
 }
 
 fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
@@ -64,43 +157,22 @@ fn start(args: &[&str]) -> (Agent, serde_json::Value) {
 }
 
 #[test]
-fn cpu_share_is_enforced_by_the_kernel_and_released() {
+fn cpu_share_reads_as_requested_in_proc_stat_and_precise_counters_and_is_released() {
     let _g = serial();
-    // A node-wide measurement needs a quiet node: flush dirty pages (a build just
-    // before leaves gigabytes to write back) and let the kernel finish tearing down
-    // the network namespaces of earlier tests (deferred work that takes seconds).
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    let quiet_by = Instant::now() + Duration::from_secs(20);
-    while node_cpu(Duration::from_secs(1)).1 > 2.0 && Instant::now() < quiet_by {}
-    let (base_stat, base) = node_cpu(Duration::from_secs(3));
-    let (agent, armed) = start(&["inject", "cpu", "--percent", "15", "--duration", "16s"]);
-    std::thread::sleep(Duration::from_secs(1));
-    let (during_stat, during) = node_cpu(Duration::from_secs(10));
-    let removed = agent.stop();
+    let (rise, _) = cpu_rise("15", &[], Duration::from_secs(1));
+    assert_reads_as(15.0, &rise);
     let (after_stat, after) = node_cpu(Duration::from_secs(2));
-    let rise = during - base;
-    let rise_stat = during_stat - base_stat;
-    eprintln!("cpu 15%: precise rise {rise:.2} pp, /proc/stat rise {rise_stat:.2} pp");
-    // Never above the share; below it only by what emulation steals (see the ramp).
     assert!(
-        rise <= 15.0 + 1.5 && rise >= 15.0 - slack(1.5, 6.0),
-        "node CPU (precise) rose {rise:.2} pp (baseline {base:.2}%, during {during:.2}%)"
+        after < 2.0 && after_stat < 3.0,
+        "2 s after removal node CPU is {after:.2}% ({after_stat:.2}% by /proc/stat)"
     );
-    // Tick sampling only over-charges here; under-delivery would still show.
-    assert!(
-        rise_stat >= slack(13.5, 9.0),
-        "node CPU (/proc/stat) rose only {rise_stat:.2} pp (baseline {base_stat:.2}%, during {during_stat:.2}%)"
-    );
-    assert!(
-        after - base < 1.5 && after_stat - base_stat < 3.0,
-        "2 s after removal node CPU is {after:.2}% ({after_stat:.2}% by /proc/stat) vs baseline {base:.2}%"
-    );
-    assert_eq!(removed["reason"], "SIGTERM");
-    for dir in cgroup_dirs(&armed) {
-        assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
-    }
-    assert_no_stress_cgroups();
+}
+
+#[test]
+fn cpu_share_reads_as_requested_after_a_ramp() {
+    let _g = serial();
+    let (rise, _) = cpu_rise("15", &["--ramp", "4s"], Duration::from_secs(5));
+    assert_reads_as(15.0, &rise);
 }
 
 /// The group's share of the whole node between two readings, in percent.
@@ -332,30 +404,20 @@ fn stress_bad_inputs_are_refused_with_nothing_created() {
 }
 
 /// `--target-cgroup` nests the fence group under a workload's cgroup, so the
-/// stressors compete inside its limits; the workload's group is left as it was.
+/// stressors compete inside its limits; the share reads as requested there too, and
+/// the workload's group is left as it was.
 #[test]
 fn stress_can_run_inside_a_target_cgroup() {
     let _g = serial();
     let target = TargetCgroup::new("target");
     let rel = target.rel.clone();
-    let (agent, armed) = start(&[
-        "inject",
-        "cpu",
-        "--percent",
-        "5",
-        "--duration",
-        "30s",
-        "--target-cgroup",
-        &rel,
-    ]);
-    let groups = cgroup_dirs(&armed);
-    agent.stop();
-    for g in &groups {
+    let (rise, armed) = cpu_rise("15", &["--target-cgroup", &rel], Duration::from_secs(1));
+    assert_reads_as(15.0, &rise);
+    for g in &cgroup_dirs(&armed) {
         assert!(
             g.contains(&format!("/{rel}/faultline/stress-cpu-")),
             "fence group not under the target: {g}"
         );
-        assert!(!std::path::Path::new(g).exists(), "{g} left behind");
     }
     for d in &target.dirs {
         assert!(

@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     // The demo and the control-plane tests: POST /abort, agents joined to a netns only.
     "curl",
     "util-linux",
+    // The CPU stress benchmark measures faultline beside stress-ng in one run.
+    "stress-ng",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;

@@ -1,5 +1,7 @@
 //! CPU stress: burners in a cgroup whose CFS quota is exactly the requested share
-//! of the node, so the kernel enforces the share, not a sleep loop.
+//! of the node, so the kernel enforces it as a hard ceiling; underneath it each
+//! burner paces itself to its share (see `stress::pace`), so that the node's own
+//! monitoring, tick-sampled `/proc/stat` included, reads the share asked for.
 use clap::Args;
 use faultline_proto::limits::Percent;
 
@@ -31,15 +33,15 @@ pub fn plan(args: &CpuArgs, cpus: usize) -> StressPlan {
             "cpu stress {} of {cpus} CPU(s) (quota {full}us per {CPU_PERIOD_US}us)",
             args.percent
         ),
-        // One burner per CPU: the quota is spread over all of them, as uniform
-        // pressure on the node.
+        // One burner per CPU, each running the node share of its own CPU: uniform
+        // pressure on the node, and together exactly the quota.
         workers: cpus,
-        worker_args: vec!["cpu".into()],
-        apply: Box::new(move |fs, group, fraction| {
-            // A zero quota is invalid; 1 ms per period is the smallest the kernel takes.
-            let q = ((full as f64 * fraction).round() as u64).max(1000);
-            fs.set_cpu_quota(group, q)
-        }),
+        worker_args: vec![
+            "cpu".into(),
+            format!("--duty={}", args.percent.value() / 100.0),
+        ],
+        // A zero quota is invalid; 1 ms per period is the smallest the kernel takes.
+        apply: Box::new(move |fs, group| fs.set_cpu_quota(group, full.max(1000))),
         oom_first: false,
     }
 }
@@ -50,8 +52,8 @@ mod tests {
 
     #[test]
     fn quota_is_the_share_of_all_cpus() {
-        assert_eq!(quota_us(Percent::new(15.0).unwrap(), 2), 30_000);
-        assert_eq!(quota_us(Percent::new(50.0).unwrap(), 4), 200_000);
-        assert_eq!(quota_us(Percent::new(100.0).unwrap(), 1), 100_000);
+        assert_eq!(quota_us(Percent::new(15.0).unwrap(), 2), 300_000);
+        assert_eq!(quota_us(Percent::new(50.0).unwrap(), 4), 2_000_000);
+        assert_eq!(quota_us(Percent::new(100.0).unwrap(), 1), 1_000_000);
     }
 }

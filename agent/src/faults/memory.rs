@@ -78,7 +78,7 @@ pub fn plan(args: &MemoryArgs, node: &NodeSample) -> Result<StressPlan, UsageErr
         ),
         workers: 1,
         worker_args: vec!["memory".into(), "--bytes".into(), touch.to_string()],
-        apply: Box::new(move |fs, group, _| fs.set_memory_max(group, fence)),
+        apply: Box::new(move |fs, group| fs.set_memory_max(group, fence)),
         oom_first: true,
     })
 }

@@ -462,6 +462,7 @@ fn sample_json(s: &MetricSample) -> Value {
     };
     json!({
         "at_ms": millis(s.at.as_ref()), "cpu_busy_percent": s.cpu_busy_percent,
+        "cpu_busy_tick_percent": s.cpu_busy_tick_percent, "cpu_precise": s.cpu_precise,
         "memory_used_percent": s.memory_used_percent, "psi_cpu_some_avg10": s.psi_cpu_some_avg10,
         "psi_memory_some_avg10": s.psi_memory_some_avg10, "psi_io_some_avg10": s.psi_io_some_avg10,
         "net_rx_packets": s.net_rx_packets, "net_tx_packets": s.net_tx_packets,
@@ -530,8 +531,16 @@ impl Progress {
             }
             self.last_sample.insert(ev.node.clone(), now);
             let (i, e) = (s.ingress.unwrap_or_default(), s.egress.unwrap_or_default());
+            // The node's own monitoring reads /proc/stat: where it tells a different
+            // story than the precise counter, say so.
+            let ticks =
+                if s.cpu_precise && (s.cpu_busy_tick_percent - s.cpu_busy_percent).abs() > 1.0 {
+                    format!(" (/proc/stat {:.1}%)", s.cpu_busy_tick_percent)
+                } else {
+                    String::new()
+                };
             println!(
-                "  [{:<8}] {:<7} cpu {:5.1}%  mem {:5.1}%  psi-cpu {:4.1}  rx {:>8} tx {:>8} pkts  \
+                "  [{:<8}] {:<7} cpu {:5.1}%{ticks}  mem {:5.1}%  psi-cpu {:4.1}  rx {:>8} tx {:>8} pkts  \
                  matched {:>6} dropped {:>6} delayed {:>6}  tcp-retrans {}",
                 phase_name(ev.phase),
                 ev.node,
