@@ -8,14 +8,17 @@ mod delay_line;
 mod ebpf;
 mod faults;
 mod filter;
+mod guard;
 mod inject;
 mod journal;
 mod metrics;
 mod orders;
 mod output;
 mod preflight;
+mod probe;
 mod qdisc;
 mod reconcile;
+mod selftest;
 mod session;
 mod signals;
 mod stress;
@@ -73,6 +76,10 @@ enum Command {
         output: output::Output,
     },
     /// A stressor process (started by the agent itself).
+    /// Rollback readiness: create and remove a cgroup, attach a disarmed program to
+    /// the interface with its journal, and detach it (what the coordinator's
+    /// `required: [rollback]` prerequisite runs).
+    SelfTest(selftest::SelfTestArgs),
     #[command(name = "__stressor", hide = true)]
     Stressor(stress::StressorArgs),
     /// The deadline keeper of a gc-pressure squeeze (started by the agent itself).
@@ -181,6 +188,7 @@ fn main() -> ExitCode {
             },
             Command::Run(args) => session::run(cli.state_dir, cli.limits, *args).await,
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,
+            Command::SelfTest(args) => selftest::run(cli.state_dir, cli.limits, args).await,
             Command::Capabilities {
                 cgroup_root,
                 output,

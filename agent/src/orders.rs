@@ -29,6 +29,12 @@ pub enum Report {
     /// The latest numbers of a fault's own readings, keyed "<fault>.<field>" (e.g.
     /// "cache.resident_percent"); they go out with every metric sample.
     Readings(HashMap<String, f64>),
+    /// A rollback self-test ended.
+    SelfTest {
+        request_id: String,
+        passed: bool,
+        detail: String,
+    },
     /// The child is gone (and with it every effect it applied).
     Exited {
         order_id: String,
@@ -264,6 +270,62 @@ pub fn spawn(
         });
     });
     Ok(Handle(stop_tx))
+}
+
+/// Runs `faultline-agent self-test --iface=IF` for one request; its end arrives on
+/// `reports` as `Report::SelfTest`, with the failing step's error when it failed.
+pub fn spawn_self_test(
+    request_id: &str,
+    global: &[String],
+    iface: &str,
+    reports: mpsc::UnboundedSender<Report>,
+) -> std::io::Result<()> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(global)
+        .arg("self-test")
+        .arg(format!("--iface={iface}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    let child = cmd.spawn()?;
+    let request_id = request_id.to_owned();
+    let iface = iface.to_owned();
+    tokio::spawn(async move {
+        let (passed, detail) = match tokio::time::timeout(
+            Duration::from_secs(20),
+            child.wait_with_output(),
+        )
+        .await
+        {
+            Ok(Ok(out)) if out.status.success() => (
+                true,
+                format!(
+                    "cgroup created and removed; a disarmed program attached to {iface}, journalled and detached"
+                ),
+            ),
+            Ok(Ok(out)) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let line = err
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("error"))
+                    .unwrap_or("failed")
+                    .trim_start_matches("faultline-agent: error: ")
+                    .to_owned();
+                (false, line)
+            }
+            Ok(Err(e)) => (false, format!("self-test: {e}")),
+            Err(_) => (false, "self-test did not finish within 20 s".to_owned()),
+        };
+        let _ = reports.send(Report::SelfTest {
+            request_id,
+            passed,
+            detail,
+        });
+    });
+    Ok(())
 }
 
 /// The numeric fields of a reading, except its timing.

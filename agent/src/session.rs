@@ -2,6 +2,13 @@
 //! mTLS, holds one AgentService stream, carries out fault orders (see `orders`),
 //! heartbeats the leases it holds effects for, and streams metric samples.
 //!
+//! It also runs what the coordinator may order besides faults, each bounded by this
+//! agent's own configuration: node-side health probes (`probe`), the rollback
+//! self-test (`selftest`), and the guard that travels with an order (`guard`): a
+//! breach removes the effect here, without waiting for the coordinator, and its
+//! report is kept and sent again after every reconnect until the coordinator
+//! confirms it. Hooks and probe URLs must be loopback or in `--allow-endpoint`.
+//!
 //! The dead-man switch lives here: every lease has a renewal deadline (the lease TTL
 //! after the last renewal the coordinator sent). A lease that passes it, because the
 //! coordinator is down, stopped or unreachable, has its effects removed by the agent
@@ -15,10 +22,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Args;
-use faultline_proto::v1::{
-    Ack, AgentMessage, Capabilities, CoordinatorMessage, EffectState, FaultCounters, Heartbeat,
-    Register, agent_message::Body as Out, agent_service_client::AgentServiceClient,
-    coordinator_message::Body as In,
+use faultline_proto::{
+    endpoint::EndpointPolicy,
+    v1::{
+        Ack, AgentMessage, ApplyFault, Capabilities, CoordinatorMessage, EffectState,
+        FaultCounters, GuardReport, Heartbeat, ProbeResults, ProbeSpec, Register,
+        agent_message::Body as Out, agent_service_client::AgentServiceClient,
+        coordinator_message::Body as In, fault_spec::Fault,
+    },
 };
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +38,7 @@ use tracing::{info, warn};
 
 use crate::{
     UsageError,
+    guard::{AbortOnDrop, Breach},
     inject::LimitArgs,
     metrics::Sampler,
     orders::{self, Report},
@@ -57,6 +69,10 @@ pub struct RunArgs {
     pub tls_server_name: Option<String>,
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,
+    /// A network (CIDR) besides loopback whose addresses hooks and node-side probes
+    /// may call (repeatable). Nothing else is ever called on the coordinator's order.
+    #[arg(long = "allow-endpoint")]
+    pub allow_endpoints: Vec<ipnet::IpNet>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -73,6 +89,9 @@ struct Effect {
     handle: orders::Handle,
     /// Stopped by the dead-man switch: its removal is acknowledged as Expired.
     expired: bool,
+    /// Stopped by its own guard: its removal is acknowledged as GuardBreached.
+    breach: Option<GuardReport>,
+    _guard: Option<AbortOnDrop>,
 }
 
 #[derive(Default)]
@@ -85,6 +104,11 @@ struct State {
     counters: (FaultCounters, FaultCounters),
     readings: HashMap<String, f64>,
     sample_hz: f64,
+    /// Node-side probes the coordinator ordered, by probe id.
+    probes: HashMap<String, AbortOnDrop>,
+    /// Guard breach acknowledgements not yet confirmed by the coordinator.
+    unconfirmed: Vec<Ack>,
+    policy: EndpointPolicy,
 }
 
 enum Inbound {
@@ -123,6 +147,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
                 latency_backend: caps.latency_backend.to_owned(),
             }),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            default_interface: crate::probe::default_interface(),
         })),
     };
     let mut global = vec!["--state-dir".to_owned(), state_dir.display().to_string()];
@@ -132,12 +157,21 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
     let (out_tx, out_rx) = mpsc::channel::<AgentMessage>(1024);
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(1024);
     let (rep_tx, mut rep_rx) = mpsc::unbounded_channel::<Report>();
+    let (breach_tx, mut breach_rx) = mpsc::unbounded_channel::<Breach>();
+    let outbox = out_tx.clone();
     tokio::spawn(link(endpoint, register, out_rx, in_tx));
     info!(node = %node_name, coordinator = %args.coordinator, "agent started");
 
     let mut st = State {
         sample_hz: 1.0,
+        policy: EndpointPolicy::new(args.allow_endpoints.clone()),
         ..State::default()
+    };
+    let ctx = Ctx {
+        global: &global,
+        reports: &rep_tx,
+        breaches: &breach_tx,
+        outbox: &outbox,
     };
     let mut sampler = Sampler::new(&args.cgroup_root);
     let mut next_sample = Instant::now();
@@ -158,14 +192,28 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
                 Inbound::Connected => {
                     info!("session established");
                     heartbeat.reset_immediately();
+                    // What the coordinator has not confirmed may never have reached it.
+                    for a in &st.unconfirmed {
+                        send(Out::Ack(a.clone()));
+                    }
                 }
                 Inbound::Message(m) => {
                     if let Some(body) = m.body {
-                        order(&mut st, body, &global, &rep_tx, &send);
+                        order(&mut st, body, &ctx, &send);
                     }
                 }
             },
             Some(report) = rep_rx.recv() => child_report(&mut st, report, &send),
+            Some(b) = breach_rx.recv() => {
+                if let Some(e) = st.effects.get_mut(&b.order_id)
+                    && e.breach.is_none()
+                {
+                    warn!(order = %b.order_id, guard = %b.report.guard, observed = b.report.observed,
+                          threshold = b.report.threshold, "agent-side guard breached: removing the effect");
+                    e.breach = Some(b.report);
+                    e.handle.stop();
+                }
+            }
             _ = heartbeat.tick() => send(Out::Heartbeat(Heartbeat {
                 lease_ids: st.leases.keys().cloned().collect(),
             })),
@@ -257,20 +305,70 @@ fn ack(order_id: &str, state: EffectState, detail: impl Into<String>) -> Out {
         order_id: order_id.to_owned(),
         state: state as i32,
         detail: detail.into(),
+        guard: None,
     })
 }
 
-fn order(
-    st: &mut State,
-    body: In,
-    global: &[String],
-    reports: &mpsc::UnboundedSender<Report>,
-    send: &impl Fn(Out),
-) {
+/// Runs one node-side probe and sends its results in batches of 200 ms.
+async fn forward_probe(probe_id: String, spec: ProbeSpec, outbox: mpsc::Sender<AgentMessage>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _probe = AbortOnDrop(tokio::spawn(crate::probe::run(spec, tx)));
+    let mut flush = tokio::time::interval(Duration::from_millis(200));
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            Some(r) = rx.recv() => batch.push(r),
+            _ = flush.tick() => {
+                if !batch.is_empty() {
+                    let _ = outbox.try_send(AgentMessage {
+                        body: Some(Out::Probe(ProbeResults {
+                            probe_id: probe_id.clone(),
+                            results: std::mem::take(&mut batch),
+                            refused: String::new(),
+                        })),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What order handling needs besides the state.
+struct Ctx<'a> {
+    global: &'a [String],
+    reports: &'a mpsc::UnboundedSender<Report>,
+    breaches: &'a mpsc::UnboundedSender<Breach>,
+    outbox: &'a mpsc::Sender<AgentMessage>,
+}
+
+/// Every URL an order would have this agent call, checked against its own policy.
+fn endpoints_allowed(policy: &EndpointPolicy, a: &ApplyFault) -> Result<(), String> {
+    let hooks = match a.spec.as_ref().and_then(|s| s.fault.as_ref()) {
+        Some(Fault::Gc(g)) => g.hooks.as_slice(),
+        Some(Fault::Cache(c)) => c.hooks.as_slice(),
+        Some(Fault::Loss(_) | Fault::Latency(_) | Fault::Cpu(_) | Fault::Memory(_)) | None => &[],
+    };
+    for h in hooks {
+        policy
+            .check(&h.url)
+            .map_err(|e| format!("hook {}: {e} (agent --allow-endpoint)", h.name))?;
+    }
+    if let Some(p) = a.guard.as_ref().and_then(|g| g.probe.as_ref()) {
+        policy
+            .check(&p.url)
+            .map_err(|e| format!("agent_guard probe: {e} (agent --allow-endpoint)"))?;
+    }
+    Ok(())
+}
+
+fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
     match body {
         In::Apply(a) => {
             if st.effects.contains_key(&a.order_id) {
                 return; // a resent order: the first one's acks stand
+            }
+            if let Err(e) = endpoints_allowed(&st.policy, &a) {
+                return send(ack(&a.order_id, EffectState::Refused, e));
             }
             let inject = match a
                 .spec
@@ -286,17 +384,27 @@ fn order(
                 .and_then(|t| Duration::try_from(t).ok())
                 .filter(|t| !t.is_zero())
                 .unwrap_or(DEFAULT_TTL);
-            match orders::spawn(&a.order_id, global, &inject, reports.clone()) {
+            match orders::spawn(&a.order_id, ctx.global, &inject, ctx.reports.clone()) {
                 Ok(handle) => {
                     info!(order = %a.order_id, lease = %a.lease_id, "applying {}", inject.join(" "));
                     st.leases
                         .insert(a.lease_id.clone(), (Instant::now() + ttl, ttl));
+                    let guard = a.guard.map(|g| {
+                        AbortOnDrop(tokio::spawn(crate::guard::run(
+                            a.order_id.clone(),
+                            a.lease_id.clone(),
+                            g,
+                            ctx.breaches.clone(),
+                        )))
+                    });
                     st.effects.insert(
                         a.order_id,
                         Effect {
                             lease_id: a.lease_id,
                             handle,
                             expired: false,
+                            breach: None,
+                            _guard: guard,
                         },
                     );
                 }
@@ -327,6 +435,45 @@ fn order(
             }
         }
         In::SampleRate(s) => st.sample_hz = s.hz.clamp(0.1, 10.0),
+        In::StartProbe(p) => {
+            let Some(spec) = p.probe else { return };
+            if let Err(e) = st.policy.check(&spec.url) {
+                warn!(probe = %p.probe_id, "refusing a node-side probe: {e}");
+                let _ = ctx.outbox.try_send(AgentMessage {
+                    body: Some(Out::Probe(ProbeResults {
+                        probe_id: p.probe_id,
+                        results: Vec::new(),
+                        refused: format!("{e} (agent --allow-endpoint)"),
+                    })),
+                });
+                return;
+            }
+            info!(probe = %p.probe_id, url = %spec.url, hz = spec.rate_hz, "node-side probe started");
+            let task = tokio::spawn(forward_probe(p.probe_id.clone(), spec, ctx.outbox.clone()));
+            st.probes.insert(p.probe_id, AbortOnDrop(task));
+        }
+        In::StopProbe(p) => {
+            if st.probes.remove(&p.probe_id).is_some() {
+                info!(probe = %p.probe_id, "node-side probe stopped");
+            }
+        }
+        In::SelfTest(t) => {
+            if let Err(e) = orders::spawn_self_test(
+                &t.request_id,
+                ctx.global,
+                &t.interface,
+                ctx.reports.clone(),
+            ) {
+                send(ack(
+                    &t.request_id,
+                    EffectState::Failed,
+                    format!("spawn: {e}"),
+                ));
+            }
+        }
+        In::ReportReceived(r) => st
+            .unconfirmed
+            .retain(|a| a.guard.as_ref().is_none_or(|g| g.report_id != r.report_id)),
         In::Renewal(r) => {
             let ttl = r
                 .ttl
@@ -349,6 +496,18 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             info!(order = %order_id, "applied: {detail}");
             send(ack(&order_id, EffectState::Applied, detail));
         }
+        Report::SelfTest {
+            request_id,
+            passed,
+            detail,
+        } => {
+            let state = if passed {
+                EffectState::Applied
+            } else {
+                EffectState::Failed
+            };
+            send(ack(&request_id, state, detail));
+        }
         Report::Counters { ingress, egress } => st.counters = (ingress, egress),
         Report::Readings(values) => st.readings.extend(values),
         Report::Exited {
@@ -359,19 +518,41 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
         } => {
             let effect = st.effects.remove(&order_id);
             let expired = effect.as_ref().is_some_and(|e| e.expired);
+            let breach = effect.as_ref().and_then(|e| e.breach.clone());
             let lease = effect.map(|e| e.lease_id);
             // An armed child exits 0 when it removed its effects at its deadline or
             // on our SIGTERM, 1 when something failed after arming (it removed them
             // too, e.g. a hook that could not be reached).
             let state = match (armed, code) {
                 (true, _) if expired => EffectState::Expired,
+                (_, _) if breach.is_some() => EffectState::GuardBreached,
                 (true, Some(c)) if c != 0 => EffectState::Failed,
                 (true, _) => EffectState::Removed,
                 (false, Some(2)) => EffectState::Refused,
                 (false, _) => EffectState::Failed,
             };
             info!(order = %order_id, "{state:?}: {detail}");
-            send(ack(&order_id, state, detail.clone()));
+            match breach {
+                Some(mut report) => {
+                    report.removal_confirmed_at = Some(std::time::SystemTime::now().into());
+                    let a = Ack {
+                        order_id: order_id.clone(),
+                        state: state as i32,
+                        detail: format!(
+                            "{} {:.2}{} above {}{}: removed by the agent",
+                            report.guard,
+                            report.observed,
+                            report.unit,
+                            report.threshold,
+                            report.unit
+                        ),
+                        guard: Some(report),
+                    };
+                    send(Out::Ack(a.clone()));
+                    st.unconfirmed.push(a);
+                }
+                None => send(ack(&order_id, state, detail.clone())),
+            }
             let done: Vec<String> = st
                 .removals
                 .iter_mut()

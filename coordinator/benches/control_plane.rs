@@ -109,6 +109,7 @@ fn ack(id: &str, state: EffectState) -> AgentMessage {
         order_id: id.into(),
         state: state as i32,
         detail: String::new(),
+        guard: None,
     }))
 }
 

@@ -87,7 +87,17 @@ impl AgentService for Agents {
                 };
                 match msg.body {
                     Some(From::Heartbeat(h)) => heartbeat(&c, &node, &tx, h.lease_ids),
-                    Some(From::Ack(a)) => c.deliver(a),
+                    Some(From::Ack(a)) => {
+                        if let Some(g) = &a.guard {
+                            // Recorded whether or not an experiment still waits for it
+                            // (after a reconnect the experiment may have ended), and
+                            // confirmed so the agent stops resending it.
+                            c.record_guard_report(&node, g);
+                            c.confirm_report(std::slice::from_ref(&node), &g.report_id);
+                        }
+                        c.deliver(a);
+                    }
+                    Some(From::Probe(p)) => c.deliver_probe(p),
                     Some(From::Sample(s)) => {
                         if let Some(e) = c.nodes().get_mut(&node) {
                             e.last_sample = Some(s.clone());

@@ -25,7 +25,7 @@ use crate::{
     control::{Control, Running},
     experiment,
     leases::Refusal,
-    limits,
+    plan,
 };
 
 pub struct Chaos(pub Arc<Control>);
@@ -44,23 +44,6 @@ fn refusal(r: Refusal) -> Status {
         }
     }
 }
-
-fn duration_or(
-    d: Option<prost_types::Duration>,
-    default: Duration,
-    field: &str,
-) -> Result<Duration, Status> {
-    match d {
-        None => Ok(default),
-        Some(d) => Duration::try_from(d)
-            .map_err(|_| Status::invalid_argument(format!("{field} must not be negative"))),
-    }
-}
-
-/// Shortest baseline: ten samples at the experiment rate of 10 Hz.
-const MIN_BASELINE: Duration = Duration::from_secs(1);
-/// Longest baseline or recovery window a request may ask for.
-const MAX_WINDOW: Duration = Duration::from_secs(600);
 
 impl Chaos {
     fn running_experiments(&self) -> Vec<Experiment> {
@@ -82,29 +65,26 @@ impl ChaosService for Chaos {
         let caller = require(&request, Role::Operator, "starting an experiment")?;
         let req = request.into_inner();
         let c = self.0.clone();
-        let spec = req
-            .fault
-            .ok_or_else(|| Status::invalid_argument("fault is required"))?;
-        limits::check(&spec, &c.config.limits, &c.config.limits_source)?;
-        let baseline = duration_or(req.baseline, c.config.default_baseline, "baseline")?;
-        let recovery = duration_or(req.recovery, c.config.default_recovery, "recovery")?;
-        if baseline < MIN_BASELINE {
-            return Err(Status::invalid_argument(format!(
-                "baseline must be at least {MIN_BASELINE:?}: recovery is judged against it"
-            )));
-        }
-        if baseline > MAX_WINDOW || recovery > MAX_WINDOW {
-            return Err(Status::invalid_argument(format!(
-                "baseline and recovery are limited to {MAX_WINDOW:?}"
-            )));
-        }
-        for n in &req.nodes {
+        let views = c.node_views();
+        let ctx = plan::Context {
+            settings: &c.config.settings,
+            limits: &c.config.limits,
+            limits_source: &c.config.limits_source,
+            nodes: &views,
+        };
+        let plan = if req.spec_yaml.is_empty() && req.overrides_yaml.is_empty() {
+            plan::from_request(&req, &ctx)?
+        } else {
+            plan::resolve(&req.spec_yaml, &req.overrides_yaml, &ctx)
+                .map_err(|e| Status::invalid_argument(format!("spec: {e}")))?
+        };
+        for n in &plan.nodes {
             c.session(n)?;
         }
         let seq = c.next_experiment_seq();
         let id = crate::store::Store::experiment_id(seq);
         let (tx, rx) = mpsc::channel(1024);
-        let lease = match c.grant(&id, &req.nodes) {
+        let lease = match c.grant(&id, &plan.nodes) {
             Ok(l) => l,
             Err(r) if r.is_busy() && req.wait_for_lease => {
                 let _ = tx
@@ -117,14 +97,12 @@ impl ChaosService for Chaos {
                     }))
                     .await;
                 let c2 = c.clone();
-                let nodes = req.nodes.clone();
-                let name = req.name.clone();
                 tokio::spawn(async move {
                     loop {
                         let freed = c2.lease_freed.notified();
-                        match c2.grant(&id, &nodes) {
+                        match c2.grant(&id, &plan.nodes) {
                             Ok(lease) => {
-                                launch(&c2, seq, &name, lease, spec, baseline, recovery, tx);
+                                launch(&c2, seq, lease, plan, tx);
                                 return;
                             }
                             Err(r) if r.is_busy() => {}
@@ -145,7 +123,7 @@ impl ChaosService for Chaos {
             Err(r) => return Err(refusal(r)),
         };
         tracing::info!(caller = %caller.name, experiment = %id, "start");
-        launch(&c, seq, &req.name, lease, spec, baseline, recovery, tx);
+        launch(&c, seq, lease, plan, tx);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -253,18 +231,23 @@ impl ChaosService for Chaos {
 }
 
 /// Records the experiment and starts its task.
-#[allow(clippy::too_many_arguments)]
 fn launch(
     c: &Arc<Control>,
     seq: u64,
-    name: &str,
     lease: crate::leases::Lease,
-    spec: faultline_proto::v1::FaultSpec,
-    baseline: Duration,
-    recovery: Duration,
+    plan: plan::Plan,
     events: experiment::Events,
 ) {
-    let id = match c.store.create_experiment(seq, name, &lease.nodes, &spec) {
+    let probes: Vec<String> = plan.health.probes.iter().map(|p| p.name.clone()).collect();
+    let new = crate::store::NewExperiment {
+        name: &plan.name,
+        nodes: &lease.nodes,
+        fault: &plan.fault,
+        scenario: plan.scenario.as_str(),
+        spec_yaml: &plan.spec_yaml,
+        probes: &probes,
+    };
+    let id = match c.store.create_experiment(seq, &new) {
         Ok(id) => id,
         Err(e) => {
             c.leases.release(&lease.id);
@@ -288,11 +271,8 @@ fn launch(
     );
     let exp = experiment::Experiment {
         id,
-        nodes: lease.nodes,
         lease_id: lease.id,
-        spec,
-        baseline,
-        recovery,
+        plan,
     };
     tokio::spawn(experiment::run(c.clone(), exp, events, abort_rx, done_tx));
 }

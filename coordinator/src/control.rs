@@ -13,8 +13,8 @@ use std::{
 use faultline_proto::{
     limits::ChaosLimits,
     v1::{
-        Ack, CoordinatorMessage, EffectState, MetricSample, Register, RemoveFault, SetSampleRate,
-        coordinator_message::Body,
+        Ack, CoordinatorMessage, EffectState, MetricSample, ProbeResults, Register, RemoveFault,
+        ReportReceived, SelfTest, SetSampleRate, coordinator_message::Body,
     },
 };
 use tokio::sync::{Notify, broadcast, mpsc, watch};
@@ -22,6 +22,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::{
+    config::Settings,
     leases::{Lease, LeaseTable, Refusal},
     store::Store,
 };
@@ -30,8 +31,8 @@ pub struct Config {
     pub limits: ChaosLimits,
     pub limits_source: String,
     pub lease_ttl: Duration,
-    pub default_baseline: Duration,
-    pub default_recovery: Duration,
+    /// The config file (or the profile's embedded defaults) with flags over it.
+    pub settings: Settings,
 }
 
 pub type AgentTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -60,6 +61,7 @@ pub struct Control {
     pub nodes: Mutex<HashMap<String, NodeEntry>>,
     pub running: Mutex<HashMap<String, Running>>,
     waiters: Mutex<HashMap<String, mpsc::UnboundedSender<Ack>>>,
+    probes: Mutex<HashMap<String, mpsc::UnboundedSender<ProbeResults>>>,
     pub samples: broadcast::Sender<(String, MetricSample)>,
     /// Signalled whenever a lease is released (queued requests retry).
     pub lease_freed: Notify,
@@ -86,6 +88,11 @@ impl Drop for AckWaiter {
     }
 }
 
+/// Receives one node-side probe's result batches.
+pub struct ProbeSubscription {
+    pub rx: mpsc::UnboundedReceiver<ProbeResults>,
+}
+
 pub struct AbortOutcome {
     pub experiment_ids: Vec<String>,
     pub took: Duration,
@@ -104,6 +111,7 @@ impl Control {
             nodes: Mutex::default(),
             running: Mutex::default(),
             waiters: Mutex::default(),
+            probes: Mutex::default(),
             samples: broadcast::channel(4096).0,
             lease_freed: Notify::new(),
             next_experiment: AtomicU64::new(last + 1),
@@ -136,6 +144,68 @@ impl Control {
             control: self.clone(),
             id: id.to_owned(),
             rx,
+        }
+    }
+
+    /// Starts collecting the results of node-side probe `id`.
+    pub fn expect_probe(&self, id: &str) -> ProbeSubscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.probes).insert(id.to_owned(), tx);
+        ProbeSubscription { rx }
+    }
+
+    pub fn forget_probe(&self, id: &str) {
+        lock(&self.probes).remove(id);
+    }
+
+    pub fn deliver_probe(&self, r: ProbeResults) {
+        if let Some(tx) = lock(&self.probes).get(&r.probe_id) {
+            let _ = tx.send(r);
+        }
+    }
+
+    /// Tells the agents the guard report `report_id` arrived, so they stop resending it.
+    pub fn confirm_report(&self, nodes: &[String], report_id: &str) {
+        for n in nodes {
+            let _ = self.send(
+                n,
+                Body::ReportReceived(ReportReceived {
+                    report_id: report_id.to_owned(),
+                }),
+            );
+        }
+    }
+
+    /// Stores a guard report from an agent on the experiment that holds its lease.
+    pub fn record_guard_report(&self, node: &str, g: &faultline_proto::v1::GuardReport) {
+        if let Err(e) = self.store.record_guard_report(node, g) {
+            warn!("store: guard report {}: {e:#}", g.report_id);
+        }
+    }
+
+    /// The rollback self-test on `node`: Ok with what passed, Err with what failed.
+    pub async fn self_test(
+        self: &Arc<Self>,
+        node: &str,
+        iface: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let request_id = format!("selftest-{}-{node}", self.next_id());
+        let mut waiter = self.expect(&request_id);
+        self.send(
+            node,
+            Body::SelfTest(SelfTest {
+                request_id,
+                interface: iface.to_owned(),
+            }),
+        )
+        .map_err(|e| e.message().to_owned())?;
+        match tokio::time::timeout(timeout, waiter.rx.recv()).await {
+            Ok(Some(a)) if a.state == EffectState::Applied as i32 => Ok(a.detail),
+            Ok(Some(a)) => Err(a.detail),
+            _ => Err(format!(
+                "no self-test result from {node} within {timeout:?}"
+            )),
         }
     }
 
@@ -180,6 +250,23 @@ impl Control {
         for n in nodes {
             let _ = self.send(n, Body::SampleRate(SetSampleRate { hz }));
         }
+    }
+
+    /// Every registered node, as spec resolution sees it.
+    pub fn node_views(&self) -> Vec<crate::plan::NodeView> {
+        let mut v: Vec<_> = self
+            .nodes()
+            .iter()
+            .map(|(name, e)| crate::plan::NodeView {
+                name: name.clone(),
+                labels: e.info.labels.clone(),
+                connected: e.session.is_some(),
+                default_interface: e.info.default_interface.clone(),
+                caps: e.info.capabilities.clone().unwrap_or_default(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     pub fn connected_nodes(&self) -> Vec<String> {

@@ -205,6 +205,7 @@ mod tests {
         LeaseTable::new(BlastRadius {
             max_nodes,
             max_concurrent,
+            max_nodes_fraction: None,
         })
     }
 

@@ -1,16 +1,18 @@
 //! The safety limits at the coordinator's door: a requested fault is checked against
 //! the `chaos_limits` before any lease is granted, and a refusal is INVALID_ARGUMENT
-//! naming the limit. Every agent checks the same limits again (defence in depth).
+//! naming the limit. Each fault kind's own rules live in `faults`; every agent checks
+//! the same limits again (defence in depth).
 use std::time::Duration;
 
-use faultline_proto::{
-    jitter,
-    limits::{ChaosLimits, Percent},
-    v1::{FaultSpec, Hook, JitterDistribution, fault_spec::Fault},
-};
+use faultline_proto::{endpoint::EndpointPolicy, limits::ChaosLimits, v1::FaultSpec};
 use tonic::Status;
 
-pub fn check(spec: &FaultSpec, caps: &ChaosLimits, source: &str) -> Result<(), Status> {
+pub fn check(
+    spec: &FaultSpec,
+    caps: &ChaosLimits,
+    source: &str,
+    endpoints: &EndpointPolicy,
+) -> Result<(), Status> {
     let duration = required_duration(spec.duration.as_ref(), "fault.duration")?;
     if duration.is_zero() {
         return Err(Status::invalid_argument(
@@ -20,111 +22,12 @@ pub fn check(spec: &FaultSpec, caps: &ChaosLimits, source: &str) -> Result<(), S
     let fault = spec.fault.as_ref().ok_or_else(|| {
         Status::invalid_argument("fault: one of loss, latency, cpu, memory, gc, cache")
     })?;
-    let refused =
-        |e: faultline_proto::limits::LimitExceeded| Status::invalid_argument(e.to_string());
-    match fault {
-        Fault::Loss(l) => caps
-            .check_loss(percent(l.percent, "loss.percent")?, duration, source)
-            .map_err(refused),
-        Fault::Latency(l) => {
-            let delay = required_duration(l.delay.as_ref(), "latency.delay")?;
-            let jitter = match &l.jitter {
-                Some(j) => to_duration(j, "latency.jitter")?,
-                None => Duration::ZERO,
-            };
-            let shape = match JitterDistribution::try_from(l.jitter_distribution) {
-                Ok(JitterDistribution::Normal) => jitter::Shape::Normal,
-                Ok(_) => jitter::Shape::Uniform,
-                Err(_) => {
-                    return Err(Status::invalid_argument(format!(
-                        "latency.jitter_distribution: unknown value {}",
-                        l.jitter_distribution
-                    )));
-                }
-            };
-            caps.check_latency(jitter::worst_case(delay, jitter, shape), duration, source)
-                .map_err(refused)?;
-            if l.loss_percent > 0.0 {
-                caps.check_loss(
-                    percent(l.loss_percent, "latency.loss_percent")?,
-                    duration,
-                    source,
-                )
-                .map_err(refused)?;
-            }
-            Ok(())
-        }
-        Fault::Cpu(c) => caps
-            .check_cpu(percent(c.percent, "cpu.percent")?, duration, source)
-            .map_err(refused),
-        Fault::Memory(m) => caps
-            .check_memory(percent(m.percent, "memory.percent")?, duration, source)
-            .map_err(refused),
-        Fault::Gc(g) => {
-            if g.target_cgroup.is_empty() {
-                return Err(Status::invalid_argument(
-                    "gc.target_cgroup is required: the workload cgroup to squeeze",
-                ));
-            }
-            if g.to_percent != 0.0 && !(50.0..=99.0).contains(&g.to_percent) {
-                return Err(Status::invalid_argument(format!(
-                    "gc.to_percent {} is outside 50-99",
-                    g.to_percent
-                )));
-            }
-            hooks(&g.hooks, "gc")?;
-            caps.check_memory_duration(duration, source)
-                .map_err(refused)
-        }
-        Fault::Cache(c) => {
-            if c.paths.is_empty() && c.target_cgroup.is_empty() && c.hooks.is_empty() {
-                return Err(Status::invalid_argument(
-                    "cache: name what to evict (paths, target_cgroup and/or hooks)",
-                ));
-            }
-            if let Some(p) = c.paths.iter().find(|p| !p.starts_with('/')) {
-                return Err(Status::invalid_argument(format!(
-                    "cache.paths: '{p}' is not an absolute path"
-                )));
-            }
-            hooks(&c.hooks, "cache")?;
-            caps.check_memory_duration(duration, source)
-                .map_err(refused)
-        }
-    }
-}
-
-/// A hook is a named http:// endpoint; the agent checks it again before calling.
-fn hooks(hooks: &[Hook], field: &str) -> Result<(), Status> {
-    for h in hooks {
-        if !Hook::valid_name(&h.name) {
-            return Err(Status::invalid_argument(format!(
-                "{field}.hooks: name '{}' must be letters, digits, '-' or '_'",
-                h.name
-            )));
-        }
-        if !h.url.starts_with("http://") {
-            return Err(Status::invalid_argument(format!(
-                "{field}.hooks: {}: '{}' must be an http:// URL of a node-local service",
-                h.name, h.url
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn percent(value: f64, field: &str) -> Result<Percent, Status> {
-    Percent::new(value).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+    crate::faults::check(fault, duration, caps, source, endpoints)
+        .map_err(|r| Status::invalid_argument(r.message))
 }
 
 fn required_duration(d: Option<&prost_types::Duration>, field: &str) -> Result<Duration, Status> {
-    to_duration(
-        d.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))?,
-        field,
-    )
-}
-
-fn to_duration(d: &prost_types::Duration, field: &str) -> Result<Duration, Status> {
+    let d = d.ok_or_else(|| Status::invalid_argument(format!("{field} is required")))?;
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(Status::invalid_argument(format!(
             "{field} must be a non-negative duration"
@@ -136,8 +39,9 @@ fn to_duration(d: &prost_types::Duration, field: &str) -> Result<Duration, Statu
 #[cfg(test)]
 mod tests {
     use faultline_proto::{
-        limits::Profile,
+        limits::{Percent, Profile},
         v1::{CacheFault, CpuFault, GcFault, LatencyFault, LossFault, MemoryFault},
+        v1::{Hook, JitterDistribution, fault_spec::Fault},
     };
     use tonic::Code;
 
@@ -165,7 +69,13 @@ mod tests {
     }
 
     fn refused_by(spec: &FaultSpec, profile: Profile) -> String {
-        let e = check(spec, &ChaosLimits::profile(profile), "test").unwrap_err();
+        let e = check(
+            spec,
+            &ChaosLimits::profile(profile),
+            "test",
+            &EndpointPolicy::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         e.message().to_owned()
     }
@@ -282,11 +192,30 @@ mod tests {
                 cache(),
             ];
             for fault in at {
-                assert!(check(&spec(fault, 30), &caps, "test").is_ok(), "{profile}");
+                assert!(
+                    check(&spec(fault, 30), &caps, "test", &EndpointPolicy::default()).is_ok(),
+                    "{profile}"
+                );
             }
             let longest = caps.memory_stress.max_duration.as_secs() as i64;
-            assert!(check(&spec(gc(), longest), &caps, "test").is_ok());
-            assert!(check(&spec(cache(), longest), &caps, "test").is_ok());
+            assert!(
+                check(
+                    &spec(gc(), longest),
+                    &caps,
+                    "test",
+                    &EndpointPolicy::default()
+                )
+                .is_ok()
+            );
+            assert!(
+                check(
+                    &spec(cache(), longest),
+                    &caps,
+                    "test",
+                    &EndpointPolicy::default()
+                )
+                .is_ok()
+            );
         }
     }
 
@@ -298,7 +227,8 @@ mod tests {
             check(
                 &spec(latency(40, 10, false), 30),
                 &ChaosLimits::profile(Profile::Production),
-                "t"
+                "t",
+                &EndpointPolicy::default()
             )
             .is_ok()
         );
@@ -314,7 +244,7 @@ mod tests {
             duration: None,
         };
         assert!(
-            check(&no_duration, &caps, "t")
+            check(&no_duration, &caps, "t", &EndpointPolicy::default())
                 .unwrap_err()
                 .message()
                 .contains("fault.duration")
@@ -324,7 +254,9 @@ mod tests {
             duration: secs(10),
         };
         assert_eq!(
-            check(&no_fault, &caps, "t").unwrap_err().code(),
+            check(&no_fault, &caps, "t", &EndpointPolicy::default())
+                .unwrap_err()
+                .code(),
             Code::InvalidArgument
         );
         let no_delay = spec(Fault::Latency(LatencyFault::default()), 10);
@@ -336,7 +268,10 @@ mod tests {
             }),
             10,
         );
-        assert!(refused_by(&bad_percent, Profile::Production).contains("loss.percent"));
+        assert!(
+            refused_by(&bad_percent, Profile::Production)
+                .contains("packet_loss: 150 is not a percentage")
+        );
     }
 
     #[test]
@@ -371,6 +306,6 @@ mod tests {
         assert!(refused(relative).contains("'data' is not an absolute path"));
         let ok = hook("api", "http://127.0.0.1:8080/cache/drop");
         let caps = ChaosLimits::profile(Profile::Production);
-        assert!(check(&spec(ok, 10), &caps, "t").is_ok());
+        assert!(check(&spec(ok, 10), &caps, "t", &EndpointPolicy::default()).is_ok());
     }
 }

@@ -39,6 +39,14 @@ enum Command {
     },
     /// Validate a chaos_limits file; prints it normalised, exit 2 with the reason if invalid.
     CheckLimits { file: PathBuf },
+    /// Print the embedded config defaults of a profile (health, prerequisites, abort
+    /// conditions, recovery): a starting point for --config.
+    ShowConfig {
+        #[arg(long, default_value = "production")]
+        profile: Profile,
+    },
+    /// Validate a config file; exit 2 with the field and line if invalid.
+    CheckConfig { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +135,22 @@ fn main() -> ExitCode {
         Command::ShowLimits { profile } => {
             print!("{}", ChaosLimits::profile(profile).to_yaml());
             Ok(())
+        }
+        Command::ShowConfig { profile } => {
+            print!("{}", faultline_coordinator::config::defaults_yaml(profile));
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            match faultline_coordinator::config::Settings::load(Some(&file), Profile::Production) {
+                Ok(s) => {
+                    println!("{}: ok", s.source);
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("faultline-coordinator: error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
         }
         Command::CheckLimits { file } => match ChaosLimits::from_file(&file) {
             Ok(limits) => {

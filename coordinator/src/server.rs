@@ -19,6 +19,7 @@ use crate::{
     agents::Agents,
     api::{Chaos, Http, http_router},
     auth::TokenFile,
+    config::Settings,
     control::{Config, Control},
     store::Store,
 };
@@ -50,12 +51,16 @@ pub struct ServeArgs {
     /// Lease TTL: an agent that cannot renew for this long removes its effects.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub lease_ttl: Duration,
-    /// Baseline window when a request gives none.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
-    pub baseline: Duration,
-    /// Recovery window when a request gives none.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    pub recovery: Duration,
+    /// The config file: default health sources, prerequisites, abort conditions,
+    /// recovery, components (YAML; `show-config` prints the embedded defaults).
+    #[arg(long, env = "FAULTLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Baseline window when a spec gives none (overrides the config; default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub baseline: Option<Duration>,
+    /// Recovery timeout when a spec gives none (overrides the config; default 120s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub recovery: Option<Duration>,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -80,6 +85,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         // certificate, which AgentService checks. A certificate from another CA, or
         // an expired one, fails the handshake itself.
         .client_auth_optional(true);
+    let mut settings = Settings::load(args.config.as_deref(), args.profile)?;
+    if let Some(b) = args.baseline {
+        anyhow::ensure!(
+            (crate::plan::MIN_BASELINE..=crate::plan::MAX_WINDOW).contains(&b),
+            "--baseline must be between 1s and 10m"
+        );
+        settings.baseline = b;
+    }
+    if let Some(r) = args.recovery {
+        anyhow::ensure!(
+            !r.is_zero() && r <= crate::plan::MAX_WINDOW,
+            "--recovery must be between 1ms and 10m"
+        );
+        settings.recovery.timeout = Some(faultline_proto::spec::Dur(r));
+    }
     let tokens = Arc::new(TokenFile::load(&args.tokens)?);
     let store = Store::open(&args.store)?;
     for (id, lease) in store.interrupt_unfinished()? {
@@ -90,8 +110,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             limits,
             limits_source,
             lease_ttl: args.lease_ttl,
-            default_baseline: args.baseline,
-            default_recovery: args.recovery,
+            settings,
         },
         store,
     )?;
@@ -123,7 +142,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         control: control.clone(),
         tokens,
     });
-    info!(grpc = %args.listen, http = %args.http, store = %args.store.display(), "coordinator serving");
+    info!(grpc = %args.listen, http = %args.http, store = %args.store.display(),
+          config = %control.config.settings.source, "coordinator serving");
     let grpc = Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(2)))

@@ -1,6 +1,7 @@
 //! The coordinator's embedded store (SQLite, WAL, `synchronous=FULL` so a commit is
-//! on disk before it is acknowledged): experiments, their events, and leases. Faults
-//! are stored as their protobuf encoding, so the store follows the contract.
+//! on disk before it is acknowledged): experiments with their typed outcome, their
+//! events, their health readings (one a second), and leases. Faults and outcomes are
+//! stored as their protobuf encoding, so the store follows the contract.
 //!
 //! Writes are few (a handful per experiment); one connection behind a mutex is enough.
 use std::{
@@ -10,12 +11,26 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use faultline_proto::v1::{Experiment, ExperimentEvent, FaultSpec, Phase};
+use faultline_proto::v1::{
+    Experiment, ExperimentEvent, FaultSpec, GuardReport, Outcome, Phase, Verdict,
+};
+
+use crate::health::Reading;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub struct Store {
     db: Mutex<Connection>,
+}
+
+/// What an experiment is created with.
+pub struct NewExperiment<'a> {
+    pub name: &'a str,
+    pub nodes: &'a [String],
+    pub fault: &'a FaultSpec,
+    pub scenario: &'a str,
+    pub spec_yaml: &'a str,
+    pub probes: &'a [String],
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -70,8 +85,33 @@ impl Store {
                  nodes TEXT NOT NULL,
                  granted_ms INTEGER NOT NULL,
                  released_ms INTEGER,
-                 release_reason TEXT);",
+                 release_reason TEXT);
+             CREATE TABLE IF NOT EXISTS readings (
+                 experiment_id TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL,
+                 phase INTEGER NOT NULL,
+                 source TEXT NOT NULL,
+                 error_rate REAL, latency_p50_ms REAL, latency_p99_ms REAL,
+                 throughput REAL, health_score REAL, traffic_vs_peak REAL,
+                 active_incidents INTEGER NOT NULL,
+                 node_cpu REAL, node_memory REAL);
+             CREATE INDEX IF NOT EXISTS readings_by_experiment ON readings(experiment_id, at_ms);",
         )?;
+        // Columns added after the first release: a store from before gains them.
+        let have: Vec<String> = db
+            .prepare("SELECT name FROM pragma_table_info('experiments')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (col, ty) in [
+            ("scenario", "TEXT NOT NULL DEFAULT ''"),
+            ("spec_yaml", "TEXT NOT NULL DEFAULT ''"),
+            ("probes", "TEXT NOT NULL DEFAULT ''"),
+            ("outcome", "BLOB"),
+        ] {
+            if !have.iter().any(|h| h == col) {
+                db.execute_batch(&format!("ALTER TABLE experiments ADD COLUMN {col} {ty}"))?;
+            }
+        }
         Ok(Self { db: Mutex::new(db) })
     }
 
@@ -94,28 +134,25 @@ impl Store {
     }
 
     /// Inserts experiment number `seq` (from `last_seq() + n`) and returns its id.
-    pub fn create_experiment(
-        &self,
-        seq: u64,
-        name: &str,
-        nodes: &[String],
-        fault: &FaultSpec,
-    ) -> Result<String> {
+    pub fn create_experiment(&self, seq: u64, new: &NewExperiment<'_>) -> Result<String> {
         let id = Self::experiment_id(seq);
         let next = seq as i64;
         let mut db = self.db();
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO experiments (seq, id, name, nodes, fault, phase, started_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO experiments (seq, id, name, nodes, fault, phase, started_ms, scenario, spec_yaml, probes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 next,
                 id,
-                name,
-                nodes.join(","),
-                fault.encode_to_vec(),
+                new.name,
+                new.nodes.join(","),
+                new.fault.encode_to_vec(),
                 Phase::Preflight as i32,
-                ms(SystemTime::now())
+                ms(SystemTime::now()),
+                new.scenario,
+                new.spec_yaml,
+                new.probes.join(","),
             ],
         )?;
         tx.commit()?;
@@ -167,24 +204,137 @@ impl Store {
         Ok(())
     }
 
-    /// Ends an experiment in `phase` with its result.
-    pub fn finish(
-        &self,
-        id: &str,
-        phase: Phase,
-        result: &str,
-        recovery: Option<Duration>,
-    ) -> Result<()> {
+    /// Ends an experiment in `phase` with its outcome.
+    pub fn finish(&self, id: &str, phase: Phase, outcome: &Outcome) -> Result<()> {
+        let recovery = outcome
+            .recovery_time
+            .and_then(|d| Duration::try_from(d).ok());
         self.db().execute(
-            "UPDATE experiments SET phase = ?2, result = ?3, ended_ms = ?4, recovery_ms = ?5 WHERE id = ?1",
+            "UPDATE experiments SET phase = ?2, result = ?3, ended_ms = ?4, recovery_ms = ?5, outcome = ?6 WHERE id = ?1",
             params![
                 id,
                 phase as i32,
-                result,
+                outcome.message,
                 ms(SystemTime::now()),
-                recovery.map(|d| d.as_millis() as i64)
+                recovery.map(|d| d.as_millis() as i64),
+                outcome.encode_to_vec(),
             ],
         )?;
+        Ok(())
+    }
+
+    /// One health reading of a running experiment (about once a second).
+    pub fn record_reading(
+        &self,
+        experiment_id: &str,
+        phase: Phase,
+        r: &Reading,
+        node_cpu: Option<f64>,
+        node_memory: Option<f64>,
+    ) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO readings (experiment_id, at_ms, phase, source, error_rate, latency_p50_ms,
+                 latency_p99_ms, throughput, health_score, traffic_vs_peak, active_incidents,
+                 node_cpu, node_memory)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                experiment_id,
+                ms(r.at.unwrap_or_else(SystemTime::now)),
+                phase as i32,
+                r.source(),
+                r.error_rate(),
+                r.http.map(|h| h.p50_ms),
+                r.p99_ms(),
+                r.throughput(),
+                r.health_score,
+                r.traffic_vs_peak,
+                r.incidents() as i64,
+                node_cpu,
+                node_memory,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// How many health readings an experiment recorded.
+    pub fn reading_count(&self, experiment_id: &str) -> Result<u64> {
+        let n: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM readings WHERE experiment_id = ?1",
+            [experiment_id],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// The median baseline p99 (ms, from the probes) of the last ten passed
+    /// experiments that used the same probes: what `latency_within_baseline`
+    /// compares with when no PromQL baseline is configured.
+    pub fn recorded_baseline_p99(&self, probes: &[String]) -> Result<Option<f64>> {
+        if probes.is_empty() {
+            return Ok(None);
+        }
+        let db = self.db();
+        let mut q = db.prepare(
+            "SELECT outcome FROM experiments WHERE probes = ?1 AND outcome IS NOT NULL
+             ORDER BY seq DESC LIMIT 50",
+        )?;
+        let blobs: Vec<Vec<u8>> = q
+            .query_map([probes.join(",")], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut p99: Vec<f64> = blobs
+            .iter()
+            .filter_map(|b| Outcome::decode(b.as_slice()).ok())
+            .filter(|o| o.verdict == Verdict::Passed as i32)
+            .filter_map(|o| {
+                o.signals
+                    .iter()
+                    .find(|s| s.name == "latency_p99" && s.source == "http")
+                    .and_then(|s| s.baseline)
+            })
+            .take(10)
+            .collect();
+        if p99.is_empty() {
+            return Ok(None);
+        }
+        p99.sort_by(f64::total_cmp);
+        Ok(Some(p99[p99.len() / 2]))
+    }
+
+    /// An agent's guard report, as an event of the experiment that holds its lease.
+    pub fn record_guard_report(&self, node: &str, g: &GuardReport) -> Result<()> {
+        let db = self.db();
+        let id: Option<String> = db
+            .query_row(
+                "SELECT experiment_id FROM leases WHERE id = ?1",
+                [&g.lease_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else { return Ok(()) };
+        let at = g
+            .visible_at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .unwrap_or_else(SystemTime::now);
+        let seen: i64 = db.query_row(
+            "SELECT COUNT(*) FROM events WHERE experiment_id = ?1 AND message LIKE ?2",
+            params![id, format!("agent-side guard report {}%", g.report_id)],
+            |r| r.get(0),
+        )?;
+        if seen == 0 {
+            db.execute(
+                "INSERT INTO events (experiment_id, at_ms, phase, node, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    id,
+                    ms(at),
+                    Phase::Fault as i32,
+                    node,
+                    format!(
+                        "agent-side guard report {}: {} {:.3}{} vs {}{}; the agent removed the effect",
+                        g.report_id, g.guard, g.observed, g.unit, g.threshold, g.unit
+                    )
+                ],
+            )?;
+        }
         Ok(())
     }
 
@@ -212,9 +362,14 @@ impl Store {
         for (id, lease) in &unfinished {
             let msg = "the coordinator restarted while this experiment ran; its effects are \
                        removed by the agents and its lease is freed";
+            let outcome = Outcome {
+                verdict: Verdict::Interrupted as i32,
+                message: msg.to_owned(),
+                ..Default::default()
+            };
             tx.execute(
-                "UPDATE experiments SET phase = ?2, result = ?3, ended_ms = ?4 WHERE id = ?1",
-                params![id, Phase::Interrupted as i32, msg, now],
+                "UPDATE experiments SET phase = ?2, result = ?3, ended_ms = ?4, outcome = ?5 WHERE id = ?1",
+                params![id, Phase::Interrupted as i32, msg, now, outcome.encode_to_vec()],
             )?;
             tx.execute(
                 "INSERT INTO events (experiment_id, at_ms, phase, node, message) VALUES (?1, ?2, ?3, '', ?4)",
@@ -248,6 +403,11 @@ impl Store {
                 .get::<_, Option<i64>>("recovery_ms")?
                 .and_then(|m| Duration::from_millis(m.max(0) as u64).try_into().ok()),
             result: r.get("result")?,
+            outcome: r
+                .get::<_, Option<Vec<u8>>>("outcome")?
+                .and_then(|b| Outcome::decode(b.as_slice()).ok()),
+            scenario: r.get("scenario")?,
+            spec_yaml: r.get("spec_yaml")?,
         })
     }
 
@@ -278,7 +438,7 @@ impl Store {
                 phase: r.get(1)?,
                 node: r.get(2)?,
                 message: r.get(3)?,
-                sample: None,
+                ..Default::default()
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -295,28 +455,35 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let s = Store::open(&path).unwrap();
+            let (n1, n2, fault) = (
+                ["node-1".to_owned()],
+                ["node-2".to_owned()],
+                FaultSpec::default(),
+            );
+            let new = |name, nodes| NewExperiment {
+                name,
+                nodes,
+                fault: &fault,
+                scenario: "packet_loss",
+                spec_yaml: "",
+                probes: &[],
+            };
             let a = s
-                .create_experiment(
-                    s.last_seq().unwrap() + 1,
-                    "done",
-                    &["node-1".into()],
-                    &FaultSpec::default(),
-                )
+                .create_experiment(s.last_seq().unwrap() + 1, &new("done", &n1))
                 .unwrap();
             s.finish(
                 &a,
                 Phase::Completed,
-                "recovered",
-                Some(Duration::from_millis(1200)),
+                &Outcome {
+                    verdict: Verdict::Passed as i32,
+                    message: "recovered".into(),
+                    recovery_time: Duration::from_millis(1200).try_into().ok(),
+                    ..Default::default()
+                },
             )
             .unwrap();
             let b = s
-                .create_experiment(
-                    s.last_seq().unwrap() + 1,
-                    "running",
-                    &["node-2".into()],
-                    &FaultSpec::default(),
-                )
+                .create_experiment(s.last_seq().unwrap() + 1, &new("running", &n2))
                 .unwrap();
             s.set_lease(&b, "lease-1-b", &["node-2".into()]).unwrap();
             s.record_event(&ExperimentEvent {
@@ -336,6 +503,11 @@ mod tests {
         let list = s.experiments(10).unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].phase, Phase::Interrupted as i32);
+        assert_eq!(
+            list[0].outcome.as_ref().unwrap().verdict,
+            Verdict::Interrupted as i32
+        );
+        assert_eq!(list[1].outcome.as_ref().unwrap().message, "recovered");
         assert_eq!(list[1].phase, Phase::Completed as i32);
         assert_eq!(list[1].recovery_time.unwrap().nanos, 200_000_000);
         let events = s.events("exp-000002").unwrap();

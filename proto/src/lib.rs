@@ -6,6 +6,12 @@
 //! `limits` is the `chaos_limits` document operators write (the shape of the
 //! reference production-chaos report); both the coordinator and every agent
 //! enforce it, so a request that slips past one is still refused by the other.
+//!
+//! `spec` is the experiment spec document (the report's scenario blocks plus
+//! faultline's fields); `endpoint` is the one rule for what an agent may be ordered
+//! to call.
+pub mod endpoint;
 pub mod jitter;
 pub mod limits;
+pub mod spec;
 pub mod v1;

@@ -74,7 +74,7 @@ impl Serialize for Percent {
 }
 
 /// serde helpers for durations written like `300s` or `50ms`.
-mod human_duration {
+pub mod human_duration {
     use super::*;
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
@@ -115,6 +115,83 @@ pub struct StressLimits {
 pub struct BlastRadius {
     pub max_nodes: u32,
     pub max_concurrent: u32,
+    /// The largest share of the connected nodes one experiment may target, e.g.
+    /// `1/7` (the reference report's "never exceed 1/7 nodes") or `0.14`. Unset in
+    /// both built-in profiles, so small fleets keep working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes_fraction: Option<Fraction>,
+}
+
+/// A share of a whole in (0, 1], written `1/7` or `0.14`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fraction {
+    value: f64,
+    text: String,
+}
+
+impl Fraction {
+    pub fn value(&self) -> f64 {
+        self.value
+    }
+}
+
+impl FromStr for Fraction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let value = match t.split_once('/') {
+            Some((a, b)) => {
+                let (a, b): (f64, f64) = (
+                    a.trim()
+                        .parse()
+                        .map_err(|_| format!("'{s}' is not a fraction"))?,
+                    b.trim()
+                        .parse()
+                        .map_err(|_| format!("'{s}' is not a fraction"))?,
+                );
+                a / b
+            }
+            None => t
+                .parse()
+                .map_err(|_| format!("'{s}' is not a fraction (e.g. 1/7 or 0.14)"))?,
+        };
+        if !(value.is_finite() && value > 0.0 && value <= 1.0) {
+            return Err(format!("'{s}' must be a fraction above 0 and at most 1"));
+        }
+        // The text as written, for messages.
+        Ok(Self {
+            value,
+            text: t.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Fraction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(v) => v.to_string().parse(),
+            Raw::Text(s) => s.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Fraction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -213,6 +290,7 @@ impl ChaosLimits {
                 blast_radius: BlastRadius {
                     max_nodes: 1,
                     max_concurrent: 1,
+                    max_nodes_fraction: None,
                 },
             },
             Profile::Staging => Self {
@@ -235,6 +313,7 @@ impl ChaosLimits {
                 blast_radius: BlastRadius {
                     max_nodes: 1,
                     max_concurrent: 1,
+                    max_nodes_fraction: None,
                 },
             },
         }

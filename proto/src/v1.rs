@@ -21,6 +21,15 @@ impl Hook {
     }
 }
 
+impl GcFault {
+    /// The squeeze a GC fault may ask for, as a share of the cgroup's current usage:
+    /// a harder squeeze stalls the workload rather than pressing its collector. The
+    /// spec, the coordinator and the agent all check this one range.
+    pub const TO_PERCENT: std::ops::RangeInclusive<f64> = 50.0..=99.0;
+    /// What 0 (unset) means.
+    pub const DEFAULT_TO_PERCENT: f64 = 80.0;
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -52,6 +61,7 @@ mod tests {
                     seconds: 5,
                     nanos: 0,
                 }),
+                guard: None,
             })),
         };
         let bytes = order.encode_to_vec();

@@ -44,6 +44,8 @@ pub struct Fleet {
     tokens: [String; 3],
     coordinator_args: Vec<String>,
     agent_args: Vec<String>,
+    /// Per node (0-based): extra `faultline-agent run` options, e.g. labels.
+    node_args: Vec<Vec<String>>,
     coordinator: Option<Child>,
     agents: Vec<Option<Child>>,
 }
@@ -58,11 +60,57 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// The coordinator config the fleet runs with unless a test gives its own: only
+/// rollback readiness is required (the production defaults also require health,
+/// monitoring, alerting and backup sources, which these tests do not set up), with
+/// the short baseline and recovery window the tests were written for.
+pub const NODE_ONLY_CONFIG: &str = "\
+baseline: 3s
+prerequisites:
+  required: [rollback]
+recovery:
+  timeout: 30s
+";
+
+/// How a fleet is built: see `Fleet::build`.
+pub struct Options<'a> {
+    pub nodes: usize,
+    pub coordinator_args: &'a [&'a str],
+    pub agent_args: &'a [&'a str],
+    /// The coordinator's --config document.
+    pub config: &'a str,
+    /// Per node (0-based): extra `run` options, e.g. `--label zone=a`.
+    pub node_args: Vec<Vec<String>>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            coordinator_args: &[],
+            agent_args: &[],
+            config: NODE_ONLY_CONFIG,
+            node_args: Vec::new(),
+        }
+    }
+}
+
 impl Fleet {
     /// Builds `n` nodes, starts the coordinator with `coordinator_args` (e.g.
     /// `--profile staging`) and every agent with `agent_args` (global agent options
     /// such as `--profile`), and waits until all agents are connected.
     pub fn new(n: usize, coordinator_args: &[&str], agent_args: &[&str]) -> Self {
+        Self::build(Options {
+            nodes: n,
+            coordinator_args,
+            agent_args,
+            ..Options::default()
+        })
+    }
+
+    /// A fleet as `o` describes it.
+    pub fn build(o: Options<'_>) -> Self {
+        let (n, coordinator_args, agent_args) = (o.nodes, o.coordinator_args, o.agent_args);
         let dir = TempPath::dir("faultline-fleet");
         let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
         run(Command::new(binary("faultline-coordinator"))
@@ -82,6 +130,7 @@ impl Fleet {
             token("ci", "operator"),
             token("sre", "admin"),
         ];
+        std::fs::write(dir.join("config.yaml"), o.config).expect("write config");
         let ctl = Netns::new("ctl");
         let nodes = names
             .iter()
@@ -115,6 +164,9 @@ impl Fleet {
                 ]);
                 ip(&["-n", &ctl.name, "link", "set", &link, "up"]);
                 ip(&["-n", &ns.name, "link", "set", NODE_IFACE, "up"]);
+                // A node routes through its link, as a real one does: the agent
+                // reports the default-route interface, and faults default to it.
+                ip(&["-n", &ns.name, "route", "add", "default", "via", &ctl_addr]);
                 FleetNode {
                     name: name.clone(),
                     ns,
@@ -130,6 +182,7 @@ impl Fleet {
             tokens,
             coordinator_args: coordinator_args.iter().map(|s| (*s).to_owned()).collect(),
             agent_args: agent_args.iter().map(|s| (*s).to_owned()).collect(),
+            node_args: o.node_args,
             coordinator: None,
             agents: (0..n).map(|_| None).collect(),
         };
@@ -177,6 +230,8 @@ impl Fleet {
             .arg(self.dir.join("tokens.yaml"))
             .arg("--store")
             .arg(self.dir.join("store/coordinator.db"))
+            .arg("--config")
+            .arg(self.dir.join("config.yaml"))
             .args(&self.coordinator_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -243,6 +298,7 @@ impl Fleet {
             .arg(tls.join(format!("{}.pem", node.name)))
             .arg("--key")
             .arg(tls.join(format!("{}.key", node.name)))
+            .args(self.node_args.get(i).into_iter().flatten())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(self.log_file(&node.name))

@@ -7,6 +7,8 @@
 pub mod agent;
 pub mod checks;
 pub mod fleet;
+pub mod lab;
+pub mod monitoring;
 pub mod netns;
 pub mod node;
 pub mod rtt;

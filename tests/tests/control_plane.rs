@@ -205,15 +205,18 @@ fn over_limit_requests(l: &ChaosLimits) -> Vec<(String, &'static str)> {
 
 /// Every over-limit request of `profile` exits 3 (rejected) with all of
 /// `expected(limit)` in its output.
+/// Every over-limit request of `profile` ends with `code`: 2 when the coordinator
+/// refuses the spec at its door, 3 when the agent refuses the order.
 fn assert_each_limit_refused(
     fleet: &Fleet,
     profile: Profile,
+    code: i32,
     expected: impl Fn(&str) -> Vec<String>,
 ) {
     for (line, limit) in over_limit_requests(&ChaosLimits::profile(profile)) {
         let out = fleet.cli_line(Role::Operator, &line);
         let t = text(&out);
-        assert_eq!(out.status.code(), Some(3), "{line}: {t}");
+        assert_eq!(out.status.code(), Some(code), "{line}: {t}");
         for e in expected(limit) {
             assert!(t.contains(&e), "{line} must be refused with '{e}': {t}");
         }
@@ -225,7 +228,7 @@ fn the_coordinator_refuses_every_limit_of_both_profiles_with_invalid_argument() 
     for profile in [Profile::Production, Profile::Staging] {
         let name = profile.to_string();
         let fleet = Fleet::new(2, &["--profile", &name], &[]);
-        assert_each_limit_refused(&fleet, profile, |limit| {
+        assert_each_limit_refused(&fleet, profile, 2, |limit| {
             vec![
                 "InvalidArgument".into(),
                 limit.into(),
@@ -236,7 +239,7 @@ fn the_coordinator_refuses_every_limit_of_both_profiles_with_invalid_argument() 
             Role::Operator,
             &words("run --node node-1 --node node-2 --fault cpu --percent 1 --duration 5s"),
         );
-        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(
             text(&out).contains("blast_radius.max_nodes = 1"),
             "{}",
@@ -265,7 +268,7 @@ fn each_agent_enforces_its_own_caps_when_the_coordinator_allows_more() {
     for profile in [Profile::Production, Profile::Staging] {
         let name = profile.to_string();
         let fleet = Fleet::new(1, &["--limits", &wide], &["--profile", &name]);
-        assert_each_limit_refused(&fleet, profile, |limit| {
+        assert_each_limit_refused(&fleet, profile, 3, |limit| {
             vec![
                 "refused by the agent on node-1".into(),
                 limit.into(),
@@ -532,21 +535,17 @@ fn token_roles_are_enforced_on_grpc_and_http() {
     assert!(status["kill_switch"].is_null(), "{status}");
 }
 
-/// "baseline cpu 3.1% mem 2.0% | during cpu 13.2% ..." → (3.1, 13.2)
-fn cpu_before_during(result: &str) -> (f64, f64) {
-    let after = |key: &str| -> f64 {
-        let rest = &result[result
-            .find(key)
-            .unwrap_or_else(|| panic!("{key} in {result}"))
-            + key.len()..];
-        rest.split('%')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .expect("a number")
-    };
-    (after("baseline cpu "), after("during cpu "))
+/// The node's mean CPU in the baseline and while the fault ran, from the typed
+/// outcome's signal table.
+fn cpu_before_during(e: &Value) -> (f64, f64) {
+    let cpu = e["outcome"]["signals"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "node_cpu"))
+        .unwrap_or_else(|| panic!("node_cpu in {e}"));
+    (
+        cpu["baseline"].as_f64().expect("baseline"),
+        cpu["during"].as_f64().expect("during"),
+    )
 }
 
 #[test]
@@ -561,7 +560,7 @@ fn a_cpu_stress_experiment_runs_under_the_lease_and_the_node_recovers() {
     let id = "exp-000001";
     let e = fleet.experiment(id);
     assert_eq!(e["phase"], "completed", "{e}");
-    let (before, during) = cpu_before_during(e["result"].as_str().unwrap());
+    let (before, during) = cpu_before_during(&e);
     // 15 % of the node, measured by the agent's 10 Hz samples: well above the idle
     // baseline even with the sampling edges of the window (and with what emulation
     // steals from the burners in the VM lane, see the stress suite).

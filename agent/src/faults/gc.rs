@@ -123,7 +123,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
         return Err(UsageError("--duration must be greater than zero".into()).into());
     }
     let to = args.to_percent.value();
-    if !(50.0..=99.0).contains(&to) {
+    if !faultline_proto::v1::GcFault::TO_PERCENT.contains(&to) {
         return Err(UsageError(format!(
             "--to-percent {to} is outside 50-99: a harder squeeze stalls the workload rather than pressing its collector"
         ))

@@ -1,0 +1,61 @@
+//! `faultline`: the thin client CI pipelines and people use. It speaks ChaosService
+//! over TLS with a bearer token. One file per verb; `exit` has the exit codes.
+mod abort;
+mod args;
+mod connection;
+mod exit;
+mod experiments;
+mod nodes;
+mod render;
+mod run;
+mod spec;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::{
+    args::{Cli, Command},
+    exit::Fail,
+};
+
+async fn execute(cli: &Cli) -> Result<u8, Fail> {
+    match &cli.command {
+        Command::Run(args) => run::run(cli, args).await,
+        Command::Abort { experiment, reason } => abort::abort(cli, experiment, reason).await,
+        Command::ClearKillSwitch => abort::clear_kill_switch(cli).await,
+        Command::Status => status::status(cli).await,
+        Command::Nodes => nodes::nodes(cli).await,
+        Command::Experiments { limit } => experiments::list(cli, *limit).await,
+        Command::Experiment { id } => experiments::one(cli, id).await,
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "faultline", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("faultline: error: {e}");
+            return ExitCode::from(exit::INFRA);
+        }
+    };
+    match runtime.block_on(execute(&cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(code, msg)) => {
+            eprintln!("faultline: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! cache_invalidation: a one-shot eviction of files' page cache (and a cgroup v2
+//! workload's file cache) plus each component's own cache through its hook; the
+//! duration is the observation window. Recovery is timed from the eviction.
+use std::time::Duration;
+
+use faultline_proto::{
+    endpoint::EndpointPolicy,
+    limits::ChaosLimits,
+    spec::{Spec, SpecError},
+    v1::{CacheFault, Capabilities},
+};
+
+use super::{BuildCtx, Refused, check_hooks};
+use crate::experiment::window::Window;
+
+pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<CacheFault, SpecError> {
+    let mut paths = spec.paths.clone();
+    for c in &spec.components {
+        if let Some(comp) = ctx.settings.components.get(c) {
+            paths.extend(comp.paths.iter().cloned());
+        }
+    }
+    let f = CacheFault {
+        paths,
+        target_cgroup: spec.target_cgroup.clone().unwrap_or_default(),
+        hooks: ctx.hooks(spec, |c| c.hook.as_ref())?,
+    };
+    if f.paths.is_empty() && f.target_cgroup.is_empty() && f.hooks.is_empty() {
+        return Err(ctx.err(
+            "components",
+            "name what to evict: components (with hooks or paths in the coordinator's config), \
+             paths, target_cgroup or hooks",
+        ));
+    }
+    Ok(f)
+}
+
+pub fn check(
+    c: &CacheFault,
+    duration: Duration,
+    caps: &ChaosLimits,
+    source: &str,
+    endpoints: &EndpointPolicy,
+) -> Result<(), Refused> {
+    if c.paths.is_empty() && c.target_cgroup.is_empty() && c.hooks.is_empty() {
+        return Err(Refused::new(
+            "components",
+            "cache: name what to evict (paths, target_cgroup and/or hooks)",
+        ));
+    }
+    if let Some(p) = c.paths.iter().find(|p| !p.starts_with('/')) {
+        return Err(Refused::new(
+            "paths",
+            format!("cache.paths: '{p}' is not an absolute path"),
+        ));
+    }
+    check_hooks(&c.hooks, endpoints)?;
+    caps.check_memory_duration(duration, source)
+        .map_err(|e| Refused::from(("duration", e)))
+}
+
+pub fn preflight(c: &CacheFault, node: &str, caps: &Capabilities) -> Result<(), String> {
+    if !c.target_cgroup.is_empty() && caps.cgroup != "v2" {
+        return Err(format!(
+            "node {node} has cgroup {}: a workload's file cache can be reclaimed on cgroup v2 \
+             only (evict by path instead)",
+            caps.cgroup
+        ));
+    }
+    Ok(())
+}
+
+pub fn summary(during: &Window) -> String {
+    let get = |k: &str| during.fault_last.get(k).copied().unwrap_or(0.0);
+    format!(
+        "cache resident {:.1}% -> {:.1}% evicted -> {:.1}% rebuilt",
+        get("cache.resident_before_percent"),
+        get("cache.resident_after_percent"),
+        during
+            .fault_last
+            .get("cache.resident_percent")
+            .copied()
+            .unwrap_or(get("cache.resident_after_percent"))
+    )
+}

@@ -1,0 +1,70 @@
+//! gc_pressure: a workload cgroup's soft memory limit squeezed below its usage (and
+//! its runtime asked to collect through hooks), restored exactly afterwards. Runs
+//! under memory_stress.max_duration.
+use std::time::Duration;
+
+use faultline_proto::{
+    endpoint::EndpointPolicy,
+    limits::ChaosLimits,
+    spec::{Spec, SpecError},
+    v1::GcFault,
+};
+
+use super::{BuildCtx, Refused, check_hooks};
+use crate::experiment::window::Window;
+
+pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<GcFault, SpecError> {
+    let defaults = &ctx.settings.gc;
+    let target = spec
+        .target_cgroup
+        .clone()
+        .or_else(|| defaults.target_cgroup.clone())
+        .ok_or_else(|| {
+            ctx.err(
+                "target_cgroup",
+                format!(
+                    "required: the workload cgroup to squeeze (or gc.target_cgroup in the \
+                     coordinator's config, {})",
+                    ctx.settings.source
+                ),
+            )
+        })?;
+    Ok(GcFault {
+        target_cgroup: target,
+        to_percent: spec.to_percent.or(defaults.to_percent).unwrap_or(0.0),
+        hooks: ctx.hooks(spec, |c| c.gc_hook.as_ref())?,
+    })
+}
+
+pub fn check(
+    g: &GcFault,
+    duration: Duration,
+    caps: &ChaosLimits,
+    source: &str,
+    endpoints: &EndpointPolicy,
+) -> Result<(), Refused> {
+    if g.target_cgroup.is_empty() {
+        return Err(Refused::new(
+            "target_cgroup",
+            "gc.target_cgroup is required: the workload cgroup to squeeze",
+        ));
+    }
+    if g.to_percent != 0.0 && !GcFault::TO_PERCENT.contains(&g.to_percent) {
+        return Err(Refused::new(
+            "to_percent",
+            format!("gc.to_percent {} is outside 50-99", g.to_percent),
+        ));
+    }
+    check_hooks(&g.hooks, endpoints)?;
+    caps.check_memory_duration(duration, source)
+        .map_err(|e| Refused::from(("duration", e)))
+}
+
+pub fn summary(during: &Window) -> String {
+    let max = |k: &str| during.fault_max.get(k).copied().unwrap_or(0.0);
+    format!(
+        "gc: {:.0} pages reclaimed, peak group memory PSI {:.2}",
+        max("gc.reclaimed_pages"),
+        max("gc.psi_some_avg10")
+    )
+}

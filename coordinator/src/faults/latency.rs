@@ -1,0 +1,84 @@
+//! latency_injection: a delay (with optional jitter and loss) on one interface.
+use std::time::Duration;
+
+use faultline_proto::{
+    jitter,
+    limits::ChaosLimits,
+    spec::{JitterShape, Spec, SpecError},
+    v1::{Direction, JitterDistribution, LatencyFault},
+};
+
+use super::{BuildCtx, Refused, percent};
+
+fn dur(d: Duration) -> Option<prost_types::Duration> {
+    d.try_into().ok()
+}
+
+pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<LatencyFault, SpecError> {
+    let delay = spec
+        .latency
+        .ok_or_else(|| ctx.err("latency", "required, e.g. 50ms"))?;
+    Ok(LatencyFault {
+        interface: ctx.interface(spec)?,
+        // The node's replies (and everything else it sends) leave late.
+        direction: super::direction(spec, Direction::Egress),
+        delay: dur(delay.0),
+        jitter: spec.jitter.and_then(|j| dur(j.0)),
+        jitter_distribution: match spec.jitter_distribution {
+            Some(JitterShape::Normal) => JitterDistribution::Normal,
+            Some(JitterShape::Uniform) | None => JitterDistribution::Uniform,
+        } as i32,
+        allow_reorder: spec.allow_reorder.unwrap_or(false),
+        filter: super::filter(spec),
+        loss_percent: spec.magnitude().map_or(0.0, |p| p.value()),
+    })
+}
+
+fn to_duration(d: &prost_types::Duration, field: &'static str) -> Result<Duration, Refused> {
+    Duration::try_from(*d).map_err(|_| Refused::new(field, "must be a non-negative duration"))
+}
+
+pub fn check(
+    l: &LatencyFault,
+    duration: Duration,
+    caps: &ChaosLimits,
+    source: &str,
+) -> Result<(), Refused> {
+    let delay = to_duration(
+        l.delay
+            .as_ref()
+            .ok_or_else(|| Refused::new("latency", "latency.delay is required"))?,
+        "latency",
+    )?;
+    let jitter = match &l.jitter {
+        Some(j) => to_duration(j, "jitter")?,
+        None => Duration::ZERO,
+    };
+    let shape = match JitterDistribution::try_from(l.jitter_distribution) {
+        Ok(JitterDistribution::Normal) => jitter::Shape::Normal,
+        Ok(JitterDistribution::Uniform | JitterDistribution::Unspecified) => jitter::Shape::Uniform,
+        Err(_) => {
+            return Err(Refused::new(
+                "jitter_distribution",
+                format!(
+                    "latency.jitter_distribution: unknown value {}",
+                    l.jitter_distribution
+                ),
+            ));
+        }
+    };
+    caps.check_latency(jitter::worst_case(delay, jitter, shape), duration, source)
+        .map_err(|e| {
+            let field = if e.limit.ends_with("max_duration") {
+                "duration"
+            } else {
+                "latency"
+            };
+            Refused::from((field, e))
+        })?;
+    if l.loss_percent > 0.0 {
+        caps.check_loss(percent(l.loss_percent, "packet_loss")?, duration, source)
+            .map_err(|e| Refused::from(("packet_loss", e)))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! packet_loss: Bernoulli loss in the kernel's data path on one interface.
+use std::time::Duration;
+
+use faultline_proto::{
+    limits::ChaosLimits,
+    spec::{Spec, SpecError},
+    v1::{Direction, LossFault},
+};
+
+use super::{BuildCtx, Refused, percent};
+use crate::experiment::window::Window;
+
+pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<LossFault, SpecError> {
+    Ok(LossFault {
+        interface: ctx.interface(spec)?,
+        // Loss is emulated where packets arrive (a sender's own egress drop only
+        // makes its sendto() fail and retry).
+        direction: super::direction(spec, Direction::Ingress),
+        percent: spec
+            .magnitude()
+            .ok_or_else(|| ctx.err("packet_loss", "required, e.g. 1.0%"))?
+            .value(),
+        filter: super::filter(spec),
+    })
+}
+
+pub fn check(
+    l: &LossFault,
+    duration: Duration,
+    caps: &ChaosLimits,
+    source: &str,
+) -> Result<(), Refused> {
+    let p = percent(l.percent, "packet_loss")?;
+    caps.check_loss(p, duration, source).map_err(|e| {
+        let field = if e.limit.ends_with("max_duration") {
+            "duration"
+        } else {
+            "packet_loss"
+        };
+        Refused::from((field, e))
+    })
+}
+
+/// Packet counters for the network faults (loss and latency share them).
+pub fn summary(during: &Window) -> String {
+    format!(
+        "matched {} dropped {} delayed {} | tcp retransmits +{}",
+        during.matched,
+        during.dropped,
+        during.delayed,
+        during.retransmits.1 - during.retransmits.0.unwrap_or(during.retransmits.1)
+    )
+}

@@ -1,0 +1,291 @@
+//! The abort conditions, evaluated by the coordinator on every new data point of
+//! each source (every probe result, every query round, every alert poll; the
+//! experiment also evaluates on a timer, so a source that goes quiet is noticed).
+//! `consecutive` counts breaching data points of one source in a row. A breach is
+//! reported with the time it first became visible: the arrival of the probe result,
+//! query answer or alert poll that showed it.
+//!
+//! A source that gives no usable value for longer than `health.dark_grace` is a
+//! breach too: an unreachable Prometheus or Alertmanager, an empty query result, a
+//! node-side probe whose results stopped arriving. Never a silent pass.
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    health::{Monitor, Reading, lock},
+    plan::AbortPlan,
+};
+
+/// A condition that held.
+#[derive(Clone, Debug)]
+pub struct Breach {
+    pub guard: String,
+    pub source: String,
+    pub observed: f64,
+    pub threshold: f64,
+    pub unit: &'static str,
+    pub visible_at: SystemTime,
+    pub detail: String,
+}
+
+pub struct Guards {
+    abort: AbortPlan,
+    grace: Duration,
+    runs: HashMap<(&'static str, String), u32>,
+    /// The last data point of each source already evaluated.
+    http_seen: Option<Instant>,
+    prom_rounds: u64,
+    am_polls: u64,
+    /// Alerts active before the experiment began are not new.
+    preexisting: Option<HashSet<String>>,
+}
+
+impl Guards {
+    pub fn new(abort: AbortPlan, grace: Duration) -> Self {
+        Self {
+            abort,
+            grace,
+            runs: HashMap::new(),
+            http_seen: None,
+            prom_rounds: 0,
+            am_polls: 0,
+            preexisting: None,
+        }
+    }
+
+    /// Remembers the alerts active now (before the baseline), so only alerts that
+    /// fire later count as new incidents.
+    pub fn note_preexisting(&mut self, m: &Monitor) {
+        let s = lock(&m.shared);
+        self.preexisting = s
+            .alertmanager
+            .as_ref()
+            .map(|a| a.active.iter().map(|a| a.fingerprint.clone()).collect());
+    }
+
+    fn count(&mut self, guard: &'static str, source: &str, breached: bool) -> bool {
+        let run = self.runs.entry((guard, source.to_owned())).or_default();
+        *run = if breached { *run + 1 } else { 0 };
+        *run >= self.abort.consecutive
+    }
+
+    /// The first condition that holds now, if any.
+    pub fn evaluate(&mut self, m: &Monitor, r: &Reading, now: Instant) -> Option<Breach> {
+        let s = lock(&m.shared);
+        let started = m.started;
+        let wall = SystemTime::now();
+        let a = self.abort.clone();
+        // Probes: a new result since the last evaluation.
+        let newest = s
+            .probes
+            .iter()
+            .filter_map(|p| p.hits.back())
+            .max_by_key(|h| h.mono)
+            .copied();
+        let http_new = newest.is_some_and(|h| self.http_seen.is_none_or(|seen| h.mono > seen));
+        let mut fresh = http_new;
+        if let Some(h) = newest {
+            self.http_seen = Some(h.mono);
+        }
+        let http_source = || {
+            format!(
+                "http:{}",
+                s.probes
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        if http_new && let (Some(stats), Some(h)) = (r.http, newest) {
+            let src = http_source();
+            if let Some(t) = a.error_rate_above
+                && self.count(
+                    "abort_conditions.error_rate_above",
+                    &src,
+                    stats.error_rate > t,
+                )
+            {
+                return Some(breach(
+                    "abort_conditions.error_rate_above",
+                    src,
+                    stats.error_rate,
+                    t,
+                    "%",
+                    h.at,
+                ));
+            }
+            if let Some(t) = a.latency_p99_above_ms
+                && self.count("abort_conditions.latency_p99_above", &src, stats.p99_ms > t)
+            {
+                return Some(breach(
+                    "abort_conditions.latency_p99_above",
+                    src,
+                    stats.p99_ms,
+                    t,
+                    "ms",
+                    h.at,
+                ));
+            }
+        }
+        // Prometheus: a new round of queries.
+        if let Some(p) = &s.prometheus {
+            if p.rounds > self.prom_rounds {
+                self.prom_rounds = p.rounds;
+                fresh = true;
+                let at = p.values.values().map(|v| v.at).max().unwrap_or(wall);
+                if let (Some(t), Some(v)) = (a.error_rate_above, r.prom_error_rate)
+                    && self.count(
+                        "abort_conditions.error_rate_above",
+                        "prometheus:error_rate",
+                        v > t,
+                    )
+                {
+                    return Some(breach(
+                        "abort_conditions.error_rate_above",
+                        "prometheus:error_rate".into(),
+                        v,
+                        t,
+                        "%",
+                        at,
+                    ));
+                }
+                if let (Some(t), Some(v)) = (a.latency_p99_above_ms, r.prom_p99_ms)
+                    && self.count(
+                        "abort_conditions.latency_p99_above",
+                        "prometheus:latency_p99",
+                        v > t,
+                    )
+                {
+                    return Some(breach(
+                        "abort_conditions.latency_p99_above",
+                        "prometheus:latency_p99".into(),
+                        v,
+                        t,
+                        "ms",
+                        at,
+                    ));
+                }
+            }
+            let live = m
+                .plan
+                .prometheus
+                .as_ref()
+                .is_some_and(|pp| !pp.live().is_empty());
+            let dark_for = now.duration_since(p.last_ok.unwrap_or(started));
+            if live && dark_for > self.grace {
+                let mut b = breach(
+                    "health.dark_grace",
+                    "prometheus".into(),
+                    dark_for.as_secs_f64(),
+                    self.grace.as_secs_f64(),
+                    "s",
+                    wall,
+                );
+                b.detail = p.last_error.clone().unwrap_or_else(|| "no answer".into());
+                return Some(b);
+            }
+        }
+        // Alertmanager: a new poll.
+        if let Some(am) = &s.alertmanager {
+            if am.polls > self.am_polls {
+                self.am_polls = am.polls;
+                fresh = true;
+                let new: Vec<_> = am
+                    .active
+                    .iter()
+                    .filter(|al| al.severity.is_some_and(|sv| a.new_incident.contains(&sv)))
+                    .filter(|al| {
+                        !self
+                            .preexisting
+                            .as_ref()
+                            .is_some_and(|p| p.contains(&al.fingerprint))
+                    })
+                    .collect();
+                if let Some(al) = new.first() {
+                    let mut b = breach(
+                        "abort_conditions.new_incident",
+                        "alertmanager".into(),
+                        1.0,
+                        0.0,
+                        "alerts",
+                        wall,
+                    );
+                    b.detail = format!("{} ({})", al.name, al.severity.map_or("?", |s| s.as_str()));
+                    return Some(b);
+                }
+            }
+            let dark_for = now.duration_since(am.last_ok.unwrap_or(started));
+            if dark_for > self.grace {
+                let mut b = breach(
+                    "health.dark_grace",
+                    "alertmanager".into(),
+                    dark_for.as_secs_f64(),
+                    self.grace.as_secs_f64(),
+                    "s",
+                    wall,
+                );
+                b.detail = am.last_error.clone().unwrap_or_else(|| "no answer".into());
+                return Some(b);
+            }
+        }
+        // Probes whose results stopped arriving (node-side probes, or a refused one).
+        for p in &s.probes {
+            let last = p.hits.back().map_or(started, |h| h.mono);
+            let dark_for = now.duration_since(last);
+            if dark_for > self.grace {
+                let mut b = breach(
+                    "health.dark_grace",
+                    format!("http:{}", p.name),
+                    dark_for.as_secs_f64(),
+                    self.grace.as_secs_f64(),
+                    "s",
+                    wall,
+                );
+                b.detail = p
+                    .refused
+                    .clone()
+                    .or_else(|| p.last_error.clone())
+                    .unwrap_or_else(|| "no results".into());
+                return Some(b);
+            }
+        }
+        drop(s);
+        // The health score, whenever anything moved.
+        if let (Some(t), Some(v)) = (a.health_score_below, r.health_score)
+            && fresh
+            && self.count("abort_conditions.health_score_below", "score", v < t)
+        {
+            return Some(breach(
+                "abort_conditions.health_score_below",
+                "score".into(),
+                v,
+                t,
+                "points",
+                wall,
+            ));
+        }
+        None
+    }
+}
+
+fn breach(
+    guard: &str,
+    source: String,
+    observed: f64,
+    threshold: f64,
+    unit: &'static str,
+    at: SystemTime,
+) -> Breach {
+    Breach {
+        guard: guard.to_owned(),
+        source,
+        observed,
+        threshold,
+        unit,
+        visible_at: at,
+        detail: String::new(),
+    }
+}

@@ -1,0 +1,514 @@
+//! Preflight: every prerequisite evaluated and reported with its value, before
+//! anything is applied. A failing check refuses the experiment with the whole list.
+//!
+//! Thresholds run where their signal has a source. Without one they are
+//! `skipped: no source`, which fails only when the system that would provide the
+//! signal is required. Required systems are operational when their configured source
+//! answers: `rollback` is every target agent's self-test, `health_checker` the HTTP
+//! probes (or a health-score query), `monitoring` Prometheus, `alerting`
+//! Alertmanager, `incident_response` its own check or Alertmanager's receivers,
+//! `recent_backup` its check. A required system the spec leaves out of its
+//! `required` list is waived, and the waiver is in the list too.
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use faultline_proto::{
+    spec::{CheckSource, Severity, System},
+    v1::{Check, CheckStatus},
+};
+
+use crate::{
+    control::Control,
+    health::{Monitor, Reading, alertmanager, lock, prometheus},
+    plan::Plan,
+};
+
+fn check(
+    name: &str,
+    status: CheckStatus,
+    value: String,
+    threshold: String,
+    detail: String,
+) -> Check {
+    Check {
+        name: name.to_owned(),
+        status: status as i32,
+        value,
+        threshold,
+        detail,
+    }
+}
+
+fn pass_fail(ok: bool) -> CheckStatus {
+    if ok {
+        CheckStatus::Pass
+    } else {
+        CheckStatus::Fail
+    }
+}
+
+/// Runs the self-tests and waits for the sources, then evaluates every check.
+pub async fn run(
+    plan: &Plan,
+    monitor: &mut Monitor,
+    c: &Arc<Control>,
+    baseline_p99: Option<f64>,
+) -> Vec<Check> {
+    let required: BTreeSet<System> = plan.required.iter().copied().collect();
+    // The self-tests run while the sources settle.
+    let self_tests = required.contains(&System::Rollback).then(|| {
+        let nodes = plan.nodes.clone();
+        let iface = plan.self_test_iface.clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for n in nodes {
+                out.push((
+                    n.clone(),
+                    c.self_test(&n, &iface, Duration::from_secs(25)).await,
+                ));
+            }
+            out
+        })
+    });
+    monitor.settle(Duration::from_secs(5)).await;
+    let reading = monitor.reading();
+    let mut checks = thresholds(plan, monitor, &reading, &required, baseline_p99).await;
+    for system in System::ALL {
+        let name = format!("required.{}", system.as_str());
+        if plan.waivers.contains(&system) {
+            checks.push(check(
+                &name,
+                CheckStatus::Waived,
+                "-".into(),
+                "operational".into(),
+                "waived: the spec's prerequisites.required leaves it out".into(),
+            ));
+            continue;
+        }
+        // Rollback's self-tests run concurrently; their check is added below.
+        if !required.contains(&system) || system == System::Rollback {
+            continue;
+        }
+        let (ok, value, detail) = match system {
+            System::HealthChecker => health_checker(plan, monitor, &reading),
+            System::Monitoring => monitoring(plan).await,
+            System::Alerting => alerting(monitor),
+            System::IncidentResponse => incident_response(plan).await,
+            System::RecentBackup => yes_no(plan, "recent_backup").await,
+            System::Rollback => unreachable!("skipped above"),
+        };
+        checks.push(check(
+            &name,
+            pass_fail(ok),
+            value,
+            "operational".into(),
+            detail,
+        ));
+    }
+    if let Some(task) = self_tests {
+        let results = task.await.unwrap_or_default();
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+            .collect();
+        let passed: Vec<String> = results
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().ok().map(|d| format!("{n}: {d}")))
+            .collect();
+        checks.push(check(
+            "required.rollback",
+            pass_fail(failed.is_empty() && !results.is_empty()),
+            if failed.is_empty() {
+                "self-test passed".into()
+            } else {
+                "self-test failed".into()
+            },
+            "operational".into(),
+            if failed.is_empty() {
+                passed.join("; ")
+            } else {
+                failed.join("; ")
+            },
+        ));
+    }
+    checks
+}
+
+/// The threshold prerequisites.
+async fn thresholds(
+    plan: &Plan,
+    monitor: &Monitor,
+    r: &Reading,
+    required: &BTreeSet<System>,
+    baseline_p99: Option<f64>,
+) -> Vec<Check> {
+    let p = &plan.prerequisites;
+    let mut out = Vec::new();
+    // A signal without a source: skipped, or failed when its provider is required.
+    let no_source = |name: &str, threshold: String, providers: &[System]| {
+        let needed: Vec<&str> = providers
+            .iter()
+            .filter(|s| required.contains(s))
+            .map(|s| s.as_str())
+            .collect();
+        if needed.is_empty() {
+            check(
+                name,
+                CheckStatus::Skipped,
+                "-".into(),
+                threshold,
+                "skipped: no source".into(),
+            )
+        } else {
+            check(
+                name,
+                CheckStatus::Fail,
+                "-".into(),
+                threshold,
+                format!("no source, and {} is required", needed.join(" / ")),
+            )
+        }
+    };
+    let score_provider = if plan
+        .health
+        .prometheus
+        .as_ref()
+        .is_some_and(|p| p.queries.health_score.is_some())
+    {
+        System::Monitoring
+    } else {
+        System::HealthChecker
+    };
+    if let Some(t) = p.health_score_above {
+        let th = format!("> {t}");
+        out.push(match r.health_score {
+            Some(v) => check(
+                "health_score_above",
+                pass_fail(v > t),
+                format!("{v:.1}"),
+                th,
+                String::new(),
+            ),
+            None => no_source("health_score_above", th, &[score_provider]),
+        });
+    }
+    if let Some(sev) = &p.no_incidents {
+        let th = format!(
+            "none of {}",
+            sev.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        out.push(match &r.alerts {
+            Some(alerts) => {
+                let hits: Vec<String> = alerts
+                    .iter()
+                    .filter(|a| a.severity.is_some_and(|s| sev.contains(&s)))
+                    .map(|a| format!("{} ({})", a.name, a.severity.map_or("?", Severity::as_str)))
+                    .collect();
+                check(
+                    "no_incidents",
+                    pass_fail(hits.is_empty()),
+                    if hits.is_empty() {
+                        "none active".into()
+                    } else {
+                        hits.join(", ")
+                    },
+                    th,
+                    String::new(),
+                )
+            }
+            None => {
+                let unreachable = monitor_error_alerts(monitor);
+                let mut c = no_source("no_incidents", th, &[System::Alerting]);
+                if let Some(e) = unreachable {
+                    c.status = CheckStatus::Fail as i32;
+                    c.detail = e;
+                }
+                c
+            }
+        });
+    }
+    if let Some(t) = p.traffic_below_peak {
+        let th = format!("< {t} of peak");
+        out.push(match r.traffic_vs_peak {
+            Some(v) => check(
+                "traffic_below_peak",
+                pass_fail(v * 100.0 < t.value()),
+                format!("{:.1}% of peak", v * 100.0),
+                th,
+                String::new(),
+            ),
+            None => prometheus_failure(monitor, "traffic_vs_peak")
+                .map(|e| {
+                    check(
+                        "traffic_below_peak",
+                        CheckStatus::Fail,
+                        "-".into(),
+                        th.clone(),
+                        e,
+                    )
+                })
+                .unwrap_or_else(|| no_source("traffic_below_peak", th, &[System::Monitoring])),
+        });
+    }
+    if let Some(t) = p.error_rate_below {
+        let th = format!("< {t}");
+        out.push(match r.error_rate() {
+            Some(v) => check(
+                "error_rate_below",
+                pass_fail(v < t.value()),
+                format!("{v:.3}%"),
+                th,
+                format!("from {}", r.source()),
+            ),
+            None => no_source(
+                "error_rate_below",
+                th,
+                &[System::HealthChecker, System::Monitoring],
+            ),
+        });
+    }
+    if let Some(t) = p.latency_within_baseline {
+        let th = format!("<= baseline p99 + {t}");
+        // Like with like: a PromQL baseline against the PromQL p99, a recorded one
+        // (the probes' baseline in earlier experiments) against the probes' p99.
+        let (now, base) = match &plan.health.prometheus {
+            Some(pp) if pp.queries.latency_p99_baseline.is_some() => {
+                let q = pp.queries.latency_p99_baseline.clone().unwrap_or_default();
+                (
+                    r.prom_p99_ms,
+                    Some(
+                        prometheus::query(&prometheus::client(), &pp.url, &q)
+                            .await
+                            .map(|v| v * 1e3),
+                    ),
+                )
+            }
+            _ => (r.http.map(|h| h.p99_ms), baseline_p99.map(Ok)),
+        };
+        out.push(match (now, base) {
+            (None, _) => no_source(
+                "latency_within_baseline",
+                th,
+                &[System::HealthChecker, System::Monitoring],
+            ),
+            (Some(_), None) => check(
+                "latency_within_baseline",
+                CheckStatus::Skipped,
+                "-".into(),
+                th,
+                "skipped: no baseline p99 recorded yet (set queries.latency_p99_baseline, or it \
+                 comes from earlier experiments with the same probes)"
+                    .into(),
+            ),
+            (Some(_), Some(Err(e))) => check(
+                "latency_within_baseline",
+                CheckStatus::Fail,
+                "-".into(),
+                th,
+                e,
+            ),
+            (Some(now), Some(Ok(base))) => {
+                let limit = base * (1.0 + t.value() / 100.0);
+                check(
+                    "latency_within_baseline",
+                    pass_fail(now <= limit),
+                    format!("p99 {now:.1} ms"),
+                    format!("<= {limit:.1} ms (baseline {base:.1} ms + {t})"),
+                    String::new(),
+                )
+            }
+        });
+    }
+    out
+}
+
+fn monitor_error_alerts(m: &Monitor) -> Option<String> {
+    let s = lock(&m.shared);
+    s.alertmanager
+        .as_ref()
+        .filter(|a| a.last_ok.is_none())
+        .map(|a| {
+            a.last_error
+                .clone()
+                .unwrap_or_else(|| format!("Alertmanager at {} did not answer", a.url))
+        })
+}
+
+fn prometheus_failure(m: &Monitor, name: &str) -> Option<String> {
+    let s = lock(&m.shared);
+    let p = s.prometheus.as_ref()?;
+    match p.values.get(name) {
+        Some(sample) => sample.value.as_ref().err().map(|e| format!("{name}: {e}")),
+        None => Some(format!("{name}: Prometheus at {} gave no answer", p.url)),
+    }
+}
+
+fn health_checker(plan: &Plan, m: &Monitor, r: &Reading) -> (bool, String, String) {
+    let s = lock(&m.shared);
+    if s.probes.is_empty() {
+        if plan
+            .health
+            .prometheus
+            .as_ref()
+            .is_some_and(|p| p.queries.health_score.is_some())
+        {
+            return match r.health_score {
+                Some(v) => (
+                    true,
+                    format!("health_score {v:.1}"),
+                    "from the health_score query".into(),
+                ),
+                None => (
+                    false,
+                    "-".into(),
+                    prometheus_failure_locked(&s, "health_score").unwrap_or_default(),
+                ),
+            };
+        }
+        return (
+            false,
+            "-".into(),
+            "no health.http probe (or health_score query) configured: configure one, or waive \
+             health_checker (prerequisites.required)"
+                .into(),
+        );
+    }
+    let silent: Vec<String> = s
+        .probes
+        .iter()
+        .filter(|p| !p.answered_since(m.started))
+        .map(|p| match &p.refused {
+            Some(why) => format!("{}: refused by the agent: {why}", p.name),
+            None => format!(
+                "{} ({}): {}",
+                p.name,
+                p.url,
+                p.last_error.clone().unwrap_or_else(|| "no answer".into())
+            ),
+        })
+        .collect();
+    let names: Vec<&str> = s.probes.iter().map(|p| p.name.as_str()).collect();
+    (
+        silent.is_empty(),
+        format!("{} probe(s) answering", s.probes.len() - silent.len()),
+        if silent.is_empty() {
+            names.join(", ")
+        } else {
+            silent.join("; ")
+        },
+    )
+}
+
+fn prometheus_failure_locked(s: &crate::health::Sources, name: &str) -> Option<String> {
+    let p = s.prometheus.as_ref()?;
+    p.values
+        .get(name)
+        .and_then(|v| v.value.as_ref().err().cloned())
+        .or_else(|| p.last_error.clone())
+}
+
+async fn monitoring(plan: &Plan) -> (bool, String, String) {
+    match &plan.health.prometheus {
+        None => (
+            false,
+            "-".into(),
+            "no health.prometheus configured: configure it, or waive monitoring".into(),
+        ),
+        Some(p) => match prometheus::ready(&prometheus::client(), &p.url).await {
+            Ok(()) => (true, "ready".into(), p.url.clone()),
+            Err(e) => (false, "-".into(), e),
+        },
+    }
+}
+
+fn alerting(m: &Monitor) -> (bool, String, String) {
+    let s = lock(&m.shared);
+    match &s.alertmanager {
+        None => (
+            false,
+            "-".into(),
+            "no health.alertmanager configured: configure it, or waive alerting".into(),
+        ),
+        Some(a) if a.last_ok.is_some() => (
+            true,
+            format!("{} active alert(s)", a.active.len()),
+            a.url.clone(),
+        ),
+        Some(a) => (
+            false,
+            "-".into(),
+            a.last_error
+                .clone()
+                .unwrap_or_else(|| format!("Alertmanager at {} did not answer", a.url)),
+        ),
+    }
+}
+
+async fn incident_response(plan: &Plan) -> (bool, String, String) {
+    if plan.health.check_source("incident_response").is_some() {
+        return yes_no(plan, "incident_response").await;
+    }
+    match &plan.health.alertmanager {
+        Some(a) => match alertmanager::receivers(&alertmanager::client(), &a.url).await {
+            Ok(0) => (
+                false,
+                "0 receivers".into(),
+                "Alertmanager routes to no receiver".into(),
+            ),
+            Ok(n) => (true, format!("{n} receiver(s)"), a.url.clone()),
+            Err(e) => (false, "-".into(), e),
+        },
+        None => (
+            false,
+            "-".into(),
+            "configure health.checks.incident_response ({promql: ...} or {url: ...}) or \
+             health.alertmanager, or waive incident_response"
+                .into(),
+        ),
+    }
+}
+
+/// A configured yes/no check: a PromQL value that is non-zero, or a URL answering 2xx.
+async fn yes_no(plan: &Plan, which: &str) -> (bool, String, String) {
+    match plan.health.check_source(which) {
+        None => (
+            false,
+            "-".into(),
+            format!(
+                "not configured: set health.checks.{which} ({{promql: ...}} or {{url: ...}}), or \
+                 waive {which} (leave it out of prerequisites.required)"
+            ),
+        ),
+        Some(CheckSource::Promql(q)) => {
+            let Some(p) = &plan.health.prometheus else {
+                return (
+                    false,
+                    "-".into(),
+                    format!("{which} is a PromQL check but no health.prometheus is configured"),
+                );
+            };
+            match prometheus::query(&prometheus::client(), &p.url, &q).await {
+                Ok(v) => (v != 0.0, format!("{v}"), format!("PromQL {q}")),
+                Err(e) => (false, "-".into(), format!("PromQL {q}: {e}")),
+            }
+        }
+        Some(CheckSource::Url(u)) => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .expect("client");
+            match client.get(&u).send().await {
+                Ok(r) if r.status().is_success() => (true, format!("HTTP {}", r.status()), u),
+                Ok(r) => (false, format!("HTTP {}", r.status()), u),
+                Err(e) => (
+                    false,
+                    "-".into(),
+                    format!("{u}: {}", crate::health::causes(&e)),
+                ),
+            }
+        }
+    }
+}
