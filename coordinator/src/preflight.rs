@@ -54,23 +54,25 @@ pub async fn run(
     baseline_p99: Option<f64>,
 ) -> Vec<Check> {
     let required: BTreeSet<System> = plan.required.iter().copied().collect();
-    // The self-tests run while the sources settle.
-    let self_tests = required.contains(&System::Rollback).then(|| {
-        let nodes = plan.nodes.clone();
-        let iface = plan.self_test_iface.clone();
-        let c = c.clone();
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            for n in nodes {
-                out.push((
-                    n.clone(),
-                    c.self_test(&n, &iface, Duration::from_secs(25)).await,
-                ));
-            }
-            out
-        })
-    });
-    monitor.settle(Duration::from_secs(5)).await;
+    // The self-tests first, so the health window that follows does not measure the
+    // target while its agent loads programs.
+    let self_tests = if required.contains(&System::Rollback) {
+        let mut out = Vec::new();
+        for n in &plan.nodes {
+            out.push((
+                n.clone(),
+                c.self_test(n, &plan.self_test_iface, Duration::from_secs(25))
+                    .await,
+            ));
+        }
+        Some(out)
+    } else {
+        None
+    };
+    // Then a whole window of data (a p99 over a second of probes is one probe).
+    monitor
+        .settle(monitor.plan.window.min(Duration::from_secs(10)))
+        .await;
     let reading = monitor.reading();
     let mut checks = thresholds(plan, monitor, &reading, &required, baseline_p99).await;
     for system in System::ALL {
@@ -105,8 +107,7 @@ pub async fn run(
             detail,
         ));
     }
-    if let Some(task) = self_tests {
-        let results = task.await.unwrap_or_default();
+    if let Some(results) = self_tests {
         let failed: Vec<String> = results
             .iter()
             .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
@@ -286,7 +287,11 @@ async fn thresholds(
                     ),
                 )
             }
-            _ => (r.http.map(|h| h.p99_ms), baseline_p99.map(Ok)),
+            _ => match r.http {
+                Some(h) => (Some(h.p99_ms), baseline_p99.map(Ok)),
+                // Only a PromQL p99, and nothing to compare it with.
+                None => (r.prom_p99_ms, None),
+            },
         };
         out.push(match (now, base) {
             (None, _) => no_source(
@@ -311,12 +316,15 @@ async fn thresholds(
                 e,
             ),
             (Some(now), Some(Ok(base))) => {
-                let limit = base * (1.0 + t.value() / 100.0);
+                // The recovery tolerance's absolute extra is the floor: ten per cent
+                // of a 2 ms p99 is noise.
+                let extra = plan.recovery.p99_extra_ms;
+                let limit = base * (1.0 + t.value() / 100.0) + extra;
                 check(
                     "latency_within_baseline",
                     pass_fail(now <= limit),
                     format!("p99 {now:.1} ms"),
-                    format!("<= {limit:.1} ms (baseline {base:.1} ms + {t})"),
+                    format!("<= {limit:.1} ms (baseline {base:.1} ms + {t} + {extra:.0} ms)"),
                     String::new(),
                 )
             }

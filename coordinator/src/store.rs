@@ -107,6 +107,7 @@ impl Store {
             ("spec_yaml", "TEXT NOT NULL DEFAULT ''"),
             ("probes", "TEXT NOT NULL DEFAULT ''"),
             ("outcome", "BLOB"),
+            ("baseline_p99_ms", "REAL"),
         ] {
             if !have.iter().any(|h| h == col) {
                 db.execute_batch(&format!("ALTER TABLE experiments ADD COLUMN {col} {ty}"))?;
@@ -266,7 +267,16 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// The median baseline p99 (ms, from the probes) of the last ten passed
+    /// The probes' p99 over an experiment's baseline.
+    pub fn set_baseline_p99(&self, experiment_id: &str, p99_ms: f64) -> Result<()> {
+        self.db().execute(
+            "UPDATE experiments SET baseline_p99_ms = ?2 WHERE id = ?1",
+            params![experiment_id, p99_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The median of the probes' baseline p99 (ms) in the last ten completed
     /// experiments that used the same probes: what `latency_within_baseline`
     /// compares with when no PromQL baseline is configured.
     pub fn recorded_baseline_p99(&self, probes: &[String]) -> Result<Option<f64>> {
@@ -275,24 +285,15 @@ impl Store {
         }
         let db = self.db();
         let mut q = db.prepare(
-            "SELECT outcome FROM experiments WHERE probes = ?1 AND outcome IS NOT NULL
-             ORDER BY seq DESC LIMIT 50",
+            "SELECT baseline_p99_ms FROM experiments
+             WHERE probes = ?1 AND baseline_p99_ms IS NOT NULL AND phase = ?2
+             ORDER BY seq DESC LIMIT 10",
         )?;
-        let blobs: Vec<Vec<u8>> = q
-            .query_map([probes.join(",")], |r| r.get(0))?
+        let mut p99: Vec<f64> = q
+            .query_map(params![probes.join(","), Phase::Completed as i32], |r| {
+                r.get(0)
+            })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut p99: Vec<f64> = blobs
-            .iter()
-            .filter_map(|b| Outcome::decode(b.as_slice()).ok())
-            .filter(|o| o.verdict == Verdict::Passed as i32)
-            .filter_map(|o| {
-                o.signals
-                    .iter()
-                    .find(|s| s.name == "latency_p99" && s.source == "http")
-                    .and_then(|s| s.baseline)
-            })
-            .take(10)
-            .collect();
         if p99.is_empty() {
             return Ok(None);
         }

@@ -327,9 +327,12 @@ impl Alertmanager {
     }
 
     fn post(&self, name: &str, severity: &str, ends: &str) {
+        // Without startsAt, Alertmanager takes endsAt as the start too. Resolving
+        // posts it again: Alertmanager keeps the earlier start of the same alert.
         let body = serde_json::json!([{
             "labels": {"alertname": name, "severity": severity, "service": "sample"},
             "annotations": {"summary": "posted by the test"},
+            "startsAt": rfc3339(std::time::SystemTime::now()),
             "endsAt": ends,
         }])
         .to_string();

@@ -414,6 +414,7 @@ async fn steps(r: &mut Run) -> Outcome {
         format!("measuring the baseline for {:?}", r.exp.plan.baseline),
     );
     let mut baseline = Collect::default();
+    let baseline_from = std::time::Instant::now();
     let until = Instant::now() + r.exp.plan.baseline;
     match r.observe(until, &mut baseline, true, true, None).await {
         Some(Stop::Aborted(why)) => {
@@ -423,6 +424,16 @@ async fn steps(r: &mut Run) -> Outcome {
         Some(Stop::LeaseLapsed | Stop::Ack(_)) | None => {}
     }
     let tolerance = Tolerance::from_baseline(&baseline.signals, &r.exp.plan.recovery);
+    // The probes' own p99 over the baseline: later experiments' latency_within_baseline.
+    if let Some(m) = r.monitor.as_ref() {
+        let probes = lock(&m.shared);
+        if let Some(st) =
+            crate::health::http::stats(&probes.probes, baseline_from, std::time::Instant::now())
+            && let Err(e) = r.c.store.set_baseline_p99(&r.exp.id, st.p99_ms)
+        {
+            tracing::error!("store: {e:#}");
+        }
+    }
     r.node_band = Some((
         Window::max(&baseline.node.cpu) + CPU_BAND,
         Window::max(&baseline.node.memory) + MEMORY_BAND,

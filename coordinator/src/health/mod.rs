@@ -405,10 +405,12 @@ impl Monitor {
         r
     }
 
-    /// Waits until every source has had a chance to answer (a probe result or two,
-    /// one query round, one alert poll), at most `limit`.
-    pub async fn settle(&mut self, limit: Duration) {
-        let until = tokio::time::Instant::now() + limit;
+    /// Waits until `span` has passed and every source has answered (a probe result
+    /// or two, one query round, one alert poll), or twice `span` at most.
+    pub async fn settle(&mut self, span: Duration) {
+        let from = tokio::time::Instant::now();
+        let until = from + 2 * span.max(Duration::from_secs(1));
+        let full = from + span;
         loop {
             let ready = {
                 let s = lock(&self.shared);
@@ -427,8 +429,13 @@ impl Monitor {
                 let am = s.alertmanager.as_ref().is_none_or(|a| a.polls > 0);
                 probes && prom && am
             };
-            if ready || tokio::time::Instant::now() >= until {
+            let now = tokio::time::Instant::now();
+            if (ready && now >= full) || now >= until {
                 return;
+            }
+            if ready {
+                tokio::time::sleep_until(full).await;
+                continue;
             }
             let _ = tokio::time::timeout_at(until, self.changed.changed()).await;
         }

@@ -163,12 +163,47 @@ pub struct Checks {
 }
 
 /// A yes/no check: a PromQL query whose value is non-zero, or an HTTP URL that
-/// answers 2xx.
+/// answers 2xx. Written `{promql: '...'}` or `{url: '...'}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
+#[serde(try_from = "CheckDoc", into = "CheckDoc")]
 pub enum CheckSource {
     Promql(String),
     Url(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    promql: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+}
+
+impl TryFrom<CheckDoc> for CheckSource {
+    type Error = String;
+    fn try_from(d: CheckDoc) -> Result<Self, String> {
+        match (d.promql, d.url) {
+            (Some(q), None) => Ok(CheckSource::Promql(q)),
+            (None, Some(u)) => Ok(CheckSource::Url(u)),
+            _ => Err("give exactly one of promql: '...' and url: '...'".into()),
+        }
+    }
+}
+
+impl From<CheckSource> for CheckDoc {
+    fn from(c: CheckSource) -> Self {
+        match c {
+            CheckSource::Promql(q) => CheckDoc {
+                promql: Some(q),
+                url: None,
+            },
+            CheckSource::Url(u) => CheckDoc {
+                promql: None,
+                url: Some(u),
+            },
+        }
+    }
 }
 
 /// The systems the report requires to be operational before any production test.

@@ -484,10 +484,11 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SpecE
         // field's path finds those. The later of the two is the field's line.
         let line = inner.location().map(|l| l.line()).max(line_of(text, &path));
         let message = inner.to_string();
+        let message = message.split(" at line ").next().unwrap_or(&message);
+        // serde_yaml_ng puts the path in front of its own message too.
         let message = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
+            .strip_prefix(&format!("{path}: "))
+            .unwrap_or(message)
             .to_owned();
         SpecError {
             field: path,

@@ -144,7 +144,7 @@ impl App {
         // Both codes exist from the start, so an error-rate query never divides by
         // an absent series.
         for code in ["200", "500"] {
-            requests.get_or_create(&Code { code: code.into() });
+            let _ = requests.get_or_create(&Code { code: code.into() });
         }
         let duration = buckets();
         let (hits, misses, drops, collections) = (
@@ -398,7 +398,7 @@ async fn load(a: LoadArgs) {
         .expect("client");
     let requests = Family::<Code, Counter>::default();
     for code in ["ok", "error"] {
-        requests.get_or_create(&Code { code: code.into() });
+        let _ = requests.get_or_create(&Code { code: code.into() });
     }
     let duration = buckets();
     let mut registry = Registry::default();

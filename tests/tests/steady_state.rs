@@ -1,0 +1,571 @@
+//! The steady state end to end: experiments judged by a real service's health. The
+//! lab (`faultline_tests::lab`) runs the sample service under steady load on node-1,
+//! real Prometheus and Alertmanager beside the coordinator, and the coordinator on
+//! the production prerequisites and abort conditions. Every test checks that nothing
+//! is left behind.
+use std::time::{Duration, Instant};
+
+use faultline_tests::{
+    checks::faultline_leftovers,
+    fleet::{NODE_IFACE, Role},
+    lab::{CLIENT_P99, ERROR_RATE, Lab, Run, finish},
+    node::assert_no_stress_cgroups,
+    slack,
+};
+use serde_json::Value;
+
+/// A 5 % CPU stress on node-1 for `duration`, plus `extra` spec lines.
+fn cpu(duration: &str, extra: &str) -> String {
+    format!(
+        "scenario: cpu_stress\ntarget_node: node-1\ncpu_stress: 5%\nduration: {duration}\n{extra}"
+    )
+}
+
+fn nothing_left(lab: &Lab) {
+    assert_no_stress_cgroups();
+    let left = faultline_leftovers(&lab.fleet.nodes[0].ns, NODE_IFACE);
+    assert!(left.is_empty(), "left in the kernel: {left:?}");
+}
+
+/// Waits until Prometheus has scraped what the service now says.
+fn wait_for_value(lab: &Lab, promql: &str, want: f64) {
+    let until = Instant::now() + Duration::from_secs(15);
+    while lab.prometheus.query(promql) != Some(want) {
+        assert!(Instant::now() < until, "{promql} never became {want}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ms(v: &Value, key: &str) -> i64 {
+    v[key].as_i64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// breach first visible -> removal confirmed, in ms.
+fn breach_to_removal(run: &Run) -> i64 {
+    let b = &run.outcome["breach"];
+    ms(b, "removal_confirmed_ms") - ms(b, "visible_ms")
+}
+
+/// Every check passes or is skipped, except `failing` (which must fail) and those in
+/// `dependent` (which may, because they read the same broken source).
+fn assert_only_failing(run: &Run, failing: &str, dependent: &[&str]) {
+    assert_eq!(
+        run.code,
+        Some(3),
+        "{failing}: {}\n{}",
+        run.outcome,
+        run.stderr
+    );
+    assert_eq!(
+        run.outcome["verdict"], "rejected",
+        "{failing}: {}",
+        run.outcome
+    );
+    assert!(
+        run.outcome["fault_applied_ms"].is_null(),
+        "{failing}: applied? {}",
+        run.outcome
+    );
+    let c = run.check(failing);
+    assert_eq!(c["status"], "fail", "{failing}: {c}");
+    assert!(
+        !c["value"].as_str().unwrap_or("").is_empty(),
+        "{failing} names no value: {c}"
+    );
+    for c in run.outcome["preflight"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        if name != failing && !dependent.contains(&name) {
+            assert!(c["status"] != "fail", "{failing}: {name} failed too: {c}");
+        }
+    }
+    eprintln!(
+        "{failing}: {} vs {} ({})",
+        c["value"], c["threshold"], c["detail"]
+    );
+}
+
+#[test]
+fn each_prerequisite_failing_on_its_own_refuses_the_experiment_with_its_name_and_value() {
+    let lab = Lab::new(&[], &[]);
+    // The control: in the healthy lab every prerequisite holds, and the run records
+    // the probes' baseline p99 that latency_within_baseline compares with later.
+    let ok = lab.run(&cpu("2s", "baseline: 2s\n"), "");
+    assert_eq!(ok.code, Some(0), "{}\n{}", ok.outcome, ok.stderr);
+    for c in ok.outcome["preflight"].as_array().unwrap() {
+        assert!(c["status"] == "pass" || c["status"] == "skipped", "{c}");
+    }
+    assert_eq!(ok.check("required.rollback")["status"], "pass");
+
+    let short = "baseline: 1s\n";
+    // Thresholds that real values fail.
+    let run = lab.run(
+        &cpu(
+            "2s",
+            &format!("{short}prerequisites: {{health_score_above: 100}}\n"),
+        ),
+        "",
+    );
+    assert_only_failing(&run, "health_score_above", &[]);
+    let run = lab.run(
+        &cpu(
+            "2s",
+            &format!("{short}prerequisites: {{traffic_below_peak: 10%}}\n"),
+        ),
+        "",
+    );
+    assert_only_failing(&run, "traffic_below_peak", &[]);
+    assert!(
+        run.check("traffic_below_peak")["value"]
+            .as_str()
+            .unwrap()
+            .contains("% of peak")
+    );
+
+    // An open incident (a P3 alert also lowers the health score, so that check is
+    // set aside for this case).
+    lab.alertmanager.fire("QueueBacklog", "P3");
+    let run = lab.run(
+        &cpu(
+            "2s",
+            &format!("{short}prerequisites: {{health_score_above: 0}}\n"),
+        ),
+        "",
+    );
+    assert_only_failing(&run, "no_incidents", &[]);
+    assert!(
+        run.check("no_incidents")["value"]
+            .as_str()
+            .unwrap()
+            .contains("QueueBacklog (P3)")
+    );
+    lab.alertmanager.resolve("QueueBacklog", "P3");
+
+    // Required systems that do not answer.
+    let run = lab.run(
+        "scenario: packet_loss\ntarget_node: node-1\npacket_loss: 0.1%\ninterface: eth9\nduration: 2s\nbaseline: 1s\n",
+        "",
+    );
+    assert_only_failing(&run, "required.rollback", &[]);
+    assert!(
+        run.check("required.rollback")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("eth9")
+    );
+    let run = lab.run(
+        &cpu(
+            "2s",
+            &format!(
+                "{short}health: {{http: [{{name: api, url: 'http://10.201.1.2:8081/api/item'}}]}}\n"
+            ),
+        ),
+        "",
+    );
+    assert_only_failing(&run, "required.health_checker", &[]);
+    let run = lab.run(
+        &cpu("2s", &format!("{short}health: {{prometheus: {{url: 'http://127.0.0.1:9999', queries: {{traffic_vs_peak: 'vector(0)'}}}}}}\n")),
+        "",
+    );
+    // Prometheus also answers traffic_vs_peak and the backup check.
+    assert_only_failing(
+        &run,
+        "required.monitoring",
+        &["traffic_below_peak", "required.recent_backup"],
+    );
+    let run = lab.run(
+        &cpu(
+            "2s",
+            &format!("{short}health: {{alertmanager: {{url: 'http://127.0.0.1:9999'}}}}\n"),
+        ),
+        "",
+    );
+    // Alertmanager also answers no_incidents and lists the receivers.
+    assert_only_failing(
+        &run,
+        "required.alerting",
+        &["no_incidents", "required.incident_response"],
+    );
+    let run = lab.run(
+        &cpu(
+            "2s",
+            &format!(
+                "{short}health:\n  checks:\n    incident_response: {{url: 'http://127.0.0.1:9/pager'}}\n    \
+                 recent_backup: {{promql: 'time() - max(sample_backup_last_success_timestamp_seconds) < bool 86400'}}\n"
+            ),
+        ),
+        "",
+    );
+    assert_only_failing(&run, "required.incident_response", &[]);
+    lab.service.backup_age("48h");
+    let backup = "time() - max(sample_backup_last_success_timestamp_seconds) < bool 86400";
+    wait_for_value(&lab, backup, 0.0);
+    let run = lab.run(&cpu("2s", short), "");
+    assert_only_failing(&run, "required.recent_backup", &[]);
+    lab.service.backup_age("0s");
+    wait_for_value(&lab, backup, 1.0);
+
+    // Degraded service: the signals themselves fail their thresholds.
+    lab.service.degrade("error_rate=0.03");
+    std::thread::sleep(Duration::from_secs(6));
+    let run = lab.run(
+        &cpu(
+            "2s",
+            &format!("{short}prerequisites: {{health_score_above: 0}}\n"),
+        ),
+        "",
+    );
+    assert_only_failing(&run, "error_rate_below", &[]);
+    lab.service.degrade("latency=20ms");
+    std::thread::sleep(Duration::from_secs(6));
+    let run = lab.run(&cpu("2s", short), "");
+    assert_only_failing(&run, "latency_within_baseline", &[]);
+    lab.service.degrade("");
+    nothing_left(&lab);
+}
+
+#[test]
+fn a_latency_fault_against_an_http_p99_guard_aborts_within_a_second_of_the_breach() {
+    let lab = Lab::new(&[], &[]);
+    let started = Instant::now();
+    let run = lab.run(
+        "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 40s\nbaseline: 2s\n\
+         abort_conditions: {latency_p99_above: 30ms}\n",
+        "",
+    );
+    assert_eq!(run.code, Some(4), "{}\n{}", run.outcome, run.stderr);
+    let b = &run.outcome["breach"];
+    assert_eq!(b["guard"], "abort_conditions.latency_p99_above", "{b}");
+    assert_eq!(b["source"], "http:api", "{b}");
+    assert!(b["observed"].as_f64().unwrap() > 30.0, "{b}");
+    let took = breach_to_removal(&run);
+    eprintln!("http p99 breach visible -> removal confirmed: {took} ms; {b}");
+    assert!((0..=slack(1000, 3000)).contains(&took), "{took} ms: {b}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the fault ran its course"
+    );
+    nothing_left(&lab);
+}
+
+#[test]
+fn a_latency_fault_against_a_promql_guard_aborts_within_a_scrape_and_a_second() {
+    let lab = Lab::new(&[], &[]);
+    // Client-side latency (the load generator's histogram) sees the wire; only the
+    // PromQL signals guard this run, no probe.
+    let spec = format!(
+        "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 40s\nbaseline: 2s\n\
+         health:\n  http: []\n  prometheus:\n    url: http://127.0.0.1:9090\n    queries:\n      \
+         error_rate: '{ERROR_RATE}'\n      latency_p99: '{CLIENT_P99}'\n      \
+         traffic_vs_peak: 'sum(rate(sample_requests_total[5s])) / 200'\n\
+         abort_conditions: {{latency_p99_above: 30ms}}\n\
+         prerequisites: {{required: [rollback, monitoring, alerting, incident_response, recent_backup]}}\n"
+    );
+    let run = lab.run(&spec, "");
+    assert_eq!(run.code, Some(4), "{}\n{}", run.outcome, run.stderr);
+    let b = &run.outcome["breach"];
+    assert_eq!(b["guard"], "abort_conditions.latency_p99_above", "{b}");
+    assert_eq!(b["source"], "prometheus:latency_p99", "{b}");
+    assert_eq!(
+        run.outcome["waivers"],
+        serde_json::json!(["health_checker"])
+    );
+    let took = breach_to_removal(&run);
+    let from_apply = ms(b, "visible_ms") - ms(&run.outcome, "fault_applied_ms");
+    eprintln!(
+        "PromQL p99 breach: visible {from_apply} ms after the fault, removal confirmed {took} ms after that"
+    );
+    assert!((0..=slack(1000, 3000)).contains(&took), "{took} ms: {b}");
+    nothing_left(&lab);
+}
+
+#[test]
+fn an_alert_that_fires_mid_fault_aborts_it() {
+    let lab = Lab::new(&[], &[]);
+    let mut run = lab.fleet.watch_run(
+        Role::Operator,
+        &lab.spec_line(&cpu("30s", "baseline: 1s\n"), ""),
+    );
+    run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    lab.alertmanager.fire("CheckoutErrors", "P1");
+    let (code, events) = run.finish();
+    let outcome = events
+        .iter()
+        .rev()
+        .find_map(|e| e.get("outcome"))
+        .expect("outcome")
+        .clone();
+    assert_eq!(code, Some(4), "{outcome}");
+    let b = &outcome["breach"];
+    assert_eq!(b["guard"], "abort_conditions.new_incident", "{b}");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CheckoutErrors (P1)"),
+        "{b}"
+    );
+    lab.alertmanager.resolve("CheckoutErrors", "P1");
+    nothing_left(&lab);
+}
+
+#[test]
+fn a_dark_prometheus_aborts_after_the_grace() {
+    let lab = Lab::new(&[], &[]);
+    let spec = cpu("40s", "baseline: 1s\nhealth: {dark_grace: 2s}\n");
+    let mut run = lab
+        .fleet
+        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
+    run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    let frozen = Instant::now();
+    lab.prometheus.freeze();
+    let (code, events) = run.finish();
+    let dark = frozen.elapsed();
+    lab.prometheus.thaw();
+    let outcome = events
+        .iter()
+        .rev()
+        .find_map(|e| e.get("outcome"))
+        .expect("outcome")
+        .clone();
+    assert_eq!(code, Some(4), "{outcome}");
+    let b = &outcome["breach"];
+    assert_eq!(b["guard"], "health.dark_grace", "{b}");
+    assert_eq!(b["source"], "prometheus", "{b}");
+    eprintln!("Prometheus frozen; the run ended {dark:?} later: {b}");
+    // Dark since its last answer, a round (1 s) at most before the freeze.
+    assert!(b["observed"].as_f64().unwrap() >= 2.0, "{b}");
+    assert!(
+        dark >= Duration::from_secs(1) && dark < Duration::from_secs(slack(6, 10)),
+        "{dark:?}"
+    );
+    nothing_left(&lab);
+}
+
+#[test]
+fn the_agent_side_guard_removes_the_fault_while_the_coordinator_is_frozen() {
+    // The lease outlives the freeze, so only the agent's own guard can end it.
+    let lab = Lab::new(&[], &["--lease-ttl", "20s"]);
+    let spec = cpu(
+        "40s",
+        "baseline: 1s\nagent_guard:\n  http: {url: 'http://127.0.0.1:8080/api/item', rate: 20/s}\n  \
+         error_rate_above: 20%\n  window: 1s\n",
+    );
+    let mut run = lab
+        .fleet
+        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
+    run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    let stress = || {
+        std::fs::read_dir("/sys/fs/cgroup/cpu/faultline")
+            .or_else(|_| std::fs::read_dir("/sys/fs/cgroup/faultline"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("stress-cpu-"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(stress(), "the stress group is in place");
+    lab.fleet.signal_coordinator(libc::SIGSTOP);
+    let broke = Instant::now();
+    lab.service.degrade("error_rate=1");
+    while stress() {
+        assert!(
+            broke.elapsed() < Duration::from_secs(10),
+            "the agent did not remove the stress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let removed = broke.elapsed();
+    // Healed before the coordinator wakes: only the agent saw the breakage.
+    lab.service.degrade("");
+    lab.fleet.signal_coordinator(libc::SIGCONT);
+    let (code, events) = run.finish();
+    let outcome = events
+        .iter()
+        .rev()
+        .find_map(|e| e.get("outcome"))
+        .expect("outcome")
+        .clone();
+    eprintln!("service broken with the coordinator frozen; stress removed {removed:?} later");
+    assert_eq!(code, Some(4), "{outcome}");
+    let b = &outcome["breach"];
+    assert_eq!(b["agent_side"], true, "{b}");
+    assert_eq!(b["guard"], "agent_guard.error_rate_above", "{b}");
+    assert!(removed < Duration::from_secs(slack(3, 8)), "{removed:?}");
+    nothing_left(&lab);
+}
+
+#[test]
+fn a_cache_with_a_known_warm_up_recovers_within_a_second_of_it_and_self_heals() {
+    let lab = Lab::new(&["--warmup", "4s", "--miss-latency", "40ms"], &[]);
+    // The probes judge the steady state here: the service's own p99 is a rate over
+    // 5 s, which would add its window to the recovery time.
+    let spec = format!(
+        "scenario: cache_invalidation\ntarget_node: node-1\ncomponents: [api]\nduration: 8s\nbaseline: 2s\n\
+         expected_impact: temporary_cache_misses\n\
+         health:\n  prometheus:\n    url: http://127.0.0.1:9090\n    queries:\n      error_rate: '{ERROR_RATE}'\n      \
+         traffic_vs_peak: 'sum(rate(sample_requests_total[5s])) / 200'\n\
+         recovery: {{hold: 2s, timeout: 20s}}\n"
+    );
+    let run = lab.run(&spec, "");
+    assert_eq!(run.code, Some(0), "{}\n{}", run.outcome, run.stderr);
+    assert_eq!(
+        run.outcome["classification"], "self_healed",
+        "{}",
+        run.outcome
+    );
+    let rec = run.outcome["recovery_s"].as_f64().unwrap();
+    eprintln!(
+        "cache warm-up 4 s: recovery {rec:.2} s; p99 {}",
+        run.signal("latency_p99")
+    );
+    assert!(
+        (rec - 4.0).abs() <= 1.0,
+        "recovery {rec} s for a 4 s warm-up: {}",
+        run.outcome
+    );
+    assert!(lab.service.metrics().contains("sample_cache_drops_total 1"));
+    nothing_left(&lab);
+}
+
+#[test]
+fn a_small_cpu_stress_on_an_idle_service_is_absorbed() {
+    let lab = Lab::new(&[], &[]);
+    let run = lab.run(&cpu("6s", "baseline: 3s\n"), "");
+    assert_eq!(run.code, Some(0), "{}\n{}", run.outcome, run.stderr);
+    assert_eq!(run.outcome["classification"], "absorbed", "{}", run.outcome);
+    assert_eq!(
+        run.outcome["recovery_s"].as_f64(),
+        Some(0.0),
+        "{}",
+        run.outcome
+    );
+    let cpu = run.signal("node_cpu");
+    assert!(
+        cpu["during"].as_f64().unwrap() > cpu["baseline"].as_f64().unwrap() + 2.0,
+        "{cpu}"
+    );
+    for s in [
+        "error_rate",
+        "latency_p99",
+        "throughput",
+        "health_score",
+        "availability",
+    ] {
+        assert!(
+            run.signal(s)["baseline"].is_number(),
+            "{s}: {}",
+            run.signal(s)
+        );
+    }
+    nothing_left(&lab);
+}
+
+#[test]
+fn an_incident_during_the_fault_is_classified_incident_with_its_time_to_resolve() {
+    let lab = Lab::new(&[], &[]);
+    // A P2 alert does not abort here (only P0 would), and the score it lowers is not
+    // guarded.
+    let spec = cpu(
+        "8s",
+        "baseline: 1s\nabort_conditions: {new_incident: [P0], health_score_below: 0}\n",
+    );
+    let mut run = lab
+        .fleet
+        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
+    run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    lab.alertmanager.fire("DiskFilling", "P2");
+    std::thread::sleep(Duration::from_secs(2));
+    lab.alertmanager.resolve("DiskFilling", "P2");
+    let (code, events) = run.finish();
+    let outcome = events
+        .iter()
+        .rev()
+        .find_map(|e| e.get("outcome"))
+        .expect("outcome")
+        .clone();
+    assert_eq!(code, Some(7), "{outcome}");
+    assert_eq!(outcome["classification"], "incident", "{outcome}");
+    let i = &outcome["incidents"][0];
+    assert_eq!(i["alert"], "DiskFilling", "{i}");
+    assert_eq!(i["severity"], "P2", "{i}");
+    let ttr = i["time_to_resolve_s"].as_f64().expect("resolved");
+    assert!((1.5..6.0).contains(&ttr), "{ttr} s: {i}");
+    nothing_left(&lab);
+}
+
+#[test]
+fn a_service_that_never_comes_back_is_not_recovered_after_the_timeout() {
+    let lab = Lab::new(&[], &[]);
+    let spec = cpu(
+        "4s",
+        "baseline: 1s\nabort_conditions: {error_rate_above: 100%, health_score_below: 0}\n\
+         recovery: {hold: 2s, timeout: 5s}\n",
+    );
+    let mut run = lab
+        .fleet
+        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
+    run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    lab.service.degrade("down=1");
+    let (code, events) = run.finish();
+    lab.service.degrade("");
+    let outcome = events
+        .iter()
+        .rev()
+        .find_map(|e| e.get("outcome"))
+        .expect("outcome")
+        .clone();
+    assert_eq!(code, Some(5), "{outcome}");
+    assert_eq!(outcome["verdict"], "not_recovered", "{outcome}");
+    assert_eq!(outcome["classification"], "not_recovered", "{outcome}");
+    assert!(outcome["recovery_s"].is_null(), "{outcome}");
+    assert!(
+        outcome["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not hold"),
+        "{outcome}"
+    );
+    nothing_left(&lab);
+}
+
+#[test]
+fn health_readings_stream_and_are_stored_once_a_second() {
+    let lab = Lab::new(&[], &[]);
+    let run = finish(lab.fleet.cli_line(
+        Role::Operator,
+        &lab.spec_line(&cpu("3s", "baseline: 2s\n"), "--wait -o json"),
+    ));
+    assert_eq!(run.code, Some(0), "{}", run.outcome);
+    let readings = faultline_tests::lab::readings(&run.events);
+    assert!(readings.len() >= 5, "{} readings", readings.len());
+    let r = readings.last().unwrap();
+    for k in [
+        "error_rate_percent",
+        "latency_p99_ms",
+        "throughput_rps",
+        "health_score",
+    ] {
+        assert!(r[k].is_number(), "{k}: {r}");
+    }
+    assert_eq!(r["source"], "prometheus");
+}
