@@ -569,3 +569,52 @@ fn health_readings_stream_and_are_stored_once_a_second() {
     }
     assert_eq!(r["source"], "prometheus");
 }
+
+#[test]
+fn a_node_side_probe_watches_a_node_local_service_and_its_guard_acts_on_it() {
+    let lab = Lab::new(&[], &[]);
+    // The agent probes the service on its node's loopback; the coordinator guards
+    // the experiment with those results.
+    let spec = cpu(
+        "30s",
+        "baseline: 2s\nhealth:\n  http:\n    - {name: local, url: 'http://127.0.0.1:8080/api/item', rate: 20/s, from: node}\n\
+         abort_conditions: {error_rate_above: 10%}\n",
+    );
+    let mut run = lab
+        .fleet
+        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
+    run.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    lab.service.degrade("error_rate=1");
+    let (code, events) = run.finish();
+    lab.service.degrade("");
+    let outcome = events
+        .iter()
+        .rev()
+        .find_map(|e| e.get("outcome"))
+        .expect("outcome")
+        .clone();
+    assert_eq!(code, Some(4), "{outcome}");
+    let checker = outcome["preflight"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "required.health_checker")
+        .unwrap()
+        .clone();
+    assert!(
+        checker["detail"].as_str().unwrap().contains("local@node-1"),
+        "{checker}"
+    );
+    let b = &outcome["breach"];
+    assert_eq!(b["guard"], "abort_conditions.error_rate_above", "{b}");
+    assert_eq!(b["source"], "http:local@node-1", "{b}");
+    eprintln!(
+        "node-side probe breach -> removal: {} ms",
+        ms(b, "removal_confirmed_ms") - ms(b, "visible_ms")
+    );
+    nothing_left(&lab);
+}

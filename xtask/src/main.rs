@@ -134,6 +134,16 @@ fn main() -> Result<()> {
                 "--package",
                 "faultline-coordinator",
             ]))?;
+            // The steady-state benchmark's workload (`--bin` alone: with it, cargo
+            // builds that binary only).
+            run(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "faultline-tests",
+                "--bin",
+                "faultline-sample",
+            ]))?;
             run(cargo().args([
                 "bench",
                 "--package",

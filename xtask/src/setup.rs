@@ -28,6 +28,9 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // The CPU stress benchmark measures faultline beside stress-ng in one run.
     "stress-ng",
+    // The steady-state tests and the demo judge experiments with real monitoring.
+    "prometheus",
+    "prometheus-alertmanager",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;

@@ -369,6 +369,18 @@ async fn steps(r: &mut Run) -> Outcome {
         });
         return r.finish(Verdict::Rejected, format!("preflight: {why}"));
     }
+    // Until the baseline's observer takes over, the coordinator keeps its own lease
+    // alive: preflight lasts a health window.
+    let renewer = {
+        let (c, lease) = (r.c.clone(), r.exp.lease_id.clone());
+        tokio::spawn(async move {
+            loop {
+                c.leases.renew(&lease, std::time::Instant::now());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let _renewing = crate::health::AbortOnDrop(renewer);
     let mut monitor = Monitor::start(r.exp.plan.health.clone(), &r.c, &r.exp.id, &nodes);
     let baseline_p99 =
         r.c.store
@@ -406,6 +418,7 @@ async fn steps(r: &mut Run) -> Outcome {
     }
     r.monitor = Some(monitor);
     r.guards = Some(guards);
+    drop(_renewing);
     r.c.set_sample_rate(&nodes, 10.0);
 
     // 2. Baseline.

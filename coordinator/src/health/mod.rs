@@ -214,13 +214,15 @@ impl Reading {
 }
 
 /// Aborts a task when dropped.
-struct Task(tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
-impl Drop for Task {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
+
+type Task = AbortOnDrop;
 
 /// The running sources of one experiment; dropping it stops them (node-side probes
 /// are told to stop).
@@ -284,7 +286,7 @@ impl Monitor {
         let shared = Arc::new(Mutex::new(sources));
         for (i, (p, node)) in logs.into_iter().enumerate() {
             match node {
-                None => tasks.push(Task(tokio::spawn(http::run(
+                None => tasks.push(AbortOnDrop(tokio::spawn(http::run(
                     p.url.clone(),
                     p.hz,
                     p.timeout,
@@ -311,7 +313,7 @@ impl Monitor {
                     }
                     node_probes.push((n, probe_id));
                     let (shared, tx) = (shared.clone(), tx.clone());
-                    tasks.push(Task(tokio::spawn(async move {
+                    tasks.push(AbortOnDrop(tokio::spawn(async move {
                         while let Some(batch) = results.rx.recv().await {
                             let mut s = lock(&shared);
                             if !batch.refused.is_empty() {
@@ -333,7 +335,7 @@ impl Monitor {
         if let Some(p) = &plan.prometheus {
             let live = p.live();
             if !live.is_empty() {
-                tasks.push(Task(tokio::spawn(prometheus::run(
+                tasks.push(AbortOnDrop(tokio::spawn(prometheus::run(
                     p.url.clone(),
                     p.interval,
                     live,
@@ -345,7 +347,7 @@ impl Monitor {
         if let Some(a) = &plan.alertmanager {
             let sev =
                 alertmanager::Severities::new(a.severity_label.as_deref(), a.severities.as_ref());
-            tasks.push(Task(tokio::spawn(alertmanager::run(
+            tasks.push(AbortOnDrop(tokio::spawn(alertmanager::run(
                 a.url.clone(),
                 sev,
                 shared.clone(),
@@ -408,6 +410,9 @@ impl Monitor {
     /// Waits until `span` has passed and every source has answered (a probe result
     /// or two, one query round, one alert poll), or twice `span` at most.
     pub async fn settle(&mut self, span: Duration) {
+        if self.plan.is_empty() {
+            return;
+        }
         let from = tokio::time::Instant::now();
         let until = from + 2 * span.max(Duration::from_secs(1));
         let full = from + span;

@@ -238,9 +238,8 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "line {l}: ")?,
-            None => {}
+        if let Some(l) = self.line {
+            write!(f, "line {l}: ")?;
         }
         if self.field.is_empty() {
             f.write_str(&self.message)
@@ -391,7 +390,8 @@ impl Spec {
         }
         if let Some(t) = &self.target {
             let named = t.node.is_some() || !t.nodes.is_empty();
-            if named == !t.labels.is_empty() {
+            // Exactly one of the two forms.
+            if named != t.labels.is_empty() {
                 return Err(err("target", "give either node/nodes or labels".into()));
             }
             if t.count == Some(0) {
