@@ -51,16 +51,21 @@ fn cpu_seconds(pid: i32) -> f64 {
 }
 
 fn main() {
+    // FAULTLINE_GUARDS_BENCH=http|promql|cpu runs one part.
+    let only = std::env::var("FAULTLINE_GUARDS_BENCH").ok();
+    let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
     let lab = Lab::new(&[], &[]);
     println!("\nguard breach -> removal confirmed (50 ms latency fault, p99 guard 30 ms)");
     let http = "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 60s\nbaseline: 1s\n\
                 abort_conditions: {latency_p99_above: 30ms}\n";
-    let (removal, detection) = breaches(&lab, http, 30);
-    report("HTTP probe 20/s: breach visible -> removal", removal);
-    report(
-        "HTTP probe 20/s: fault applied -> breach visible",
-        detection,
-    );
+    if part("http") {
+        let (removal, detection) = breaches(&lab, http, 30);
+        report("HTTP probe 20/s: breach visible -> removal", removal);
+        report(
+            "HTTP probe 20/s: fault applied -> breach visible",
+            detection,
+        );
+    }
     let promql = format!(
         "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 60s\nbaseline: 1s\n\
          health:\n  http: []\n  prometheus:\n    url: http://127.0.0.1:9090\n    queries:\n      \
@@ -69,12 +74,17 @@ fn main() {
          abort_conditions: {{latency_p99_above: 30ms}}\n\
          prerequisites: {{required: [rollback, monitoring, alerting, incident_response, recent_backup]}}\n"
     );
-    let (removal, detection) = breaches(&lab, &promql, 30);
-    report("PromQL, 1 s scrape: breach visible -> removal", removal);
-    report(
-        "PromQL, 1 s scrape: fault applied -> breach visible",
-        detection,
-    );
+    if part("promql") {
+        let (removal, detection) = breaches(&lab, &promql, 30);
+        report("PromQL, 1 s scrape: breach visible -> removal", removal);
+        report(
+            "PromQL, 1 s scrape: fault applied -> breach visible",
+            detection,
+        );
+    }
+    if !part("cpu") {
+        return;
+    }
 
     // Ten experiments' worth of probes in one: CPU of the coordinator process over
     // the fault's 30 s (everything else it does meanwhile is idle).
@@ -101,8 +111,9 @@ fn main() {
     let window = Duration::from_secs(20);
     std::thread::sleep(window);
     let used = cpu_seconds(pid) - c0;
-    let (code, _) = run.finish();
-    assert_eq!(code, Some(0));
+    let (code, events) = run.finish();
+    let outcome = events.iter().rev().find_map(|e| e.get("outcome"));
+    assert_eq!(code, Some(0), "{outcome:?}");
     println!(
         "  coordinator CPU with 10 probes at 20/s (200 req/s), 4 PromQL queries/s and 1 alert poll/s: \
          {:.1}% of one CPU",

@@ -7,7 +7,7 @@
 //! is 10.201.i.1. They exist only inside the fleet's namespaces.
 use std::{
     fs::File,
-    io::{BufRead, BufReader, Lines},
+    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, ChildStdout, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -372,13 +372,12 @@ impl Fleet {
     pub fn watch_run(&self, role: Role, line: &str) -> RunEvents {
         let mut args: Vec<&str> = line.split_whitespace().collect();
         args.extend(["--wait", "-o", "json"]);
-        let mut child = self
+        let child = self
             .cli_command(role, &args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn faultline run");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        RunEvents { child, lines }
+        RunEvents::new(child)
     }
 
     /// `curl -X <method>` against the coordinator's HTTP port, with `role`'s token
@@ -424,21 +423,34 @@ impl Fleet {
     }
 }
 
-/// The JSON event stream of a running `faultline run --wait`.
+/// The JSON event stream of a running `faultline run --wait`, read on a thread of
+/// its own so the CLI never waits for the test to read.
 pub struct RunEvents {
     child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl RunEvents {
+    fn new(mut child: Child) -> Self {
+        let stdout: ChildStdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
     /// Reads events until one satisfies `pred`, and returns it.
     pub fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             let line = self
                 .lines
-                .next()
-                .expect("the run ended before the awaited event")
-                .expect("read event");
+                .recv()
+                .expect("the run ended before the awaited event");
             let ev: Value = serde_json::from_str(&line).expect("event json");
             if pred(&ev) {
                 return ev;
@@ -448,13 +460,13 @@ impl RunEvents {
 
     /// Reads the rest; returns the exit code and the remaining events.
     pub fn finish(mut self) -> (Option<i32>, Vec<Value>) {
+        let code = self.child.wait().expect("wait run").code();
         let rest = self
             .lines
-            .by_ref()
-            .map_while(Result::ok)
+            .iter()
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect();
-        (self.child.wait().expect("wait run").code(), rest)
+        (code, rest)
     }
 }
 
