@@ -65,6 +65,22 @@ impl Guards {
             .map(|a| a.active.iter().map(|a| a.fingerprint.clone()).collect());
     }
 
+    /// A source without a usable value for longer than the grace.
+    fn dark(&self, source: String, dark_for: Duration, why: &Option<String>) -> Option<Breach> {
+        (dark_for > self.grace).then(|| {
+            let mut b = breach(
+                "health.dark_grace",
+                source,
+                dark_for.as_secs_f64(),
+                self.grace.as_secs_f64(),
+                "s",
+                SystemTime::now(),
+            );
+            b.detail = why.clone().unwrap_or_else(|| "no answer".into());
+            b
+        })
+    }
+
     fn count(&mut self, guard: &'static str, source: &str, breached: bool) -> bool {
         let run = self.runs.entry((guard, source.to_owned())).or_default();
         *run = if breached { *run + 1 } else { 0 };
@@ -174,17 +190,13 @@ impl Guards {
                 .prometheus
                 .as_ref()
                 .is_some_and(|pp| !pp.live().is_empty());
-            let dark_for = now.duration_since(p.last_ok.unwrap_or(started));
-            if live && dark_for > self.grace {
-                let mut b = breach(
-                    "health.dark_grace",
+            if live
+                && let Some(b) = self.dark(
                     "prometheus".into(),
-                    dark_for.as_secs_f64(),
-                    self.grace.as_secs_f64(),
-                    "s",
-                    wall,
-                );
-                b.detail = p.last_error.clone().unwrap_or_else(|| "no answer".into());
+                    now.duration_since(p.last_ok.unwrap_or(started)),
+                    &p.last_error,
+                )
+            {
                 return Some(b);
             }
         }
@@ -217,38 +229,19 @@ impl Guards {
                     return Some(b);
                 }
             }
-            let dark_for = now.duration_since(am.last_ok.unwrap_or(started));
-            if dark_for > self.grace {
-                let mut b = breach(
-                    "health.dark_grace",
-                    "alertmanager".into(),
-                    dark_for.as_secs_f64(),
-                    self.grace.as_secs_f64(),
-                    "s",
-                    wall,
-                );
-                b.detail = am.last_error.clone().unwrap_or_else(|| "no answer".into());
+            if let Some(b) = self.dark(
+                "alertmanager".into(),
+                now.duration_since(am.last_ok.unwrap_or(started)),
+                &am.last_error,
+            ) {
                 return Some(b);
             }
         }
         // Probes whose results stopped arriving (node-side probes, or a refused one).
         for p in &s.probes {
             let last = p.hits.back().map_or(started, |h| h.mono);
-            let dark_for = now.duration_since(last);
-            if dark_for > self.grace {
-                let mut b = breach(
-                    "health.dark_grace",
-                    format!("http:{}", p.name),
-                    dark_for.as_secs_f64(),
-                    self.grace.as_secs_f64(),
-                    "s",
-                    wall,
-                );
-                b.detail = p
-                    .refused
-                    .clone()
-                    .or_else(|| p.last_error.clone())
-                    .unwrap_or_else(|| "no results".into());
+            let why = p.refused.clone().or_else(|| p.last_error.clone());
+            if let Some(b) = self.dark(format!("http:{}", p.name), now.duration_since(last), &why) {
                 return Some(b);
             }
         }

@@ -51,19 +51,29 @@ impl fmt::Display for Percent {
     }
 }
 
+/// Deserializes a value written as a bare number or as text (`1.5` or `1.5%`,
+/// `60s`, `20/s`), each with its own parser.
+pub fn number_or_text<'de, D: Deserializer<'de>, T>(
+    d: D,
+    number: impl FnOnce(f64) -> Result<T, String>,
+    text: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(v) => number(v),
+        Raw::Text(s) => text(&s),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(v) => Percent::new(v),
-            Raw::Text(s) => s.parse(),
-        }
-        .map_err(serde::de::Error::custom)
+        number_or_text(d, Percent::new, str::parse)
     }
 }
 
@@ -174,17 +184,7 @@ impl fmt::Display for Fraction {
 
 impl<'de> Deserialize<'de> for Fraction {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(v) => v.to_string().parse(),
-            Raw::Text(s) => s.parse(),
-        }
-        .map_err(serde::de::Error::custom)
+        number_or_text(d, |v| v.to_string().parse(), str::parse)
     }
 }
 

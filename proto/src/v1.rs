@@ -21,6 +21,39 @@ impl Hook {
     }
 }
 
+impl GuardBreach {
+    /// The breach in one line, with the abort and the removal as offsets from the
+    /// moment the breach was visible: how the coordinator's result and the CLI say it.
+    pub fn describe(&self) -> String {
+        let ms = |t: Option<&prost_types::Timestamp>| {
+            t.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        };
+        let visible = ms(self.visible_at.as_ref());
+        let after = |t: Option<&prost_types::Timestamp>| {
+            visible
+                .zip(ms(t))
+                .map_or("-".to_owned(), |(v, t)| format!("{} ms", t - v))
+        };
+        format!(
+            "{}{} on {}: {:.3}{} vs {}{}{}; abort ordered +{}, removal confirmed +{} after the breach was visible",
+            if self.agent_side { "agent-side " } else { "" },
+            self.guard,
+            self.source,
+            self.observed,
+            self.unit,
+            self.threshold,
+            self.unit,
+            if self.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.detail)
+            },
+            after(self.abort_ordered_at.as_ref()),
+            after(self.removal_confirmed_at.as_ref()),
+        )
+    }
+}
+
 impl GcFault {
     /// The squeeze a GC fault may ask for, as a share of the cgroup's current usage:
     /// a harder squeeze stalls the workload rather than pressing its collector. The

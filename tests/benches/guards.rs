@@ -96,24 +96,16 @@ fn main() {
          health:\n  http:\n{}\n",
         probes.join("\n")
     );
-    let mut run = lab.fleet.watch_run(
-        faultline_tests::fleet::Role::Operator,
-        &lab.spec_line(&spec, ""),
-    );
-    run.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
-    });
     let pid = lab.fleet.coordinator_pid();
-    std::thread::sleep(Duration::from_secs(2));
-    let c0 = cpu_seconds(pid);
     let window = Duration::from_secs(20);
-    std::thread::sleep(window);
-    let used = cpu_seconds(pid) - c0;
-    let (code, events) = run.finish();
-    let outcome = events.iter().rev().find_map(|e| e.get("outcome"));
-    assert_eq!(code, Some(0), "{outcome:?}");
+    let mut used = 0.0;
+    let run = lab.run_during(&spec, || {
+        std::thread::sleep(Duration::from_secs(2));
+        let c0 = cpu_seconds(pid);
+        std::thread::sleep(window);
+        used = cpu_seconds(pid) - c0;
+    });
+    assert_eq!(run.code, Some(0), "{}", run.outcome);
     println!(
         "  coordinator CPU with 10 probes at 20/s (200 req/s), 4 PromQL queries/s and 1 alert poll/s: \
          {:.1}% of one CPU",

@@ -123,6 +123,31 @@ impl Lab {
         format!("run {} {flags}", path.display())
     }
 
+    /// Runs `spec`, calls `during` once the fault is applied, and waits for the end.
+    pub fn run_during(&self, spec: &str, during: impl FnOnce()) -> Run {
+        let mut run = self
+            .fleet
+            .watch_run(Role::Operator, &self.spec_line(spec, ""));
+        run.until(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("applied on"))
+        });
+        during();
+        let (code, events) = run.finish();
+        let outcome = events
+            .iter()
+            .rev()
+            .find_map(|e| e.get("outcome").cloned())
+            .unwrap_or(Value::Null);
+        Run {
+            code,
+            events,
+            outcome,
+            stderr: String::new(),
+        }
+    }
+
     /// Runs `spec` to its end (`--wait -o json`).
     pub fn run(&self, spec: &str, flags: &str) -> Run {
         let line = self.spec_line(spec, &format!("{flags} --wait -o json"));

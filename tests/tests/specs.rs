@@ -13,6 +13,14 @@ use faultline_tests::{
 };
 use serde_json::Value;
 
+/// One at a time: the tests check the node's cgroups and kernel state for
+/// leftovers, which another test's running experiment would show.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -48,6 +56,7 @@ fn experiments(fleet: &Fleet) -> Vec<Value> {
 
 #[test]
 fn the_reports_scenario_blocks_run_as_they_are_written() {
+    let _g = serial();
     let fleet = labelled(1, NODE_ONLY_CONFIG);
     // The report's blocks, word for word but for the node's name; the one
     // documented flag shortens their production durations.
@@ -108,6 +117,7 @@ fn the_reports_scenario_blocks_run_as_they_are_written() {
 
 #[test]
 fn every_bad_spec_is_a_precise_error_naming_its_field_and_line_and_nothing_starts() {
+    let _g = serial();
     let fleet = labelled(3, NODE_ONLY_CONFIG);
     let cases = [
         (
@@ -202,6 +212,7 @@ fn every_bad_spec_is_a_precise_error_naming_its_field_and_line_and_nothing_start
 
 #[test]
 fn a_label_selector_picks_its_nodes_within_the_blast_radius() {
+    let _g = serial();
     let fleet = labelled(3, NODE_ONLY_CONFIG);
     let run = |spec: &str| {
         let path = spec_file(&fleet, "selector", spec);
@@ -251,6 +262,7 @@ fn a_label_selector_picks_its_nodes_within_the_blast_radius() {
 
 #[test]
 fn the_production_defaults_refuse_until_sources_are_configured_and_a_waiver_is_recorded() {
+    let _g = serial();
     // The coordinator on its embedded production defaults.
     let mut fleet = labelled(1, "");
     let short =
@@ -316,6 +328,7 @@ fn the_production_defaults_refuse_until_sources_are_configured_and_a_waiver_is_r
 
 #[test]
 fn what_an_agent_may_call_is_bounded_by_its_own_allow_list_too() {
+    let _g = serial();
     // The coordinator allows the fleet's network; the agent only loopback.
     let config = format!("{NODE_ONLY_CONFIG}node_endpoints: {{allow: [10.201.0.0/16]}}\n");
     let fleet = labelled(1, &config);

@@ -14,6 +14,14 @@ use faultline_tests::{
 };
 use serde_json::Value;
 
+/// One at a time: the tests check the node's cgroups and kernel state for
+/// leftovers, which another test's running experiment would show.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A 5 % CPU stress on node-1 for `duration`, plus `extra` spec lines.
 fn cpu(duration: &str, extra: &str) -> String {
     format!(
@@ -86,6 +94,7 @@ fn assert_only_failing(run: &Run, failing: &str, dependent: &[&str]) {
 
 #[test]
 fn each_prerequisite_failing_on_its_own_refuses_the_experiment_with_its_name_and_value() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     // The control: in the healthy lab every prerequisite holds, and the run records
     // the probes' baseline p99 that latency_within_baseline compares with later.
@@ -225,6 +234,7 @@ fn each_prerequisite_failing_on_its_own_refuses_the_experiment_with_its_name_and
 
 #[test]
 fn a_latency_fault_against_an_http_p99_guard_aborts_within_a_second_of_the_breach() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     let started = Instant::now();
     let run = lab.run(
@@ -249,6 +259,7 @@ fn a_latency_fault_against_an_http_p99_guard_aborts_within_a_second_of_the_breac
 
 #[test]
 fn a_latency_fault_against_a_promql_guard_aborts_within_a_scrape_and_a_second() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     // Client-side latency (the load generator's histogram) sees the wire; only the
     // PromQL signals guard this run, no probe.
@@ -280,26 +291,13 @@ fn a_latency_fault_against_a_promql_guard_aborts_within_a_scrape_and_a_second() 
 
 #[test]
 fn an_alert_that_fires_mid_fault_aborts_it() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
-    let mut run = lab.fleet.watch_run(
-        Role::Operator,
-        &lab.spec_line(&cpu("30s", "baseline: 1s\n"), ""),
-    );
-    run.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
+    let run = lab.run_during(&cpu("30s", "baseline: 1s\n"), || {
+        lab.alertmanager.fire("CheckoutErrors", "P1");
     });
-    lab.alertmanager.fire("CheckoutErrors", "P1");
-    let (code, events) = run.finish();
-    let outcome = events
-        .iter()
-        .rev()
-        .find_map(|e| e.get("outcome"))
-        .expect("outcome")
-        .clone();
-    assert_eq!(code, Some(4), "{outcome}");
-    let b = &outcome["breach"];
+    assert_eq!(run.code, Some(4), "{}", run.outcome);
+    let b = &run.outcome["breach"];
     assert_eq!(b["guard"], "abort_conditions.new_incident", "{b}");
     assert!(
         b["detail"]
@@ -314,29 +312,20 @@ fn an_alert_that_fires_mid_fault_aborts_it() {
 
 #[test]
 fn a_dark_prometheus_aborts_after_the_grace() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
-    let spec = cpu("40s", "baseline: 1s\nhealth: {dark_grace: 2s}\n");
-    let mut run = lab
-        .fleet
-        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
-    run.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
-    });
-    let frozen = Instant::now();
-    lab.prometheus.freeze();
-    let (code, events) = run.finish();
-    let dark = frozen.elapsed();
+    let mut frozen = None;
+    let run = lab.run_during(
+        &cpu("40s", "baseline: 1s\nhealth: {dark_grace: 2s}\n"),
+        || {
+            frozen = Some(Instant::now());
+            lab.prometheus.freeze();
+        },
+    );
+    let dark = frozen.expect("frozen").elapsed();
     lab.prometheus.thaw();
-    let outcome = events
-        .iter()
-        .rev()
-        .find_map(|e| e.get("outcome"))
-        .expect("outcome")
-        .clone();
-    assert_eq!(code, Some(4), "{outcome}");
-    let b = &outcome["breach"];
+    assert_eq!(run.code, Some(4), "{}", run.outcome);
+    let b = &run.outcome["breach"];
     assert_eq!(b["guard"], "health.dark_grace", "{b}");
     assert_eq!(b["source"], "prometheus", "{b}");
     eprintln!("Prometheus frozen; the run ended {dark:?} later: {b}");
@@ -351,6 +340,7 @@ fn a_dark_prometheus_aborts_after_the_grace() {
 
 #[test]
 fn the_agent_side_guard_removes_the_fault_while_the_coordinator_is_frozen() {
+    let _g = serial();
     // The lease outlives the freeze, so only the agent's own guard can end it.
     let lab = Lab::new(&[], &["--lease-ttl", "20s"]);
     let spec = cpu(
@@ -358,14 +348,6 @@ fn the_agent_side_guard_removes_the_fault_while_the_coordinator_is_frozen() {
         "baseline: 1s\nagent_guard:\n  http: {url: 'http://127.0.0.1:8080/api/item', rate: 20/s}\n  \
          error_rate_above: 20%\n  window: 1s\n",
     );
-    let mut run = lab
-        .fleet
-        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
-    run.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
-    });
     let stress = || {
         std::fs::read_dir("/sys/fs/cgroup/cpu/faultline")
             .or_else(|_| std::fs::read_dir("/sys/fs/cgroup/faultline"))
@@ -375,31 +357,27 @@ fn the_agent_side_guard_removes_the_fault_while_the_coordinator_is_frozen() {
             })
             .unwrap_or(false)
     };
-    assert!(stress(), "the stress group is in place");
-    lab.fleet.signal_coordinator(libc::SIGSTOP);
-    let broke = Instant::now();
-    lab.service.degrade("error_rate=1");
-    while stress() {
-        assert!(
-            broke.elapsed() < Duration::from_secs(10),
-            "the agent did not remove the stress"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let removed = broke.elapsed();
-    // Healed before the coordinator wakes: only the agent saw the breakage.
-    lab.service.degrade("");
-    lab.fleet.signal_coordinator(libc::SIGCONT);
-    let (code, events) = run.finish();
-    let outcome = events
-        .iter()
-        .rev()
-        .find_map(|e| e.get("outcome"))
-        .expect("outcome")
-        .clone();
+    let mut removed = Duration::ZERO;
+    let run = lab.run_during(&spec, || {
+        assert!(stress(), "the stress group is in place");
+        lab.fleet.signal_coordinator(libc::SIGSTOP);
+        let broke = Instant::now();
+        lab.service.degrade("error_rate=1");
+        while stress() {
+            assert!(
+                broke.elapsed() < Duration::from_secs(10),
+                "the agent did not remove the stress"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        removed = broke.elapsed();
+        // Healed before the coordinator wakes: only the agent saw the breakage.
+        lab.service.degrade("");
+        lab.fleet.signal_coordinator(libc::SIGCONT);
+    });
     eprintln!("service broken with the coordinator frozen; stress removed {removed:?} later");
-    assert_eq!(code, Some(4), "{outcome}");
-    let b = &outcome["breach"];
+    assert_eq!(run.code, Some(4), "{}", run.outcome);
+    let b = &run.outcome["breach"];
     assert_eq!(b["agent_side"], true, "{b}");
     assert_eq!(b["guard"], "agent_guard.error_rate_above", "{b}");
     assert!(removed < Duration::from_secs(slack(3, 8)), "{removed:?}");
@@ -408,6 +386,7 @@ fn the_agent_side_guard_removes_the_fault_while_the_coordinator_is_frozen() {
 
 #[test]
 fn a_cache_with_a_known_warm_up_recovers_within_a_second_of_it_and_self_heals() {
+    let _g = serial();
     let lab = Lab::new(&["--warmup", "4s", "--miss-latency", "40ms"], &[]);
     // The probes judge the steady state here: the service's own p99 is a rate over
     // 5 s, which would add its window to the recovery time.
@@ -441,6 +420,7 @@ fn a_cache_with_a_known_warm_up_recovers_within_a_second_of_it_and_self_heals() 
 
 #[test]
 fn a_small_cpu_stress_on_an_idle_service_is_absorbed() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     let run = lab.run(&cpu("6s", "baseline: 3s\n"), "");
     assert_eq!(run.code, Some(0), "{}\n{}", run.outcome, run.stderr);
@@ -474,6 +454,7 @@ fn a_small_cpu_stress_on_an_idle_service_is_absorbed() {
 
 #[test]
 fn an_incident_during_the_fault_is_classified_incident_with_its_time_to_resolve() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     // A P2 alert does not abort here (only P0 would), and the score it lowers is not
     // guarded.
@@ -481,27 +462,14 @@ fn an_incident_during_the_fault_is_classified_incident_with_its_time_to_resolve(
         "8s",
         "baseline: 1s\nabort_conditions: {new_incident: [P0], health_score_below: 0}\n",
     );
-    let mut run = lab
-        .fleet
-        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
-    run.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
+    let run = lab.run_during(&spec, || {
+        lab.alertmanager.fire("DiskFilling", "P2");
+        std::thread::sleep(Duration::from_secs(2));
+        lab.alertmanager.resolve("DiskFilling", "P2");
     });
-    lab.alertmanager.fire("DiskFilling", "P2");
-    std::thread::sleep(Duration::from_secs(2));
-    lab.alertmanager.resolve("DiskFilling", "P2");
-    let (code, events) = run.finish();
-    let outcome = events
-        .iter()
-        .rev()
-        .find_map(|e| e.get("outcome"))
-        .expect("outcome")
-        .clone();
-    assert_eq!(code, Some(7), "{outcome}");
-    assert_eq!(outcome["classification"], "incident", "{outcome}");
-    let i = &outcome["incidents"][0];
+    assert_eq!(run.code, Some(7), "{}", run.outcome);
+    assert_eq!(run.outcome["classification"], "incident", "{}", run.outcome);
+    let i = &run.outcome["incidents"][0];
     assert_eq!(i["alert"], "DiskFilling", "{i}");
     assert_eq!(i["severity"], "P2", "{i}");
     let ttr = i["time_to_resolve_s"].as_f64().expect("resolved");
@@ -511,30 +479,17 @@ fn an_incident_during_the_fault_is_classified_incident_with_its_time_to_resolve(
 
 #[test]
 fn a_service_that_never_comes_back_is_not_recovered_after_the_timeout() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     let spec = cpu(
         "4s",
         "baseline: 1s\nabort_conditions: {error_rate_above: 100%, health_score_below: 0}\n\
          recovery: {hold: 2s, timeout: 5s}\n",
     );
-    let mut run = lab
-        .fleet
-        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
-    run.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
-    });
-    lab.service.degrade("down=1");
-    let (code, events) = run.finish();
+    let run = lab.run_during(&spec, || lab.service.degrade("down=1"));
     lab.service.degrade("");
-    let outcome = events
-        .iter()
-        .rev()
-        .find_map(|e| e.get("outcome"))
-        .expect("outcome")
-        .clone();
-    assert_eq!(code, Some(5), "{outcome}");
+    let outcome = &run.outcome;
+    assert_eq!(run.code, Some(5), "{outcome}");
     assert_eq!(outcome["verdict"], "not_recovered", "{outcome}");
     assert_eq!(outcome["classification"], "not_recovered", "{outcome}");
     assert!(outcome["recovery_s"].is_null(), "{outcome}");
@@ -549,7 +504,8 @@ fn a_service_that_never_comes_back_is_not_recovered_after_the_timeout() {
 }
 
 #[test]
-fn health_readings_stream_and_are_stored_once_a_second() {
+fn health_readings_stream_about_once_a_second() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     let run = finish(lab.fleet.cli_line(
         Role::Operator,
@@ -572,6 +528,7 @@ fn health_readings_stream_and_are_stored_once_a_second() {
 
 #[test]
 fn a_node_side_probe_watches_a_node_local_service_and_its_guard_acts_on_it() {
+    let _g = serial();
     let lab = Lab::new(&[], &[]);
     // The agent probes the service on its node's loopback; the coordinator guards
     // the experiment with those results.
@@ -580,41 +537,20 @@ fn a_node_side_probe_watches_a_node_local_service_and_its_guard_acts_on_it() {
         "baseline: 2s\nhealth:\n  http:\n    - {name: local, url: 'http://127.0.0.1:8080/api/item', rate: 20/s, from: node}\n\
          abort_conditions: {error_rate_above: 10%}\n",
     );
-    let mut run = lab
-        .fleet
-        .watch_run(Role::Operator, &lab.spec_line(&spec, ""));
-    run.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
-    });
-    lab.service.degrade("error_rate=1");
-    let (code, events) = run.finish();
+    let run = lab.run_during(&spec, || lab.service.degrade("error_rate=1"));
     lab.service.degrade("");
-    let outcome = events
-        .iter()
-        .rev()
-        .find_map(|e| e.get("outcome"))
-        .expect("outcome")
-        .clone();
-    assert_eq!(code, Some(4), "{outcome}");
-    let checker = outcome["preflight"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "required.health_checker")
-        .unwrap()
-        .clone();
+    assert_eq!(run.code, Some(4), "{}", run.outcome);
+    let checker = run.check("required.health_checker");
     assert!(
         checker["detail"].as_str().unwrap().contains("local@node-1"),
         "{checker}"
     );
-    let b = &outcome["breach"];
+    let b = &run.outcome["breach"];
     assert_eq!(b["guard"], "abort_conditions.error_rate_above", "{b}");
     assert_eq!(b["source"], "http:local@node-1", "{b}");
     eprintln!(
         "node-side probe breach -> removal: {} ms",
-        ms(b, "removal_confirmed_ms") - ms(b, "visible_ms")
+        breach_to_removal(&run)
     );
     nothing_left(&lab);
 }

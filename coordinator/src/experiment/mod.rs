@@ -554,32 +554,14 @@ async fn steps(r: &mut Run) -> Outcome {
             return r.finish(Verdict::Aborted, format!("{why}; every effect removed"));
         }
         Some(Stop::Breach(b)) => return r.abort_on(b, Phase::Fault).await,
-        Some(Stop::LeaseLapsed) => {
-            return r.finish(
-                Verdict::Failed,
-                format!(
-                    "lease {} lapsed: {} stopped renewing it; the agent's dead-man switch removes the effect",
-                    r.exp.lease_id,
-                    nodes.join(", ")
-                ),
-            );
-        }
+        Some(Stop::LeaseLapsed) => return r.finish(Verdict::Failed, lapsed(r)),
         // The effect ended on the agent before the coordinator's timer. Why it ended
         // decides the outcome. The agent's dead-man switch says Expired: heartbeats
         // from before it fired may still renew the lease here (a coordinator that was
         // frozen reads them late), so the agent's word, not the lease table, tells
         // that the lease lapsed.
         Some(Stop::Ack(a)) => match EffectState::try_from(a.state) {
-            Ok(EffectState::Expired) => {
-                return r.finish(
-                    Verdict::Failed,
-                    format!(
-                        "lease {} lapsed: {} stopped renewing it; the agent's dead-man switch removed the effect",
-                        r.exp.lease_id,
-                        nodes.join(", ")
-                    ),
-                );
-            }
+            Ok(EffectState::Expired) => return r.finish(Verdict::Failed, lapsed(r)),
             Ok(EffectState::Failed) => {
                 return r.finish(
                     Verdict::Failed,
@@ -719,6 +701,16 @@ async fn steps(r: &mut Run) -> Outcome {
             format!("within {timeout:?}: {}", missing.join("; ")),
         )
     }
+}
+
+/// The lease lapsed: the agent stopped renewing it (its dead-man switch removes, or
+/// removed, the effect).
+fn lapsed(r: &Run) -> String {
+    format!(
+        "lease {} lapsed: {} stopped renewing it; the agent's dead-man switch removes the effect",
+        r.exp.lease_id,
+        r.exp.plan.nodes.join(", ")
+    )
 }
 
 /// The agent's own guard removed the effect.

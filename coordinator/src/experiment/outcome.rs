@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use faultline_proto::v1::{
-    Check, CheckStatus, Classification, GuardBreach, Outcome, Phase, SignalSummary, Verdict,
+    Check, CheckStatus, Classification, Outcome, Phase, SignalSummary, Verdict,
 };
 
 /// The terminal phase a verdict ends in.
@@ -50,39 +50,6 @@ pub fn failed_checks(checks: &[Check]) -> String {
         .join("; ")
 }
 
-/// A guard breach, one line, with its three timestamps as offsets.
-pub fn describe_breach(b: &GuardBreach) -> String {
-    let t = |x: &Option<prost_types::Timestamp>| x.and_then(|t| SystemTime::try_from(t).ok());
-    let (vis, ord, rem) = (
-        t(&b.visible_at),
-        t(&b.abort_ordered_at),
-        t(&b.removal_confirmed_at),
-    );
-    let ms = |a: Option<SystemTime>, b: Option<SystemTime>| {
-        a.zip(b)
-            .and_then(|(a, b)| b.duration_since(a).ok())
-            .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
-            .unwrap_or_else(|| "-".into())
-    };
-    format!(
-        "{}{} on {}: {:.3}{} vs {}{}{}; abort ordered {} and removal confirmed {} after the breach was visible",
-        if b.agent_side { "agent-side " } else { "" },
-        b.guard,
-        b.source,
-        b.observed,
-        b.unit,
-        b.threshold,
-        b.unit,
-        if b.detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", b.detail)
-        },
-        ms(vis, ord),
-        ms(vis, rem),
-    )
-}
-
 fn figure(s: &SignalSummary) -> Option<String> {
     let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     (s.baseline.is_some() || s.during.is_some()).then(|| {
@@ -123,7 +90,7 @@ pub fn message(o: &Outcome) -> String {
         }
         Verdict::Rejected => format!("rejected: {}", o.message),
         Verdict::Aborted => match &o.breach {
-            Some(b) => format!("aborted: {}", describe_breach(b)),
+            Some(b) => format!("aborted: {}", b.describe()),
             None => format!("aborted: {}", o.message),
         },
         Verdict::Failed | Verdict::Interrupted | Verdict::Unspecified => {

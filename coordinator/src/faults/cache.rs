@@ -56,7 +56,7 @@ pub fn check(
     }
     check_hooks(&c.hooks, endpoints)?;
     caps.check_memory_duration(duration, source)
-        .map_err(|e| Refused::from(("duration", e)))
+        .map_err(|e| Refused::limit("duration", e))
 }
 
 pub fn preflight(c: &CacheFault, node: &str, caps: &Capabilities) -> Result<(), String> {

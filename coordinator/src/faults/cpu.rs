@@ -26,14 +26,7 @@ pub fn check(
     source: &str,
 ) -> Result<(), Refused> {
     caps.check_cpu(percent(c.percent, "cpu_stress")?, duration, source)
-        .map_err(|e| {
-            let field = if e.limit.ends_with("max_duration") {
-                "duration"
-            } else {
-                "cpu_stress"
-            };
-            Refused::from((field, e))
-        })
+        .map_err(|e| Refused::limit("cpu_stress", e))
 }
 
 /// The stress faults live in cgroups.

@@ -57,7 +57,7 @@ pub fn check(
     }
     check_hooks(&g.hooks, endpoints)?;
     caps.check_memory_duration(duration, source)
-        .map_err(|e| Refused::from(("duration", e)))
+        .map_err(|e| Refused::limit("duration", e))
 }
 
 pub fn summary(during: &Window) -> String {

@@ -68,17 +68,10 @@ pub fn check(
         }
     };
     caps.check_latency(jitter::worst_case(delay, jitter, shape), duration, source)
-        .map_err(|e| {
-            let field = if e.limit.ends_with("max_duration") {
-                "duration"
-            } else {
-                "latency"
-            };
-            Refused::from((field, e))
-        })?;
+        .map_err(|e| Refused::limit("latency", e))?;
     if l.loss_percent > 0.0 {
         caps.check_loss(percent(l.loss_percent, "packet_loss")?, duration, source)
-            .map_err(|e| Refused::from(("packet_loss", e)))?;
+            .map_err(|e| Refused::limit("packet_loss", e))?;
     }
     Ok(())
 }

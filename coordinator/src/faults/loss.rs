@@ -31,14 +31,8 @@ pub fn check(
     source: &str,
 ) -> Result<(), Refused> {
     let p = percent(l.percent, "packet_loss")?;
-    caps.check_loss(p, duration, source).map_err(|e| {
-        let field = if e.limit.ends_with("max_duration") {
-            "duration"
-        } else {
-            "packet_loss"
-        };
-        Refused::from((field, e))
-    })
+    caps.check_loss(p, duration, source)
+        .map_err(|e| Refused::limit("packet_loss", e))
 }
 
 /// Packet counters for the network faults (loss and latency share them).

@@ -25,12 +25,5 @@ pub fn check(
     source: &str,
 ) -> Result<(), Refused> {
     caps.check_memory(percent(m.percent, "memory_stress")?, duration, source)
-        .map_err(|e| {
-            let field = if e.limit.ends_with("max_duration") {
-                "duration"
-            } else {
-                "memory_stress"
-            };
-            Refused::from((field, e))
-        })
+        .map_err(|e| Refused::limit("memory_stress", e))
 }

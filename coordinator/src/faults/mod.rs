@@ -36,8 +36,15 @@ impl Refused {
     }
 }
 
-impl From<(&'static str, LimitExceeded)> for Refused {
-    fn from((field, e): (&'static str, LimitExceeded)) -> Self {
+impl Refused {
+    /// A limit exceeded: a duration limit is about the spec's `duration`, any other
+    /// about the scenario's `magnitude` field.
+    pub fn limit(magnitude: &'static str, e: LimitExceeded) -> Self {
+        let field = if e.limit.ends_with("max_duration") {
+            "duration"
+        } else {
+            magnitude
+        };
         Refused::new(field, e.to_string())
     }
 }

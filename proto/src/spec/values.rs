@@ -6,6 +6,8 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::limits::number_or_text;
+
 /// A duration written `60s`, `150ms`, `2m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
@@ -27,18 +29,12 @@ impl fmt::Display for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
+        number_or_text(
+            d,
             // A bare number has no unit: say which to write instead of guessing.
-            Raw::Number(n) => Err(format!("{n} has no unit: write e.g. {n}s or {n}ms")),
-            Raw::Text(s) => s.parse(),
-        }
-        .map_err(serde::de::Error::custom)
+            |n| Err(format!("{n} has no unit: write e.g. {n}s or {n}ms")),
+            str::parse,
+        )
     }
 }
 
@@ -87,17 +83,7 @@ impl fmt::Display for Rate {
 
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => n.to_string().parse(),
-            Raw::Text(s) => s.parse(),
-        }
-        .map_err(serde::de::Error::custom)
+        number_or_text(d, |n| n.to_string().parse(), str::parse)
     }
 }
 

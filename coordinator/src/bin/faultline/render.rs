@@ -146,7 +146,7 @@ pub fn outcome_text(o: &Outcome) -> String {
         secs(o.recovery_time.as_ref()).map_or("-".into(), |s| format!("{s:.2} s"))
     )];
     if let Some(b) = &o.breach {
-        lines.push(format!("guard breach: {}", describe_breach(b)));
+        lines.push(format!("guard breach: {}", b.describe()));
     }
     let failed: Vec<&Check> = o
         .preflight
@@ -188,29 +188,4 @@ pub fn outcome_text(o: &Outcome) -> String {
         ));
     }
     lines.join("\n")
-}
-
-fn describe_breach(b: &GuardBreach) -> String {
-    let gap = |a: Option<i64>, b: Option<i64>| {
-        a.zip(b)
-            .map_or("-".into(), |(a, b)| format!("{} ms", b - a))
-    };
-    let vis = millis(b.visible_at.as_ref());
-    format!(
-        "{}{} on {}: {:.3}{} vs {}{}{} — ordered +{}, removal confirmed +{}",
-        if b.agent_side { "agent-side " } else { "" },
-        b.guard,
-        b.source,
-        b.observed,
-        b.unit,
-        b.threshold,
-        b.unit,
-        if b.detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", b.detail)
-        },
-        gap(vis, millis(b.abort_ordered_at.as_ref())),
-        gap(vis, millis(b.removal_confirmed_at.as_ref())),
-    )
 }
