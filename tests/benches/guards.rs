@@ -10,7 +10,7 @@
 //!   (10 HTTP probes at 20/s each) plus the PromQL and Alertmanager sources.
 use std::time::Duration;
 
-use faultline_tests::lab::{CLIENT_P99, ERROR_RATE, Lab, SERVICE};
+use faultline_tests::lab::{Lab, SERVICE};
 
 fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -66,14 +66,7 @@ fn main() {
             detection,
         );
     }
-    let promql = format!(
-        "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 60s\nbaseline: 1s\n\
-         health:\n  http: []\n  prometheus:\n    url: http://127.0.0.1:9090\n    queries:\n      \
-         error_rate: '{ERROR_RATE}'\n      latency_p99: '{CLIENT_P99}'\n      \
-         traffic_vs_peak: 'sum(rate(sample_requests_total[5s])) / 200'\n\
-         abort_conditions: {{latency_p99_above: 30ms}}\n\
-         prerequisites: {{required: [rollback, monitoring, alerting, incident_response, recent_backup]}}\n"
-    );
+    let promql = faultline_tests::lab::promql_latency_guard_spec();
     if part("promql") {
         let (removal, detection) = breaches(&lab, &promql, 30);
         report("PromQL, 1 s scrape: breach visible -> removal", removal);

@@ -135,15 +135,10 @@ impl Lab {
         });
         during();
         let (code, events) = run.finish();
-        let outcome = events
-            .iter()
-            .rev()
-            .find_map(|e| e.get("outcome").cloned())
-            .unwrap_or(Value::Null);
         Run {
             code,
+            outcome: outcome_of(&events),
             events,
-            outcome,
             stderr: String::new(),
         }
     }
@@ -161,17 +156,35 @@ pub fn finish(out: Output) -> Run {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let outcome = events
+    Run {
+        code: out.status.code(),
+        outcome: outcome_of(&events),
+        events,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The outcome the final event carries (Null when the run ended without one).
+fn outcome_of(events: &[Value]) -> Value {
+    events
         .iter()
         .rev()
         .find_map(|e| e.get("outcome").cloned())
-        .unwrap_or(Value::Null);
-    Run {
-        code: out.status.code(),
-        events,
-        outcome,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .unwrap_or(Value::Null)
+}
+
+/// A 50 ms latency fault on node-1 guarded only by PromQL: the load generator's
+/// client-side p99 (which sees the wire, as the service's own histogram does not)
+/// above 30 ms aborts it. The probes' health checker is waived, since none runs.
+pub fn promql_latency_guard_spec() -> String {
+    format!(
+        "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 40s\nbaseline: 1s\n\
+         health:\n  http: []\n  prometheus:\n    url: http://127.0.0.1:9090\n    queries:\n      \
+         error_rate: '{ERROR_RATE}'\n      latency_p99: '{CLIENT_P99}'\n      \
+         traffic_vs_peak: 'sum(rate(sample_requests_total[5s])) / 200'\n\
+         abort_conditions: {{latency_p99_above: 30ms}}\n\
+         prerequisites: {{required: [rollback, monitoring, alerting, incident_response, recent_backup]}}\n"
+    )
 }
 
 /// `events` that carry a health reading, in order.

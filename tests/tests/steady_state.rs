@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use faultline_tests::{
     checks::faultline_leftovers,
     fleet::{NODE_IFACE, Role},
-    lab::{CLIENT_P99, ERROR_RATE, Lab, Run, finish},
+    lab::{ERROR_RATE, Lab, Run, finish},
     node::assert_no_stress_cgroups,
     slack,
 };
@@ -263,14 +263,7 @@ fn a_latency_fault_against_a_promql_guard_aborts_within_a_scrape_and_a_second() 
     let lab = Lab::new(&[], &[]);
     // Client-side latency (the load generator's histogram) sees the wire; only the
     // PromQL signals guard this run, no probe.
-    let spec = format!(
-        "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 40s\nbaseline: 2s\n\
-         health:\n  http: []\n  prometheus:\n    url: http://127.0.0.1:9090\n    queries:\n      \
-         error_rate: '{ERROR_RATE}'\n      latency_p99: '{CLIENT_P99}'\n      \
-         traffic_vs_peak: 'sum(rate(sample_requests_total[5s])) / 200'\n\
-         abort_conditions: {{latency_p99_above: 30ms}}\n\
-         prerequisites: {{required: [rollback, monitoring, alerting, incident_response, recent_backup]}}\n"
-    );
+    let spec = faultline_tests::lab::promql_latency_guard_spec();
     let run = lab.run(&spec, "");
     assert_eq!(run.code, Some(4), "{}\n{}", run.outcome, run.stderr);
     let b = &run.outcome["breach"];
