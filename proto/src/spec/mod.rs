@@ -485,9 +485,12 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SpecE
         let line = inner.location().map(|l| l.line()).max(line_of(text, &path));
         let message = inner.to_string();
         let message = message.split(" at line ").next().unwrap_or(&message);
-        // serde_yaml_ng puts the path in front of its own message too.
-        let message = message
-            .strip_prefix(&format!("{path}: "))
+        // serde_yaml_ng puts the path (of the field, or of its parent for an unknown
+        // key) in front of its own message too.
+        let parts: Vec<&str> = path.split('.').collect();
+        let message = (1..=parts.len())
+            .rev()
+            .find_map(|n| message.strip_prefix(&format!("{}: ", parts[..n].join("."))))
             .unwrap_or(message)
             .to_owned();
         SpecError {
