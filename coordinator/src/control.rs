@@ -33,6 +33,11 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// The config file (or the profile's embedded defaults) with flags over it.
     pub settings: Settings,
+    /// The limits inside a game day (the staging profile unless configured); a game
+    /// day's own max_concurrent and max_nodes replace its blast radius.
+    pub gameday_limits: ChaosLimits,
+    pub gameday_limits_source: String,
+    pub schedule: crate::schedule::ScheduleFile,
 }
 
 pub type AgentTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -52,10 +57,15 @@ pub struct Running {
     pub abort: watch::Sender<Option<String>>,
     /// Becomes true once the experiment has recorded its end.
     pub done: watch::Receiver<bool>,
+    /// The schedule entry that started it ("" for a person or CI).
+    pub schedule: String,
+    /// The game day it runs in ("").
+    pub gameday: String,
 }
 
 pub struct Control {
     pub config: Config,
+    pub scheduler: crate::schedule::Scheduler,
     pub leases: LeaseTable,
     pub store: Store,
     pub nodes: Mutex<HashMap<String, NodeEntry>>,
@@ -104,7 +114,10 @@ pub struct AbortOutcome {
 impl Control {
     pub fn new(config: Config, store: Store) -> anyhow::Result<Arc<Self>> {
         let last = store.last_seq()?;
+        let scheduler =
+            crate::schedule::Scheduler::load(config.schedule.clone(), &store, chrono::Utc::now())?;
         Ok(Arc::new(Self {
+            scheduler,
             leases: LeaseTable::new(config.limits.blast_radius.clone()),
             config,
             store,
@@ -241,9 +254,48 @@ impl Control {
     }
 
     /// A lease on `nodes` for experiment `id`, with the configured TTL.
-    pub fn grant(&self, id: &str, nodes: &[String]) -> Result<Lease, Refusal> {
+    /// A lease under the coordinator's blast radius, or a game day's (`within`).
+    pub fn grant(
+        &self,
+        id: &str,
+        nodes: &[String],
+        within: Option<&faultline_proto::limits::BlastRadius>,
+    ) -> Result<Lease, Refusal> {
         self.leases
-            .grant(id, nodes, self.config.lease_ttl, Instant::now())
+            .grant_within(id, nodes, self.config.lease_ttl, Instant::now(), within)
+    }
+
+    /// The game day open at `now`, if any.
+    pub fn open_gameday(&self, now: SystemTime) -> Option<faultline_proto::v1::GameDay> {
+        self.store
+            .gamedays(now)
+            .ok()?
+            .into_iter()
+            .find(|g| g.state == faultline_proto::v1::GameDayState::Open as i32)
+    }
+
+    /// The limits a game day runs under.
+    pub fn gameday_limits(&self, g: &faultline_proto::v1::GameDay) -> (ChaosLimits, String) {
+        let mut l = self.config.gameday_limits.clone();
+        l.blast_radius.max_concurrent = g.max_concurrent;
+        l.blast_radius.max_nodes = g.max_nodes;
+        (
+            l,
+            format!(
+                "game day {} ({}, max_concurrent {}, max_nodes {})",
+                g.id, self.config.gameday_limits_source, g.max_concurrent, g.max_nodes
+            ),
+        )
+    }
+
+    /// Ends running experiments early without engaging the kill switch (a blackout
+    /// window opened, a game day closed): each removes its effects and ends aborted.
+    pub fn end_experiments(&self, ids: &[String], reason: &str) {
+        for id in ids {
+            if let Some(r) = self.running().get(id) {
+                let _ = r.abort.send(Some(reason.to_owned()));
+            }
+        }
     }
 
     pub fn set_sample_rate(&self, nodes: &[String], hz: f64) {

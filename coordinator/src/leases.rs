@@ -88,6 +88,19 @@ impl LeaseTable {
         ttl: Duration,
         now: Instant,
     ) -> Result<Lease, Refusal> {
+        self.grant_within(experiment_id, nodes, ttl, now, None)
+    }
+
+    /// `grant` under another blast radius (a game day's) instead of the table's.
+    pub fn grant_within(
+        &self,
+        experiment_id: &str,
+        nodes: &[String],
+        ttl: Duration,
+        now: Instant,
+        within: Option<&BlastRadius>,
+    ) -> Result<Lease, Refusal> {
+        let limits = within.unwrap_or(&self.limits);
         if nodes.is_empty() {
             return Err(Refusal::NoNodes);
         }
@@ -96,10 +109,10 @@ impl LeaseTable {
                 return Err(Refusal::DuplicateNode(n.clone()));
             }
         }
-        if nodes.len() > self.limits.max_nodes as usize {
+        if nodes.len() > limits.max_nodes as usize {
             return Err(Refusal::TooManyNodes {
                 requested: nodes.len(),
-                max: self.limits.max_nodes,
+                max: limits.max_nodes,
             });
         }
         let mut st = self.state();
@@ -107,7 +120,7 @@ impl LeaseTable {
             return Err(Refusal::KillSwitch(reason.clone()));
         }
         st.leases.retain(|_, l| l.expires > now);
-        if st.leases.len() >= self.limits.max_concurrent as usize {
+        if st.leases.len() >= limits.max_concurrent as usize {
             let mut holders: Vec<&str> = st
                 .leases
                 .values()
@@ -117,7 +130,7 @@ impl LeaseTable {
             return Err(Refusal::Concurrent {
                 held: st.leases.len(),
                 holders: holders.join(", "),
-                max: self.limits.max_concurrent,
+                max: limits.max_concurrent,
             });
         }
         for l in st.leases.values() {

@@ -14,5 +14,7 @@ pub mod leases;
 pub mod limits;
 pub mod plan;
 pub mod preflight;
+pub mod report;
+pub mod schedule;
 pub mod server;
 pub mod store;

@@ -47,6 +47,17 @@ enum Command {
     },
     /// Validate a config file; exit 2 with the field and line if invalid.
     CheckConfig { file: PathBuf },
+    /// Validate a schedule file against the limits (and config) it will run under;
+    /// exit 2 with the entry, field and line if invalid.
+    CheckSchedule {
+        file: PathBuf,
+        #[arg(long, default_value = "production")]
+        profile: Profile,
+        #[arg(long)]
+        limits: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +150,38 @@ fn main() -> ExitCode {
         Command::ShowConfig { profile } => {
             print!("{}", faultline_coordinator::config::defaults_yaml(profile));
             Ok(())
+        }
+        Command::CheckSchedule {
+            file,
+            profile,
+            limits,
+            config,
+        } => {
+            let loaded = ChaosLimits::load(limits.as_deref(), profile, "coordinator")
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|(l, src)| {
+                    let settings =
+                        faultline_coordinator::config::Settings::load(config.as_deref(), profile)?;
+                    server::load_schedule(&file, &settings, &l, &src)
+                });
+            match loaded {
+                Ok(s) => {
+                    for e in &s.entries {
+                        println!("{}: {} ({})", e.name, e.when.text(), e.scenario);
+                    }
+                    println!(
+                        "{}: ok, {} entries, {} blackout windows",
+                        s.source,
+                        s.entries.len(),
+                        s.blackouts.len()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("faultline-coordinator: error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
         }
         Command::CheckConfig { file } => {
             match faultline_coordinator::config::Settings::load(Some(&file), Profile::Production) {

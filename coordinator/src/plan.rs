@@ -462,3 +462,60 @@ pub fn from_request(req: &StartRequest, ctx: &Context<'_>) -> Result<Plan, tonic
         spec_yaml: String::new(),
     })
 }
+
+/// Validates a spec without a fleet (a schedule file at load): resolution against
+/// stand-ins for the nodes it names, each with every capability, so everything but
+/// the nodes' existence and kernels is checked now; the rest is checked when the
+/// slot comes. Returns its scenario.
+pub fn check_offline(
+    text: &str,
+    settings: &Settings,
+    limits: &ChaosLimits,
+    limits_source: &str,
+) -> Result<Scenario, SpecError> {
+    let spec = Spec::parse(text)?;
+    let mut names: Vec<String> = spec.target_node.iter().cloned().collect();
+    names.extend(spec.nodes.iter().cloned());
+    let labels = spec
+        .target
+        .as_ref()
+        .map(|t| t.labels.clone())
+        .unwrap_or_default();
+    let count = spec
+        .target
+        .as_ref()
+        .and_then(|t| t.count)
+        .unwrap_or(1)
+        .max(1);
+    if names.is_empty() {
+        names = (1..=count).map(|i| format!("selected-{i}")).collect();
+    }
+    let caps = Capabilities {
+        kernel: "any".into(),
+        bpf: true,
+        btf: true,
+        tcx: true,
+        sch_fq: true,
+        ifb: true,
+        tun: true,
+        cgroup: "v2".into(),
+        latency_backend: "edt".into(),
+    };
+    let nodes: Vec<NodeView> = names
+        .into_iter()
+        .map(|name| NodeView {
+            name,
+            labels: labels.clone().into_iter().collect(),
+            connected: true,
+            default_interface: "eth0".into(),
+            caps: caps.clone(),
+        })
+        .collect();
+    let ctx = Context {
+        settings,
+        limits,
+        limits_source,
+        nodes: &nodes,
+    };
+    resolve(text, "", &ctx).map(|p| p.scenario)
+}

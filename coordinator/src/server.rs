@@ -61,6 +61,42 @@ pub struct ServeArgs {
     /// Recovery timeout when a spec gives none (overrides the config; default 120s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub recovery: Option<Duration>,
+    /// The schedule file (the report's `schedule:` blocks, plus cron, every,
+    /// blackouts); loaded whole or not at all.
+    #[arg(long, env = "FAULTLINE_SCHEDULE")]
+    pub schedule: Option<PathBuf>,
+    /// A chaos_limits YAML file for game days (default: the staging profile with
+    /// max_concurrent 3 and max_nodes 3).
+    #[arg(long)]
+    pub gameday_limits: Option<PathBuf>,
+}
+
+/// The game-day profile: the staging limits, several experiments at once.
+pub fn gameday_limits(path: Option<&std::path::Path>) -> Result<(ChaosLimits, String)> {
+    match path {
+        Some(p) => ChaosLimits::load(Some(p), Profile::Staging, "game day")
+            .map_err(|e| anyhow::anyhow!("{e}")),
+        None => {
+            let mut l = ChaosLimits::profile(Profile::Staging);
+            l.blast_radius.max_concurrent = 3;
+            l.blast_radius.max_nodes = 3;
+            Ok((l, "the built-in game-day profile (staging limits)".into()))
+        }
+    }
+}
+
+/// Reads and validates a schedule file against the limits and settings it will run
+/// under (`check-schedule` and `serve` alike).
+pub fn load_schedule(
+    path: &std::path::Path,
+    settings: &Settings,
+    limits: &ChaosLimits,
+    limits_source: &str,
+) -> Result<crate::schedule::ScheduleFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let check = |spec: &str| crate::plan::check_offline(spec, settings, limits, limits_source);
+    crate::schedule::file::parse(&text, &path.display().to_string(), &check)
+        .map_err(|e| anyhow::anyhow!("schedule {}: {e}", path.display()))
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -100,6 +136,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         );
         settings.recovery.timeout = Some(faultline_proto::spec::Dur(r));
     }
+    let schedule = match &args.schedule {
+        Some(p) => load_schedule(p, &settings, &limits, &limits_source)?,
+        None => crate::schedule::ScheduleFile::empty(),
+    };
+    let (gameday_limits, gameday_limits_source) = gameday_limits(args.gameday_limits.as_deref())?;
     let tokens = Arc::new(TokenFile::load(&args.tokens)?);
     let store = Store::open(&args.store)?;
     for (id, lease) in store.interrupt_unfinished()? {
@@ -111,9 +152,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             limits_source,
             lease_ttl: args.lease_ttl,
             settings,
+            gameday_limits,
+            gameday_limits_source,
+            schedule,
         },
         store,
     )?;
+    crate::api::spawn_clock(control.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChaosServiceServer<Chaos>>().await;
@@ -143,7 +188,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tokens,
     });
     info!(grpc = %args.listen, http = %args.http, store = %args.store.display(),
-          config = %control.config.settings.source, "coordinator serving");
+          config = %control.config.settings.source, schedule = %control.scheduler.file.source,
+          schedules = control.scheduler.file.entries.len(), "coordinator serving");
     let grpc = Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(2)))

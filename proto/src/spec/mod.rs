@@ -71,6 +71,22 @@ impl Scenario {
         }
     }
 
+    /// The report's heading for the scenario, e.g. "Latency Injection".
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::LatencyInjection => "Latency Injection",
+            Scenario::PacketLoss => "Packet Loss",
+            Scenario::CpuStress => "CPU Stress",
+            Scenario::MemoryStress => "Memory Stress",
+            Scenario::CacheInvalidation => "Cache Invalidation",
+            Scenario::GcPressure => "GC Pressure",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        serde_yaml_ng::from_str(name).ok()
+    }
+
     /// The fields that give this scenario its shape; any other scenario's field in a
     /// spec is a mistake worth naming.
     fn fields(self) -> &'static [&'static str] {

@@ -13,7 +13,13 @@ use crate::{
 pub async fn list(cli: &Cli, limit: u32) -> Result<u8, Fail> {
     let mut client = connect(cli).await?;
     let list = client
-        .list_experiments(authed(cli, ListExperimentsRequest { limit })?)
+        .list_experiments(authed(
+            cli,
+            ListExperimentsRequest {
+                limit,
+                ..Default::default()
+            },
+        )?)
         .await?
         .into_inner()
         .experiments;

@@ -4,6 +4,14 @@
 //! stored as their protobuf encoding, so the store follows the contract.
 //!
 //! Writes are few (a handful per experiment); one connection behind a mutex is enough.
+//! Schedules, game days and findings keep their tables in the submodules.
+mod findings;
+mod gamedays;
+mod schedules;
+
+pub use gamedays::NewGameDay;
+pub use schedules::ScheduleState;
+
 use std::{
     path::Path,
     sync::Mutex,
@@ -31,14 +39,18 @@ pub struct NewExperiment<'a> {
     pub scenario: &'a str,
     pub spec_yaml: &'a str,
     pub probes: &'a [String],
+    /// The schedule entry that started it ("" for a person or CI).
+    pub schedule: &'a str,
+    /// The game day it runs in ("" outside one).
+    pub gameday: &'a str,
 }
 
-fn ms(t: SystemTime) -> i64 {
+pub(crate) fn ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn time(ms: i64) -> prost_types::Timestamp {
+pub(crate) fn time(ms: i64) -> prost_types::Timestamp {
     (UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).into()
 }
 
@@ -108,11 +120,16 @@ impl Store {
             ("probes", "TEXT NOT NULL DEFAULT ''"),
             ("outcome", "BLOB"),
             ("baseline_p99_ms", "REAL"),
+            ("schedule", "TEXT NOT NULL DEFAULT ''"),
+            ("gameday", "TEXT NOT NULL DEFAULT ''"),
         ] {
             if !have.iter().any(|h| h == col) {
                 db.execute_batch(&format!("ALTER TABLE experiments ADD COLUMN {col} {ty}"))?;
             }
         }
+        schedules::migrate(&db)?;
+        gamedays::migrate(&db)?;
+        findings::migrate(&db)?;
         Ok(Self { db: Mutex::new(db) })
     }
 
@@ -141,8 +158,8 @@ impl Store {
         let mut db = self.db();
         let tx = db.transaction()?;
         tx.execute(
-            "INSERT INTO experiments (seq, id, name, nodes, fault, phase, started_ms, scenario, spec_yaml, probes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO experiments (seq, id, name, nodes, fault, phase, started_ms, scenario, spec_yaml, probes, schedule, gameday)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 next,
                 id,
@@ -154,6 +171,8 @@ impl Store {
                 new.scenario,
                 new.spec_yaml,
                 new.probes.join(","),
+                new.schedule,
+                new.gameday,
             ],
         )?;
         tx.commit()?;
@@ -409,6 +428,8 @@ impl Store {
                 .and_then(|b| Outcome::decode(b.as_slice()).ok()),
             scenario: r.get("scenario")?,
             spec_yaml: r.get("spec_yaml")?,
+            schedule: r.get("schedule")?,
+            gameday_id: r.get("gameday")?,
         })
     }
 
@@ -424,6 +445,25 @@ impl Store {
         let db = self.db();
         let mut q = db.prepare("SELECT * FROM experiments ORDER BY seq DESC LIMIT ?1")?;
         let rows = q.query_map([limit.max(1)], Self::row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Experiments started at or after `since` (optionally of one scenario), oldest
+    /// first: what reports and statistics read.
+    pub fn experiments_since(&self, since: SystemTime, scenario: &str) -> Result<Vec<Experiment>> {
+        let db = self.db();
+        let mut q = db.prepare(
+            "SELECT * FROM experiments WHERE started_ms >= ?1 AND (?2 = '' OR scenario = ?2) ORDER BY seq",
+        )?;
+        let rows = q.query_map(params![ms(since), scenario], Self::row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The ids of the experiments a game day ran, in order.
+    pub fn gameday_experiments(&self, gameday: &str) -> Result<Vec<String>> {
+        let db = self.db();
+        let mut q = db.prepare("SELECT id FROM experiments WHERE gameday = ?1 ORDER BY seq")?;
+        let rows = q.query_map([gameday], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -468,6 +508,8 @@ mod tests {
                 scenario: "packet_loss",
                 spec_yaml: "",
                 probes: &[],
+                schedule: "",
+                gameday: "",
             };
             let a = s
                 .create_experiment(s.last_seq().unwrap() + 1, &new("done", &n1))

@@ -1,0 +1,106 @@
+//! The HTTP surface: `POST /abort`, `GET /status`, `GET /healthz`. Every route but
+//! health needs a bearer token.
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode},
+    routing::{get, post},
+};
+use serde_json::json;
+use tonic::Status;
+
+use crate::{
+    auth::{Role, TokenFile},
+    control::Control,
+};
+
+#[derive(Clone)]
+pub struct Http {
+    pub control: Arc<Control>,
+    pub tokens: Arc<TokenFile>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct AbortQuery {
+    #[serde(default)]
+    experiment: String,
+    #[serde(default)]
+    reason: String,
+}
+
+type HttpResult = (StatusCode, Json<serde_json::Value>);
+
+fn http_error(s: &Status) -> HttpResult {
+    let code = match s.code() {
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (code, Json(json!({"error": s.message()})))
+}
+
+fn http_caller(
+    h: &Http,
+    headers: &HeaderMap,
+    role: Role,
+    action: &str,
+) -> Result<String, HttpResult> {
+    let header = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let caller = h.tokens.authorize(header).map_err(|s| http_error(&s))?;
+    caller.allow(role, action).map_err(|s| http_error(&s))?;
+    Ok(caller.name)
+}
+
+async fn http_abort(
+    State(h): State<Http>,
+    headers: HeaderMap,
+    Query(q): Query<AbortQuery>,
+) -> HttpResult {
+    let caller = match http_caller(&h, &headers, Role::Operator, "abort") {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    match h.control.abort(&q.experiment, &q.reason, &caller).await {
+        Ok(out) => (
+            if out.unconfirmed.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::GATEWAY_TIMEOUT
+            },
+            Json(json!({
+                "aborted": out.experiment_ids,
+                "took_ms": out.took.as_secs_f64() * 1e3,
+                "kill_switch_engaged": true,
+                "unconfirmed_nodes": out.unconfirmed,
+            })),
+        ),
+        Err(s) => http_error(&s),
+    }
+}
+
+async fn http_status(State(h): State<Http>, headers: HeaderMap) -> HttpResult {
+    if let Err(e) = http_caller(&h, &headers, Role::Viewer, "status") {
+        return e;
+    }
+    let running: Vec<String> = h.control.running().keys().cloned().collect();
+    (
+        StatusCode::OK,
+        Json(json!({
+            "kill_switch": h.control.leases.kill_switch(),
+            "running": running,
+            "connected_agents": h.control.connected_nodes(),
+        })),
+    )
+}
+
+pub fn http_router(h: Http) -> Router {
+    Router::new()
+        .route("/abort", post(http_abort))
+        .route("/status", get(http_status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(h)
+}
