@@ -109,10 +109,23 @@ impl ChaosService for Chaos {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         require(&request, Role::Viewer, "status")?;
+        let running = self.running_experiments();
+        let live = running
+            .iter()
+            .map(|e| {
+                self.0
+                    .store
+                    .last_reading(&e.id)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok(Response::new(StatusResponse {
             kill_switch_engaged: self.0.leases.kill_switch().is_some(),
-            running: self.running_experiments(),
+            running,
             connected_agents: self.0.connected_nodes().len() as u32,
+            live,
         }))
     }
 

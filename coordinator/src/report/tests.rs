@@ -47,8 +47,8 @@ fn exp(
             verdict: v as i32,
             classification: c as i32,
             recovery_time: recovery_s.and_then(|s| Duration::from_secs(s).try_into().ok()),
-            fault_applied_at: applied_s.map(|_| ts(start + 30)).flatten(),
-            fault_removed_at: applied_s.map(|a| ts(start + 30 + a)).flatten(),
+            fault_applied_at: applied_s.and_then(|_| ts(start + 30)),
+            fault_removed_at: applied_s.and_then(|a| ts(start + 30 + a)),
             signals,
             breach: (v == Verdict::Aborted).then(|| GuardBreach {
                 guard: "abort_conditions.latency_p99_above".into(),
@@ -204,7 +204,8 @@ fn the_fleet_summary_matches_the_hand_computed_fixture() {
         findings: &findings,
     });
     // Per scenario: (tests, recoveries, success %, average recovery s).
-    let rows: Vec<(&str, u32, u32, Option<f64>, Option<f64>)> = s
+    type Row<'a> = (&'a str, u32, u32, Option<f64>, Option<f64>);
+    let rows: Vec<Row> = s
         .scenarios
         .iter()
         .map(|r| {

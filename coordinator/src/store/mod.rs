@@ -277,6 +277,37 @@ impl Store {
     }
 
     /// How many health readings an experiment recorded.
+    /// The latest recorded reading of an experiment.
+    pub fn last_reading(
+        &self,
+        experiment_id: &str,
+    ) -> Result<Option<faultline_proto::v1::HealthReading>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT at_ms, source, error_rate, latency_p50_ms, latency_p99_ms, throughput,
+                        health_score, traffic_vs_peak, active_incidents
+                 FROM readings WHERE experiment_id = ?1 ORDER BY at_ms DESC LIMIT 1",
+                [experiment_id],
+                |r| {
+                    let err: Option<f64> = r.get(2)?;
+                    Ok(faultline_proto::v1::HealthReading {
+                        at: Some(time(r.get(0)?)),
+                        source: r.get(1)?,
+                        error_rate_percent: err,
+                        latency_p50_ms: r.get(3)?,
+                        latency_p99_ms: r.get(4)?,
+                        throughput_rps: r.get(5)?,
+                        health_score: r.get(6)?,
+                        traffic_vs_peak_percent: r.get::<_, Option<f64>>(7)?.map(|t| t * 100.0),
+                        active_incidents: r.get::<_, i64>(8)? as u32,
+                        availability_percent: err.map(|e| 100.0 - e),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     pub fn reading_count(&self, experiment_id: &str) -> Result<u64> {
         let n: i64 = self.db().query_row(
             "SELECT COUNT(*) FROM readings WHERE experiment_id = ?1",

@@ -58,8 +58,13 @@ pub enum Command {
     },
     /// Clear the kill switch engaged by an abort (admin).
     ClearKillSwitch,
-    /// Kill switch, running experiments, connected agents.
-    Status,
+    /// The chaos dashboard: current status, last test, 30-day statistics, next
+    /// scheduled test, system health, chaos readiness, kill switch.
+    Status {
+        /// Skip the readiness dry run (a health window, about 5 s).
+        #[arg(long)]
+        no_readiness: bool,
+    },
     /// Registered nodes and their agents.
     Nodes,
     /// Recent experiments, newest first.
@@ -69,8 +74,147 @@ pub enum Command {
     },
     /// One experiment and its outcome.
     Experiment { id: String },
+    /// An experiment's report (Markdown, or JSON with -o json), or with --since the
+    /// fleet summary.
+    Report(ReportArgs),
+    /// Schedules: list, show, pause, resume, next, runs.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
+    /// Game days: open, close, note, list, show.
+    Gameday {
+        #[command(subcommand)]
+        action: GamedayAction,
+    },
+    /// Findings: what experiments uncovered.
+    Finding {
+        #[command(subcommand)]
+        action: FindingAction,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// The experiment (omit with --since for the fleet summary).
+    pub experiment: Option<String>,
+    /// The fleet summary over this window, e.g. 30d, 7d, 12h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Only this scenario (the report's names).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Also write a JUnit XML file: one test case per experiment in the window.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum ScheduleAction {
+    /// Every entry with its next run and last result, and the blackout windows.
+    List,
+    /// One entry: its spec, next run and recent runs.
+    Show {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// The next runs across all entries, soonest first.
+    Next {
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
+    /// Decided slots (started, skipped, missed) with their reasons.
+    Runs {
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        since: Duration,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GamedayAction {
+    /// Announce and open a game day (admin). Inside it several experiments may run at
+    /// once under the game-day limits.
+    Open {
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "")]
+        announcement: String,
+        /// RFC 3339 start (default: now).
+        #[arg(long)]
+        start: Option<String>,
+        /// How long it lasts, e.g. 2h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 0)]
+        max_concurrent: u32,
+        #[arg(long, default_value_t = 0)]
+        max_nodes: u32,
+    },
+    /// Close it now; what still runs is ended (admin).
+    Close {
+        #[arg(long, default_value = "")]
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Record an issue found, a lesson learned or a note.
+    Note {
+        #[arg(long, value_enum)]
+        kind: NoteKindArg,
+        text: String,
+        #[arg(long, default_value = "")]
+        id: String,
+    },
+    List,
+    /// The game-day report: scenarios tested, issues found, lessons learned.
+    Show {
+        #[arg(default_value = "")]
+        id: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum NoteKindArg {
+    Issue,
+    Lesson,
+    Note,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FindingStatusArg {
+    Open,
+    Mitigated,
+    Resolved,
+}
+
+#[derive(Subcommand)]
+pub enum FindingAction {
+    Add {
+        #[arg(long)]
+        experiment: String,
+        #[arg(long)]
+        title: String,
+        #[arg(long, value_enum, default_value = "open")]
+        status: FindingStatusArg,
+        #[arg(long, default_value = "")]
+        detail: String,
+    },
+    /// Change a finding's status.
+    Update {
+        id: String,
+        #[arg(long, value_enum)]
+        status: FindingStatusArg,
+    },
+    List,
 }
 
 /// `faultline run`: a spec file (the reference report's scenario blocks work as

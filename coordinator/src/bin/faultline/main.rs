@@ -5,9 +5,13 @@ mod args;
 mod connection;
 mod exit;
 mod experiments;
+mod finding;
+mod gameday;
 mod nodes;
 mod render;
+mod report;
 mod run;
+mod schedule;
 mod spec;
 mod status;
 
@@ -25,7 +29,11 @@ async fn execute(cli: &Cli) -> Result<u8, Fail> {
         Command::Run(args) => run::run(cli, args).await,
         Command::Abort { experiment, reason } => abort::abort(cli, experiment, reason).await,
         Command::ClearKillSwitch => abort::clear_kill_switch(cli).await,
-        Command::Status => status::status(cli).await,
+        Command::Status { no_readiness } => status::status(cli, *no_readiness).await,
+        Command::Report(args) => report::report(cli, args).await,
+        Command::Schedule { action } => schedule::schedule(cli, action).await,
+        Command::Gameday { action } => gameday::gameday(cli, action).await,
+        Command::Finding { action } => finding::finding(cli, action).await,
         Command::Nodes => nodes::nodes(cli).await,
         Command::Experiments { limit } => experiments::list(cli, *limit).await,
         Command::Experiment { id } => experiments::one(cli, id).await,
