@@ -12,6 +12,7 @@ pub mod monitoring;
 pub mod netns;
 pub mod node;
 pub mod rtt;
+pub mod sandbox;
 pub mod traffic;
 pub mod workload;
 

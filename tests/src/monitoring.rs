@@ -153,6 +153,11 @@ pub struct Load {
 impl Load {
     /// Client-side metrics on 127.0.0.1:9100 in `ns` (scrape target `127.0.0.1:9100`).
     pub fn start(ns: &Netns, url: &str, rate: u32) -> Self {
+        Self::start_with_metrics(ns, url, rate, "127.0.0.1:9100")
+    }
+
+    /// As `start`, with the client-side metrics on `metrics` (host:port in `ns`).
+    pub fn start_with_metrics(ns: &Netns, url: &str, rate: u32, metrics: &str) -> Self {
         let dir = TempPath::dir("fl-load");
         let log = dir.join("load.log");
         let args: Vec<String> = [
@@ -162,7 +167,7 @@ impl Load {
             "--rate",
             &rate.to_string(),
             "--metrics",
-            "127.0.0.1:9100",
+            metrics,
         ]
         .iter()
         .map(|s| (*s).to_owned())

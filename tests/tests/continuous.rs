@@ -287,7 +287,23 @@ fn schedules_reports_findings_game_days_and_the_dashboard() {
         let s = json(&fleet.cli(Role::Viewer, &["-o", "json", "status", "--no-readiness"]));
         (s["running"].as_array().unwrap().len() == 2).then_some(s)
     });
-    assert_eq!(both["running"].as_array().unwrap().len(), 2);
+    let phases: Vec<&str> = both["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap())
+        .collect();
+    assert!(
+        phases
+            .iter()
+            .all(|p| ["preflight", "baseline", "fault"].contains(p)),
+        "{phases:?}"
+    );
+    assert_eq!(
+        both["live"].as_array().unwrap().len(),
+        2,
+        "one live reading per running experiment"
+    );
     json(&fleet.cli(
         Role::Operator,
         &[
@@ -342,6 +358,36 @@ fn schedules_reports_findings_game_days_and_the_dashboard() {
     }
     let gd = json(&fleet.cli(Role::Viewer, &["-o", "json", "gameday", "list"]));
     assert_eq!(gd[0]["experiments"].as_array().unwrap().len(), 2);
+
+    // A game day closes on time, and ends what it still runs.
+    let g = json(&fleet.cli(
+        Role::Admin,
+        &[
+            "-o",
+            "json",
+            "gameday",
+            "open",
+            "--title",
+            "short",
+            "--duration",
+            "8s",
+        ],
+    ));
+    assert_eq!(g["id"], "gd-0002");
+    let c = fleet.watch_run(Role::Operator, &format!("run {}", spec("node-1")));
+    let (_, ec) = c.finish();
+    let last = ec.last().unwrap();
+    assert_eq!(last["phase"], "aborted", "{last}");
+    assert!(
+        last["outcome"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("game day gd-0002 closed at its end"),
+        "{last}"
+    );
+    let gd = json(&fleet.cli(Role::Viewer, &["-o", "json", "gameday", "list"]));
+    assert_eq!(gd[1]["state"], "closed");
+    assert_eq!(gd[1]["close_reason"], "closed on time");
     for n in &fleet.nodes {
         let left = faultline_leftovers(&n.ns, NODE_IFACE);
         assert!(left.is_empty(), "{}: {left:?}", n.name);

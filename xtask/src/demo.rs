@@ -1,23 +1,22 @@
-//! The main job: faultline as a fleet system on a sandbox of network-namespace nodes.
+//! The main job: the reference report's month of production chaos, in minutes, on a
+//! sandbox of network-namespace nodes (`faultline_tests::sandbox`).
 //!
-//! A coordinator (its own namespace, embedded store, production limits) and three
-//! nodes, node-1..node-3, each running `faultline-agent run` over mTLS. Through the
-//! `faultline` CLI, as a CI pipeline would:
-//! 1. latency: 50 ms on node-2's replies (the reference report's first scenario), with
-//!    round trips measured before, during and after, and live metrics streamed;
-//! 2. loss: 1 % of a UDP stream to node-2, with kernel counters streamed live and the
-//!    receiver's count compared with the model;
-//! 3. a second request refused while a lease is held, then `POST /abort` on the
-//!    running experiment, with how long removal took;
-//! 4. cleanup: no namespace, process, filter, qdisc or cgroup left.
+//! Seven nodes (node-1..node-7) run agents and faultline's sample service under a
+//! steady load; Prometheus and Alertmanager (Debian's packages) watch them; the
+//! coordinator runs on its embedded production defaults (the report's limits,
+//! prerequisites and abort conditions) with a config that names the sources, and
+//! the report's schedule. Through the `faultline` CLI:
+//! 1. the dashboard, with a readiness dry run;
+//! 2. a schedule slot firing, and its twin due at the same instant skipped (the
+//!    lease is held: runs never overlap);
+//! 3. the report's six scenarios against node-6, each from the report's own
+//!    configuration block, durations multiplied by `--scale` (default 0.1);
+//! 4. the latency scenario again under a tighter abort condition: a guard abort;
+//! 5. a finding recorded against it;
+//! 6. each experiment's report, the fleet summary with the recovery-time
+//!    distribution, the dashboard; then cleanup, checked.
 use std::{
-    net::SocketAddr,
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
-    thread,
     time::{Duration, Instant},
 };
 
@@ -25,23 +24,19 @@ use anyhow::{Context, Result, bail};
 use faultline_tests::{
     checks::faultline_leftovers,
     fleet::{Fleet, NODE_IFACE, Role},
-    rtt::{EchoServer, median, udp_rtts},
-    traffic::{collect, receiver, sender},
+    sandbox::{Sandbox, TARGET},
 };
-
-const ECHO_PORT: u16 = 9100;
-const STREAM_PORT: u16 = 9000;
-const PPS: u32 = 2000;
+use serde_json::Value;
 
 fn show(cmd: &str) {
     println!("\n$ {cmd}");
 }
 
-/// Runs `faultline <line>` with its output on the terminal; returns its exit code.
-fn cli_live(fleet: &Fleet, role: Role, line: &str) -> Result<i32> {
-    show(&format!("faultline {line}"));
+/// Runs `faultline <args>` with its output on the terminal; returns its exit code.
+fn cli_live(fleet: &Fleet, role: Role, args: &[&str]) -> Result<i32> {
+    show(&format!("faultline {}", args.join(" ")));
     let status = fleet
-        .cli_command(role, &line.split_whitespace().collect::<Vec<_>>())
+        .cli_command(role, args)
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .status()
@@ -49,41 +44,360 @@ fn cli_live(fleet: &Fleet, role: Role, line: &str) -> Result<i32> {
     Ok(status.code().unwrap_or(-1))
 }
 
-pub fn run() -> Result<()> {
-    println!("== faultline demo: a coordinator and three nodes in network namespaces ==");
+fn cli_json(fleet: &Fleet, role: Role, args: &[&str]) -> Result<Value> {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    let out = fleet.cli(role, &all);
+    if !out.status.success() {
+        bail!(
+            "faultline {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("faultline {} output", args.join(" ")))
+}
+
+/// The report's six configuration blocks, as the report writes them.
+const SCENARIOS: [(&str, &str); 6] = [
+    (
+        "latency_injection",
+        "scenario: latency_injection
+target_node: node-6          # Least critical node
+latency: 50ms                # Production-safe limit
+duration: 60s
+expected_impact: minimal
+",
+    ),
+    (
+        "packet_loss",
+        "scenario: packet_loss
+target_node: node-6
+packet_loss: 1.0%            # 1% loss rate
+duration: 60s
+expected_impact: minimal
+",
+    ),
+    (
+        "cpu_stress",
+        "scenario: cpu_stress
+target_node: node-6
+cpu_stress: 15%              # 15% of CPU
+duration: 60s
+expected_impact: minimal
+",
+    ),
+    (
+        "memory_stress",
+        "scenario: memory_stress
+target_node: node-6
+memory_stress: 10%           # 10% of RAM
+duration: 60s
+expected_impact: minimal
+",
+    ),
+    // The report's block names no node; the CLI's --node gives it one.
+    (
+        "cache_invalidation",
+        "scenario: cache_invalidation
+components:
+  - consensus
+  - network
+  - api
+  - scheduler
+duration: 30s                # Observation period
+expected_impact: temporary_cache_misses
+",
+    ),
+    (
+        "gc_pressure",
+        "scenario: gc_pressure
+target_node: node-6
+duration: 60s
+expected_impact: brief_latency_spikes
+",
+    ),
+];
+
+/// The report's daily and weekly schedule (node-6 by default), and two demo entries
+/// sharing a 30 s slot so that one fires soon and the other is skipped. They load
+/// paused and are resumed once Prometheus has data (a slot before that would be
+/// skipped by preflight, rightly: no traffic figure, no backup check).
+fn schedule(scale: f64) -> String {
+    let d = |s: f64| format!("{}ms", ((s * scale).max(1.0) * 1000.0).round() as u64);
+    format!(
+        "defaults:
+  target_node: node-6
+schedule:
+  - time: 02:00 UTC
+    scenario: latency_injection
+    latency: 50ms
+    duration: 60s
+
+  - time: 14:00 UTC
+    scenario: packet_loss
+    packet_loss: 1.0%
+    duration: 60s
+
+  - day: Tuesday
+    time: 03:00 UTC
+    scenario: cpu_stress
+    cpu_stress: 15%
+    duration: 60s
+
+  - day: Thursday
+    time: 03:00 UTC
+    scenario: memory_stress
+    memory_stress: 10%
+    duration: 60s
+
+  - day: Saturday
+    time: 02:00 UTC
+    scenario: cache_invalidation
+    components: [consensus, network, api, scheduler]
+    duration: 30s
+
+  - day: Sunday
+    time: 02:00 UTC
+    scenario: gc_pressure
+    duration: 60s
+
+  - name: demo-latency
+    paused: true
+    every: 30s
+    scenario: latency_injection
+    latency: 20ms
+    duration: {}
+    baseline: {}
+  - name: demo-loss
+    paused: true
+    every: 30s
+    scenario: packet_loss
+    packet_loss: 0.5%
+    duration: {}
+    baseline: {}
+",
+        d(60.0),
+        d(30.0),
+        d(60.0),
+        d(30.0),
+    )
+}
+
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > until {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub fn run(scale: f64) -> Result<()> {
+    if !(0.01..=1.0).contains(&scale) {
+        bail!("--scale must be between 0.01 and 1 (1 runs the report's durations)");
+    }
     let started = Instant::now();
-    let fleet = Fleet::new(3, &[], &[]);
+    let secs = |s: f64| format!("{}ms", ((s * scale).max(1.0) * 1000.0).round() as u64);
     println!(
-        "coordinator: netns {} (gRPC :7443 mTLS for agents, bearer tokens for clients; HTTP :7080)",
+        "== faultline demo: seven nodes, the report's scenarios, schedule and dashboard (scale {scale}) =="
+    );
+    let dir = faultline_tests::TempPath::dir("faultline-demo");
+    let schedule_file = dir.join("schedule.yaml");
+    std::fs::write(&schedule_file, schedule(scale))?;
+    let sched = schedule_file.display().to_string();
+    let sandbox = Sandbox::start(&["--schedule", &sched], &["--warmup", "4s"]);
+    let fleet = &sandbox.fleet;
+    println!(
+        "coordinator: netns {} (production limits and prerequisites; Prometheus :9090, Alertmanager :9093 beside it)",
         fleet.ctl.name
     );
     for n in &fleet.nodes {
         println!(
-            "{}: netns {} ({} on {NODE_IFACE})",
-            n.name, n.ns.name, n.addr
+            "{}: netns {} ({}), sample service :8080 at {} req/s",
+            n.name,
+            n.ns.name,
+            n.addr,
+            faultline_tests::sandbox::RATE
         );
     }
-    cli_live(&fleet, Role::Viewer, "nodes")?;
+    cli_live(fleet, Role::Viewer, &["nodes"])?;
+    // Prometheus needs a few scrapes before its rates mean anything.
+    wait_for(
+        "Prometheus to see the services' traffic",
+        Duration::from_secs(30),
+        || {
+            Ok((sandbox
+                .prometheus
+                .query("sum(rate(sample_requests_total[5s]))")
+                .unwrap_or(0.0)
+                > 50.0)
+                .then_some(()))
+        },
+    )?;
+    cli_live(fleet, Role::Viewer, &["schedule", "list"])?;
+    cli_live(fleet, Role::Viewer, &["status"])?;
 
-    latency(&fleet)?;
-    loss(&fleet)?;
-    refusal_and_abort(&fleet)?;
+    println!("\n== 1. a schedule slot: demo-latency fires, demo-loss (same slot) is skipped ==");
+    for n in ["demo-latency", "demo-loss"] {
+        cli_live(fleet, Role::Operator, &["schedule", "resume", n])?;
+    }
+    let runs: Value = wait_for("the demo slot", Duration::from_secs(45), || {
+        let r = cli_json(fleet, Role::Viewer, &["schedule", "runs"])?;
+        Ok((r.as_array().map_or(0, Vec::len) >= 2).then_some(r))
+    })?;
+    for n in ["demo-latency", "demo-loss"] {
+        cli_live(fleet, Role::Operator, &["schedule", "pause", n])?;
+    }
+    let scheduled = runs
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["status"] == "started"))
+        .and_then(|r| r["experiment"].as_str())
+        .context("the slot started nothing")?
+        .to_owned();
+    fleet.wait_phase(
+        &scheduled,
+        &["completed", "aborted", "failed"],
+        Duration::from_secs(120),
+    );
+    cli_live(fleet, Role::Viewer, &["schedule", "runs"])?;
 
-    cli_live(&fleet, Role::Viewer, "experiments")?;
+    println!("\n== 2. the report's six scenarios against {TARGET} ==");
+    let mut ids = vec![scheduled];
+    let baseline = secs(30.0);
+    for (name, block) in SCENARIOS {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, block)?;
+        let duration = secs(if name == "cache_invalidation" {
+            30.0
+        } else {
+            60.0
+        });
+        let f = file.display().to_string();
+        let mut args = vec![
+            "run",
+            &f,
+            "--duration",
+            &duration,
+            "--baseline",
+            &baseline,
+            "--wait",
+        ];
+        if name == "cache_invalidation" {
+            args.extend(["--node", TARGET]);
+        }
+        println!("\n--- {name} ---\n{block}");
+        let code = cli_live(fleet, Role::Operator, &args)?;
+        let last = &cli_json(fleet, Role::Viewer, &["experiments", "--limit", "1"])?[0];
+        let id = last["id"].as_str().unwrap_or_default().to_owned();
+        println!(
+            "exit code {code}: {id} {} / {}",
+            last["outcome"]["verdict"].as_str().unwrap_or("-"),
+            last["outcome"]["classification"].as_str().unwrap_or("-")
+        );
+        // What a team would write down: a scenario of the report that this sandbox's
+        // guards stopped, recorded against its experiment with the measured breach.
+        if let Some(b) = last["outcome"]["breach"].as_object() {
+            let title = format!(
+                "{name} on {TARGET} tripped {} at {:.0}{} (limit {}{})",
+                b["guard"].as_str().unwrap_or("-"),
+                b["observed"].as_f64().unwrap_or(0.0),
+                b["unit"].as_str().unwrap_or(""),
+                b["threshold"],
+                b["unit"].as_str().unwrap_or("")
+            );
+            cli_live(
+                fleet,
+                Role::Operator,
+                &["finding", "add", "--experiment", &id, "--title", &title],
+            )?;
+        }
+        ids.push(id);
+    }
+
+    println!(
+        "\n== 3. a guard abort: the latency scenario with p99 above 30 ms as an abort condition =="
+    );
+    let guarded = dir.join("latency-guarded.yaml");
+    std::fs::write(
+        &guarded,
+        format!(
+            "{}abort_conditions:\n  latency_p99_above: 30ms\n",
+            SCENARIOS[0].1
+        ),
+    )?;
+    let g = guarded.display().to_string();
+    let duration = secs(60.0);
+    let code = cli_live(
+        fleet,
+        Role::Operator,
+        &[
+            "run",
+            &g,
+            "--duration",
+            &duration,
+            "--baseline",
+            &baseline,
+            "--wait",
+        ],
+    )?;
+    let last = &cli_json(fleet, Role::Viewer, &["experiments", "--limit", "1"])?[0];
+    let aborted = last["id"].as_str().unwrap_or_default().to_owned();
+    println!("exit code {code} (4 = aborted): {aborted}");
+    ids.push(aborted.clone());
+    cli_live(
+        fleet,
+        Role::Operator,
+        &[
+            "finding",
+            "add",
+            "--experiment",
+            &aborted,
+            "--title",
+            "a 50 ms hop breaks a 30 ms p99 budget: the client has no hedged requests",
+        ],
+    )?;
+
+    println!("\n== 4. the reports ==");
+    for id in &ids {
+        cli_live(fleet, Role::Viewer, &["report", id])?;
+    }
+    let junit = dir.join("chaos-junit.xml");
+    let j = junit.display().to_string();
+    cli_live(
+        fleet,
+        Role::Viewer,
+        &["report", "--since", "30d", "--junit", &j],
+    )?;
+    println!(
+        "(JUnit for CI written to {j}: {} bytes)",
+        std::fs::metadata(&junit).map_or(0, |m| m.len())
+    );
+    cli_live(fleet, Role::Viewer, &["status"])?;
+
     let nodes: Vec<_> = fleet.nodes.iter().map(|n| n.ns.name.clone()).collect();
-    let dir = fleet.dir.to_path_buf();
+    let fleet_dir = fleet.dir.to_path_buf();
     let mut residue = Vec::new();
     for n in &fleet.nodes {
         residue.extend(faultline_leftovers(&n.ns, NODE_IFACE));
     }
-    drop(fleet);
-    residue.extend(remaining(&nodes, &dir));
+    drop(sandbox);
+    residue.extend(remaining(&nodes, &fleet_dir));
     println!("\n== cleanup ==");
     if !residue.is_empty() {
         bail!("residue after the demo: {residue:?}");
     }
     println!(
-        "nothing left: no namespace, no faultline process, no program, filter, qdisc or cgroup"
+        "nothing left: no namespace, no faultline or sample process, no program, filter, qdisc or cgroup"
     );
     println!("\ndemo passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -102,16 +416,21 @@ fn remaining(namespaces: &[String], dir: &std::path::Path) -> Vec<String> {
             .filter(|n| list.contains(n.as_str()))
             .map(|n| format!("netns {n}")),
     );
-    let ps = Command::new("pgrep")
-        .args(["-f", &dir.display().to_string()])
-        .output();
-    if let Ok(o) = ps
-        && !o.stdout.is_empty()
-    {
-        left.push(format!(
-            "processes: {}",
-            String::from_utf8_lossy(&o.stdout).trim()
-        ));
+    for pattern in [
+        dir.display().to_string(),
+        "faultline-sample".into(),
+        "fl-prometheus".into(),
+        "fl-alertmanager".into(),
+    ] {
+        let ps = Command::new("pgrep").args(["-f", &pattern]).output();
+        if let Ok(o) = ps
+            && !o.stdout.is_empty()
+        {
+            left.push(format!(
+                "processes ({pattern}): {}",
+                String::from_utf8_lossy(&o.stdout).trim()
+            ));
+        }
     }
     for root in [
         "/sys/fs/cgroup",
@@ -131,180 +450,4 @@ fn remaining(namespaces: &[String], dir: &std::path::Path) -> Vec<String> {
         left.push(format!("directory {}", dir.display()));
     }
     left
-}
-
-/// 50 ms on node-2's egress, for the echo replies only.
-fn latency(fleet: &Fleet) -> Result<()> {
-    println!("\n== 1. latency: 50 ms on node-2's replies (production cap) ==");
-    let node = &fleet.nodes[1];
-    let _echo = EchoServer::start(&node.ns, ECHO_PORT);
-    let to: SocketAddr = format!("{}:{ECHO_PORT}", node.addr).parse()?;
-    let gap = Duration::from_millis(10);
-    let base = median(&udp_rtts(&fleet.ctl, to, 200, gap));
-    println!("baseline: median UDP round trip coordinator -> node-2 {base:.3} ms");
-    let line = format!(
-        "run --name latency-daily --node node-2 --fault latency --iface {NODE_IFACE} \
-         --direction egress --delay 50ms --duration 8s --proto udp --sport {ECHO_PORT} \
-         --baseline 2s --recovery 10s --wait"
-    );
-    let (code, during) = thread::scope(|scope| {
-        let probe = scope.spawn(|| {
-            // Probe from inside the fault window (the baseline is 2 s, the fault 8 s).
-            thread::sleep(Duration::from_secs(5));
-            median(&udp_rtts(&fleet.ctl, to, 100, gap))
-        });
-        let code = cli_live(fleet, Role::Operator, &line);
-        (code, probe.join().expect("probe"))
-    });
-    let code = code?;
-    let after = median(&udp_rtts(&fleet.ctl, to, 200, gap));
-    println!(
-        "median UDP round trip: baseline {base:.3} ms, fault {during:.3} ms (+{:.3}), after {after:.3} ms",
-        during - base
-    );
-    if code != 0 || (during - base - 50.0).abs() > 2.0 || after > base + 1.0 {
-        bail!("latency experiment failed: exit {code}, or added delay not 50 ms, or no recovery");
-    }
-    Ok(())
-}
-
-/// A sleep-paced UDP stream from the coordinator's namespace to a node, and the
-/// receiver recording which sequence numbers arrived.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    seq: Arc<AtomicU32>,
-    sender: thread::JoinHandle<()>,
-    collector: thread::JoinHandle<Vec<bool>>,
-}
-
-impl Stream {
-    /// Stops sending; returns how many were sent and which of them arrived.
-    fn finish(self) -> (u32, Vec<bool>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.sender.join().expect("sender");
-        let total = self.seq.load(Ordering::Relaxed);
-        (total, self.collector.join().expect("receiver"))
-    }
-}
-
-fn stream(fleet: &Fleet, node: usize) -> Result<Stream> {
-    let to: SocketAddr = format!("{}:{STREAM_PORT}", fleet.nodes[node].addr).parse()?;
-    let rx = receiver(
-        &fleet.nodes[node].ns,
-        format!("0.0.0.0:{STREAM_PORT}").parse()?,
-    );
-    let tx = sender(&fleet.ctl, "0.0.0.0:0".parse()?);
-    let seq = Arc::new(AtomicU32::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (seq, stop) = (seq.clone(), stop.clone());
-        thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            let gap = Duration::from_secs_f64(1.0 / f64::from(PPS));
-            while !stop.load(Ordering::Relaxed) {
-                let n = seq.fetch_add(1, Ordering::Relaxed);
-                buf[..4].copy_from_slice(&n.to_be_bytes());
-                let _ = tx.send_to(&buf, to);
-                thread::sleep(gap);
-            }
-        })
-    };
-    let collector = thread::spawn(move || collect(&rx, u32::MAX / 1024));
-    Ok(Stream {
-        stop,
-        seq,
-        sender,
-        collector,
-    })
-}
-
-fn loss(fleet: &Fleet) -> Result<()> {
-    println!("\n== 2. packet loss: 1 % of a UDP stream to node-2 (production cap) ==");
-    let s = stream(fleet, 1)?;
-    let before = s.seq.load(Ordering::Relaxed);
-    let code = cli_live(
-        fleet,
-        Role::Operator,
-        &format!(
-            "run --name loss-daily --node node-2 --fault loss --iface {NODE_IFACE} --percent 1 \
-             --duration 10s --proto udp --dport {STREAM_PORT} --baseline 2s --recovery 10s \
-             --wait"
-        ),
-    )?;
-    thread::sleep(Duration::from_secs(1));
-    let (total, got) = s.finish();
-    let lost = (before..total)
-        .filter(|&i| got.get(i as usize) != Some(&true))
-        .count();
-    let sent = (total - before) as usize;
-    // What the kernel counted, from the experiment's stored result.
-    let out = fleet.cli(Role::Viewer, &["experiments", "--limit", "1", "-o", "json"]);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let result = list[0]["result"].as_str().unwrap_or_default().to_owned();
-    let counter = |key: &str| -> u64 {
-        result
-            .split(key)
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let (matched, dropped) = (counter("matched "), counter("dropped "));
-    let expect = matched as f64 / 100.0;
-    println!(
-        "kernel: {dropped} of {matched} matched packets dropped; model: 1 % = {expect:.0} ± {:.0} \
-         (3σ); receiver: {lost} of {sent} lost over the whole run (baseline and recovery \
-         included)",
-        3.0 * (expect * 0.99).sqrt()
-    );
-    // The stored counters are the last 10 Hz sample before removal, so the receiver
-    // may see a drop or two more than they show, never fewer.
-    let sigma3 = 3.0 * (expect * 0.99).sqrt();
-    if (lost as u64) < dropped || (lost as f64 - expect).abs() > sigma3 + 3.0 {
-        bail!("loss outside the fault, or not binomial around 1 %");
-    }
-    if code != 0 {
-        bail!("loss experiment failed: exit {code}");
-    }
-    Ok(())
-}
-
-fn refusal_and_abort(fleet: &Fleet) -> Result<()> {
-    println!("\n== 3. the lease refuses a second experiment; POST /abort ends the first ==");
-    let s = stream(fleet, 0)?;
-    let line = format!(
-        "run --name loss-long --node node-1 --fault loss --iface {NODE_IFACE} --percent 1 \
-         --duration 60s --proto udp --dport {STREAM_PORT} --baseline 1s --wait"
-    );
-    show(&format!("faultline {line} &"));
-    let mut first = fleet
-        .cli_command(Role::Operator, &line.split_whitespace().collect::<Vec<_>>())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    thread::sleep(Duration::from_secs(4));
-    let second = cli_live(
-        fleet,
-        Role::Operator,
-        "run --node node-3 --fault cpu --percent 10 --duration 30s",
-    )?;
-    println!("(exit code {second}: rejected)");
-    show(
-        "curl -X POST -H 'Authorization: Bearer $TOKEN' 'http://127.0.0.1:7080/abort?reason=demo'",
-    );
-    let (status, body) = fleet.http(Some(Role::Operator), "POST", "/abort?reason=demo");
-    println!("HTTP {status} {body}");
-    let code = first.wait()?.code().unwrap_or(-1);
-    s.finish();
-    println!(
-        "all effects removed and confirmed by the agent {:.1} ms after POST /abort; the \
-         experiment's CLI exited {code} (aborted)",
-        body["took_ms"].as_f64().unwrap_or(f64::NAN)
-    );
-    cli_live(fleet, Role::Viewer, "status")?;
-    if second != 3 || status != 200 || code != 4 {
-        bail!("expected refusal (3), HTTP 200 and an aborted run (4)");
-    }
-    cli_live(fleet, Role::Admin, "clear-kill-switch")?;
-    Ok(())
 }

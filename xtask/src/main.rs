@@ -24,8 +24,16 @@ enum Task {
     /// Set up, build, and run every test (needs root: tests load programs and create
     /// network namespaces), here and in the stock-kernel VM lane. This is what CI runs.
     Test,
-    /// Set up, build, and run a loss experiment between two network-namespace nodes.
-    Demo,
+    /// The main job: seven namespace nodes with agents and the sample service under
+    /// load, real Prometheus and Alertmanager, the coordinator on its production
+    /// defaults; all six scenarios against node-6, a schedule firing (and its twin
+    /// skipped), a guard abort; then the reports, the fleet summary and the dashboard.
+    Demo {
+        /// Multiplies every scenario's duration and the baseline (the report's 60 s
+        /// and 30 s); 1 runs them as the report does. The limits are unchanged.
+        #[arg(long, default_value_t = 0.1)]
+        scale: f64,
+    },
     /// Set up, build, and run the benchmarks (per-packet cost, throughput, latency
     /// accuracy).
     Bench,
@@ -73,7 +81,7 @@ fn require_root(task: &str) -> Result<()> {
     Ok(())
 }
 
-/// The agent, the coordinator and the CLI (debug build).
+/// The agent, the coordinator, the CLI and the sample service (debug build).
 pub fn build_daemons() -> Result<()> {
     run(cargo().args([
         "build",
@@ -81,6 +89,13 @@ pub fn build_daemons() -> Result<()> {
         "faultline-agent",
         "--package",
         "faultline-coordinator",
+    ]))?;
+    run(cargo().args([
+        "build",
+        "--package",
+        "faultline-tests",
+        "--bin",
+        "faultline-sample",
     ]))
 }
 
@@ -104,6 +119,9 @@ fn main() -> Result<()> {
             // Each end-to-end test builds its own namespaces; two at a time keeps the
             // packet rates of the statistical tests well inside this machine's means.
             run(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))?;
+            // The main job, as a new user runs it: it fails on any error or residue.
+            build_daemons()?;
+            demo::run(0.1)?;
             vm::vm_test()
         }
         Task::VmTest => {
@@ -111,11 +129,11 @@ fn main() -> Result<()> {
             setup::setup()?;
             vm::vm_test()
         }
-        Task::Demo => {
+        Task::Demo { scale } => {
             require_root("demo")?;
             setup::setup()?;
             build_daemons()?;
-            demo::run()
+            demo::run(scale)
         }
         Task::VmBench => {
             require_root("vm-bench")?;

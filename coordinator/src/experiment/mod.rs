@@ -550,6 +550,11 @@ async fn steps(r: &mut Run) -> Outcome {
     };
     match stop {
         Some(Stop::Aborted(why)) => {
+            // A person's abort has removed the effects already; a blackout window or a
+            // game day's close only asked this experiment to end. Removing again is
+            // idempotent, and the end is reported only once the agent confirmed it.
+            r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(5))
+                .await;
             r.outcome.fault_removed_at = ts(SystemTime::now());
             return r.finish(Verdict::Aborted, format!("{why}; every effect removed"));
         }

@@ -192,7 +192,17 @@ pub fn fleet(s: &Summary) -> String {
 
 pub fn experiment(r: &ExperimentReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# {} — {} ({})\n", r.id, r.title, r.name);
+    let _ = writeln!(
+        out,
+        "# {} — {}{}\n",
+        r.id,
+        r.title,
+        if r.name.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.name)
+        }
+    );
     let _ = writeln!(
         out,
         "Nodes: {}   Started: {}   Ended: {}{}{}\n",

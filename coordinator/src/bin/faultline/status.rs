@@ -21,6 +21,17 @@ use crate::{
 
 const WIDTH: usize = 57;
 
+/// Terminal columns: the dashboard's symbols take two, a variation selector none.
+fn width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c as u32 {
+            0xFE0F => 0,
+            0x2600.. => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
 fn boxed(lines: &[String]) -> String {
     let mut out = format!("┌{}┐\n", "─".repeat(WIDTH + 2));
     for l in lines {
@@ -28,8 +39,14 @@ fn boxed(lines: &[String]) -> String {
             out += &format!("├{}┤\n", "─".repeat(WIDTH + 2));
             continue;
         }
-        let text: String = l.chars().take(WIDTH).collect();
-        let pad = WIDTH - text.chars().count();
+        let mut text = String::new();
+        for c in l.chars() {
+            if width(&text) + width(&c.to_string()) > WIDTH {
+                break;
+            }
+            text.push(c);
+        }
+        let pad = WIDTH - width(&text);
         out += &format!("│ {text}{} │\n", " ".repeat(pad));
     }
     out + &format!("└{}┘\n", "─".repeat(WIDTH + 2))
