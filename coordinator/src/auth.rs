@@ -68,6 +68,8 @@ pub struct TokenFile {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// Where the call came from (the audit log's "who" is name and peer).
+    pub peer: String,
 }
 
 fn hash(token: &str) -> String {
@@ -142,6 +144,7 @@ impl TokenFile {
             .map(|t| Caller {
                 name: t.name.clone(),
                 role: t.role,
+                peer: String::new(),
             })
     }
 

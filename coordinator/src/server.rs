@@ -163,10 +163,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChaosServiceServer<Chaos>>().await;
     health.set_serving::<AgentServiceServer<Agents>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection as both grpc.reflection.v1 and v1alpha: grpcurl speaks v1, while
+    // Python's grpcio-reflection, Postman and older grpcurl speak only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_alpha = reflection_builder().build_v1alpha()?;
     let auth = tokens.clone();
     let chaos = ChaosServiceServer::with_interceptor(
         Chaos(control.clone()),
@@ -175,7 +180,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
-            let caller = auth.authorize(header)?;
+            let mut caller = auth.authorize(header)?;
+            caller.peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
             req.extensions_mut().insert(caller);
             Ok(req)
         },
@@ -196,10 +202,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(AgentServiceServer::new(Agents(control.clone())))
         .add_service(chaos)
         .serve_with_shutdown(args.listen, shutdown());
-    let http = axum::serve(http, router).with_graceful_shutdown(shutdown());
+    let http = axum::serve(
+        http,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown());
     tokio::try_join!(async { grpc.await.context("gRPC server") }, async {
         http.await.context("HTTP server")
     })?;

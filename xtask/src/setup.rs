@@ -31,7 +31,37 @@ const APT_PACKAGES: &[&str] = &[
     // The steady-state tests and the demo judge experiments with real monitoring.
     "prometheus",
     "prometheus-alertmanager",
+    // A gRPC reflection client as new users have it (Python's grpcio-reflection).
+    "python3-venv",
 ];
+
+/// PyPI packages for the tests' Python clients, pinned; in `target/pyenv`.
+const PY_PACKAGES: &[&str] = &[
+    "grpcio==1.85.3",
+    "grpcio-reflection==1.85.1",
+    "protobuf==7.36.2",
+];
+
+/// A virtualenv with `PY_PACKAGES` (from PyPI only); rebuilt when the pins change.
+fn python_env() -> Result<()> {
+    let env = crate::workspace_root().join("target/pyenv");
+    let stamp = env.join("faultline-pins");
+    let want = PY_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(());
+    }
+    println!(
+        "setup: Python packages for the tests: {}",
+        PY_PACKAGES.join(" ")
+    );
+    let _ = std::fs::remove_dir_all(&env);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&env))?;
+    run(Command::new(env.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PY_PACKAGES))?;
+    std::fs::write(&stamp, want)?;
+    Ok(())
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: u32 = 22;
 pub const BPF_TOOLCHAIN: &str = "faultline-bpf";
@@ -111,6 +141,7 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
 
 pub fn setup() -> Result<()> {
     ensure_apt(APT_PACKAGES)?;
+    python_env()?;
 
     let linker = bpf_linker();
     if !linker_is_current(&linker) {

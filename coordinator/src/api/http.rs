@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    extract::{ConnectInfo, Query, State},
     http::{HeaderMap, StatusCode},
     routing::{get, post},
 };
@@ -57,6 +57,7 @@ fn http_caller(
 
 async fn http_abort(
     State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<AbortQuery>,
 ) -> HttpResult {
@@ -64,6 +65,19 @@ async fn http_abort(
         Ok(c) => c,
         Err(e) => return e,
     };
+    let target = if q.experiment.is_empty() {
+        "all"
+    } else {
+        q.experiment.as_str()
+    };
+    super::audit(
+        &h.control,
+        &caller,
+        &peer.to_string(),
+        "abort",
+        target,
+        &format!("POST /abort {}", q.reason),
+    );
     match h.control.abort(&q.experiment, &q.reason, &caller).await {
         Ok(out) => (
             if out.unconfirmed.is_empty() {

@@ -10,12 +10,12 @@ use faultline_proto::v1::{
     AbortRequest, AbortResponse, AddFindingRequest, AddGameDayNoteRequest, ClearKillSwitchRequest,
     ClearKillSwitchResponse, CloseGameDayRequest, Experiment, ExperimentEvent, Finding,
     FindingStatus, GameDay, GameDayNote, GameDayState, GetExperimentEventsRequest,
-    GetExperimentEventsResponse, GetExperimentRequest, ListExperimentsRequest,
-    ListExperimentsResponse, ListFindingsRequest, ListFindingsResponse, ListGameDaysRequest,
-    ListGameDaysResponse, ListNodesRequest, ListNodesResponse, ListScheduleRunsRequest,
-    ListScheduleRunsResponse, ListSchedulesRequest, ListSchedulesResponse, Node, NoteKind,
-    OpenGameDayRequest, PauseScheduleRequest, ReadinessRequest, ReadinessResponse, Schedule,
-    StartRequest, StatusRequest, StatusResponse, UpdateFindingRequest,
+    GetExperimentEventsResponse, GetExperimentRequest, ListAuditRequest, ListAuditResponse,
+    ListExperimentsRequest, ListExperimentsResponse, ListFindingsRequest, ListFindingsResponse,
+    ListGameDaysRequest, ListGameDaysResponse, ListNodesRequest, ListNodesResponse,
+    ListScheduleRunsRequest, ListScheduleRunsResponse, ListSchedulesRequest, ListSchedulesResponse,
+    Node, NoteKind, OpenGameDayRequest, PauseScheduleRequest, ReadinessRequest, ReadinessResponse,
+    Schedule, StartRequest, StatusRequest, StatusResponse, UpdateFindingRequest,
     chaos_service_server::ChaosService,
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +31,15 @@ use crate::{
 };
 
 pub struct Chaos(pub Arc<Control>);
+
+/// Appends to the audit log and to the log; a store failure is logged, not fatal
+/// (the action has happened).
+pub(crate) fn audit(c: &Control, who: &str, peer: &str, action: &str, target: &str, detail: &str) {
+    tracing::info!(who, peer, action, target, detail, "audit");
+    if let Err(e) = c.store.audit(who, peer, action, target, detail) {
+        tracing::error!("audit log: {e:#}");
+    }
+}
 
 pub(crate) fn internal(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
@@ -66,7 +75,19 @@ impl ChaosService for Chaos {
     ) -> Result<Response<Self::StartStream>, Status> {
         let caller = require(&request, Role::Operator, "starting an experiment")?;
         let (id, rx) = start::begin(&self.0, request.get_ref(), "")?;
-        tracing::info!(caller = %caller.name, experiment = %id, "start");
+        let detail = if request.get_ref().spec_yaml.is_empty() {
+            "flags"
+        } else {
+            "spec"
+        };
+        audit(
+            &self.0,
+            &caller.name,
+            &caller.peer,
+            "experiment.start",
+            &id,
+            detail,
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -76,6 +97,19 @@ impl ChaosService for Chaos {
     ) -> Result<Response<AbortResponse>, Status> {
         let caller = require(&request, Role::Operator, "abort")?;
         let req = request.into_inner();
+        let target = if req.experiment_id.is_empty() {
+            "all"
+        } else {
+            &req.experiment_id
+        };
+        audit(
+            &self.0,
+            &caller.name,
+            &caller.peer,
+            "abort",
+            target,
+            &req.reason,
+        );
         let out = self
             .0
             .abort(&req.experiment_id, &req.reason, &caller.name)
@@ -99,7 +133,14 @@ impl ChaosService for Chaos {
         request: Request<ClearKillSwitchRequest>,
     ) -> Result<Response<ClearKillSwitchResponse>, Status> {
         let caller = require(&request, Role::Admin, "clearing the kill switch")?;
-        tracing::info!(caller = %caller.name, "kill switch cleared");
+        audit(
+            &self.0,
+            &caller.name,
+            &caller.peer,
+            "kill_switch.clear",
+            "",
+            "",
+        );
         self.0.leases.clear_kill_switch();
         Ok(Response::new(ClearKillSwitchResponse {}))
     }
@@ -253,7 +294,12 @@ impl ChaosService for Chaos {
                 }
             )));
         }
-        tracing::info!(caller = %caller.name, schedule = %req.name, paused = req.paused, "schedule changed");
+        let action = if req.paused {
+            "schedule.pause"
+        } else {
+            "schedule.resume"
+        };
+        audit(&self.0, &caller.name, &caller.peer, action, &req.name, "");
         s.list(&self.0.store)
             .map_err(internal)?
             .into_iter()
@@ -341,7 +387,14 @@ impl ChaosService for Chaos {
                 opened_by: &caller.name,
             })
             .map_err(internal)?;
-        tracing::info!(caller = %caller.name, gameday = %id, "game day opened");
+        audit(
+            &self.0,
+            &caller.name,
+            &caller.peer,
+            "gameday.open",
+            &id,
+            &req.title,
+        );
         self.gameday(&id)
     }
 
@@ -372,7 +425,14 @@ impl ChaosService for Chaos {
             .store
             .close_gameday(&id, &reason, SystemTime::now())
             .map_err(internal)?;
-        tracing::info!(caller = %caller.name, gameday = %id, ended = running.len(), "game day closed");
+        audit(
+            &self.0,
+            &caller.name,
+            &caller.peer,
+            "gameday.close",
+            &id,
+            &format!("{reason}; ended {}", running.len()),
+        );
         self.gameday(&id)
     }
 
@@ -392,6 +452,14 @@ impl ChaosService for Chaos {
             ));
         }
         let id = self.pick_gameday(&req.id, false)?;
+        audit(
+            &self.0,
+            &caller.name,
+            &caller.peer,
+            "gameday.note",
+            &id,
+            &req.text,
+        );
         self.0
             .store
             .add_gameday_note(
@@ -422,6 +490,7 @@ impl ChaosService for Chaos {
         request: Request<AddFindingRequest>,
     ) -> Result<Response<Finding>, Status> {
         let caller = require(&request, Role::Operator, "recording a finding")?;
+        let caller_peer = caller.peer.clone();
         let req = request.into_inner();
         if req.title.trim().is_empty() {
             return Err(Status::invalid_argument("a finding needs a title"));
@@ -450,6 +519,7 @@ impl ChaosService for Chaos {
                 ..Default::default()
             })
             .map_err(internal)?;
+        audit(&self.0, &f.by, &caller_peer, "finding.add", &f.id, &f.title);
         Ok(Response::new(f))
     }
 
@@ -457,7 +527,7 @@ impl ChaosService for Chaos {
         &self,
         request: Request<UpdateFindingRequest>,
     ) -> Result<Response<Finding>, Status> {
-        require(&request, Role::Operator, "updating a finding")?;
+        let caller = require(&request, Role::Operator, "updating a finding")?;
         let req = request.into_inner();
         let status = FindingStatus::try_from(req.status).unwrap_or(FindingStatus::Unspecified);
         if status == FindingStatus::Unspecified {
@@ -465,10 +535,22 @@ impl ChaosService for Chaos {
                 "a finding is open, mitigated or resolved",
             ));
         }
-        self.0
+        let updated = self
+            .0
             .store
             .update_finding(&req.id, status)
-            .map_err(internal)?
+            .map_err(internal)?;
+        if updated.is_some() {
+            audit(
+                &self.0,
+                &caller.name,
+                &caller.peer,
+                "finding.update",
+                &req.id,
+                &format!("{status:?}").to_lowercase(),
+            );
+        }
+        updated
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no finding {:?}", req.id)))
     }
@@ -492,10 +574,30 @@ impl ChaosService for Chaos {
         &self,
         request: Request<ReadinessRequest>,
     ) -> Result<Response<ReadinessResponse>, Status> {
-        require(&request, Role::Viewer, "checking readiness")?;
+        // A dry run makes the target's agent run its self-test (a disarmed attach and
+        // a cgroup): an action on a node, so an operator's, not a viewer's.
+        require(&request, Role::Operator, "a readiness dry run")?;
         Ok(Response::new(
             start::readiness(&self.0, request.into_inner().spec_yaml).await,
         ))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        // Who did what is for admins.
+        require(&request, Role::Admin, "reading the audit log")?;
+        let req = request.into_inner();
+        let since = req.since.as_ref().map_or(SystemTime::UNIX_EPOCH, time);
+        let limit = if req.limit == 0 {
+            1000
+        } else {
+            req.limit.min(100_000)
+        };
+        Ok(Response::new(ListAuditResponse {
+            entries: self.0.store.audit_log(since, limit).map_err(internal)?,
+        }))
     }
 }
 

@@ -180,6 +180,14 @@ impl Launcher for Live {
         };
         let (id, mut rx) =
             begin(&self.0, &req, &entry.name).map_err(|s| vec![s.message().to_owned()])?;
+        super::audit(
+            &self.0,
+            "scheduler",
+            "",
+            "experiment.start",
+            &id,
+            &format!("schedule {}", entry.name),
+        );
         // Nobody watches a scheduled run's stream; this task does, so a refusal in
         // preflight turns the slot into a skip with the failing checks as reasons.
         let (c, name) = (self.0.clone(), entry.name.clone());
@@ -213,6 +221,9 @@ impl Launcher for Live {
     }
 
     fn end(&self, ids: &[String], reason: &str) {
+        for id in ids {
+            super::audit(&self.0, "scheduler", "", "experiment.end", id, reason);
+        }
         self.0.end_experiments(ids, reason);
     }
 
@@ -256,6 +267,14 @@ pub fn close_due_gamedays(c: &Arc<Control>, now: SystemTime) {
             .map(|(i, _)| i.clone())
             .collect();
         c.end_experiments(&running, &format!("game day {id} closed at its end"));
+        super::audit(
+            c,
+            "coordinator",
+            "",
+            "gameday.close",
+            &id,
+            &format!("closed on time; ended {}", running.len()),
+        );
         if let Err(e) = c.store.close_gameday(&id, "closed on time", end) {
             tracing::error!("store: {e:#}");
         }

@@ -5,6 +5,7 @@
 //!
 //! Writes are few (a handful per experiment); one connection behind a mutex is enough.
 //! Schedules, game days and findings keep their tables in the submodules.
+mod audit;
 mod findings;
 mod gamedays;
 mod schedules;
@@ -130,6 +131,7 @@ impl Store {
         schedules::migrate(&db)?;
         gamedays::migrate(&db)?;
         findings::migrate(&db)?;
+        audit::migrate(&db)?;
         Ok(Self { db: Mutex::new(db) })
     }
 

@@ -92,6 +92,14 @@ pub enum Command {
         #[command(subcommand)]
         action: FindingAction,
     },
+    /// The audit log: who started, aborted, cleared the kill switch, opened a game
+    /// day, changed a schedule (admin).
+    Audit {
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        since: Duration,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }

@@ -2,6 +2,7 @@
 //! over TLS with a bearer token. One file per verb; `exit` has the exit codes.
 mod abort;
 mod args;
+mod audit;
 mod connection;
 mod exit;
 mod experiments;
@@ -31,6 +32,7 @@ async fn execute(cli: &Cli) -> Result<u8, Fail> {
         Command::ClearKillSwitch => abort::clear_kill_switch(cli).await,
         Command::Status { no_readiness } => status::status(cli, *no_readiness).await,
         Command::Report(args) => report::report(cli, args).await,
+        Command::Audit { since, limit } => audit::audit(cli, *since, *limit).await,
         Command::Schedule { action } => schedule::schedule(cli, action).await,
         Command::Gameday { action } => gameday::gameday(cli, action).await,
         Command::Finding { action } => finding::finding(cli, action).await,
