@@ -61,6 +61,13 @@ schedule:
     target_node: node-1
     packet_loss: 1%
     duration: 4s
+  - name: yearly
+    paused: true
+    cron: '0 0 1 1 *'
+    scenario: latency_injection
+    target_node: node-1
+    latency: 5ms
+    duration: 4s
 ";
 
 #[test]
@@ -77,7 +84,7 @@ fn schedules_reports_findings_game_days_and_the_dashboard() {
 
     // The two entries share a slot; the first starts, the second finds node-1 leased.
     let list = json(&fleet.cli(Role::Viewer, &["-o", "json", "schedule", "list"]));
-    assert_eq!(list["schedules"].as_array().unwrap().len(), 2);
+    assert_eq!(list["schedules"].as_array().unwrap().len(), 3);
     let runs = wait_for("the first slot", Duration::from_secs(40), || {
         let r = json(&fleet.cli(Role::Viewer, &["-o", "json", "schedule", "runs"]));
         (r.as_array().unwrap().len() >= 2).then_some(r)
@@ -225,24 +232,75 @@ fn schedules_reports_findings_game_days_and_the_dashboard() {
     assert!(board.contains("Issues Found: 1 (all resolved)"), "{board}");
     assert!(board.contains("Total Tests: 1"), "{board}");
 
-    // Resuming puts the entry back on its next slot; readiness dry-runs it.
+    // Readiness is an operator's dry run; with nothing scheduled it says so; resumed,
+    // the next entry is dry-run (its preflight on node-1, nothing applied). The yearly
+    // entry's next slot is far away, so resuming it starts nothing here.
+    let st = json(&fleet.cli(Role::Viewer, &["-o", "json", "status"]));
+    assert_eq!(st["readiness"]["ready"], false);
+    assert!(
+        st["readiness"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs an operator token"),
+        "{st}"
+    );
+    let st = json(&fleet.cli(Role::Operator, &["-o", "json", "status"]));
+    assert_eq!(st["readiness"]["ready"], false);
+    assert!(
+        st["readiness"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no scheduled test"),
+        "{st}"
+    );
     let r = json(&fleet.cli(
         Role::Operator,
-        &["-o", "json", "schedule", "resume", "micro-latency"],
+        &["-o", "json", "schedule", "resume", "yearly"],
     ));
     assert!(r["next_run_ms"].as_i64().unwrap() > slot);
+    let st = json(&fleet.cli(Role::Operator, &["-o", "json", "status"]));
+    assert_eq!(st["readiness"]["ready"], true, "{st}");
+    assert_eq!(st["readiness"]["checked"], "schedule yearly");
     json(&fleet.cli(
         Role::Operator,
-        &["-o", "json", "schedule", "pause", "micro-latency"],
+        &["-o", "json", "schedule", "pause", "yearly"],
     ));
+
+    // A coordinator restart keeps the pauses and the history.
+    let before = json(&fleet.cli(Role::Viewer, &["-o", "json", "schedule", "runs"]));
+    let mut fleet = fleet;
+    fleet.kill_coordinator();
+    fleet.start_coordinator();
+    fleet.wait_connected(2, Duration::from_secs(20));
+    let list = json(&fleet.cli(Role::Viewer, &["-o", "json", "schedule", "list"]));
+    assert!(
+        list["schedules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["paused"] == true),
+        "{list}"
+    );
+    assert_eq!(
+        json(&fleet.cli(Role::Viewer, &["-o", "json", "schedule", "runs"])),
+        before
+    );
+    let fleet = fleet;
 
     // Outside a game day the production blast radius allows one experiment at once.
     let spec = |node: &str| {
         format!("--fault latency --node {node} --delay 5ms --duration 30s --iface {NODE_IFACE}")
     };
-    let first = fleet.watch_run(Role::Operator, &format!("run {}", spec("node-1")));
+    let mut first = fleet.watch_run(Role::Operator, &format!("run {}", spec("node-1")));
+    // Holding its lease before the second asks.
+    first.until(|e| e["phase"].is_string());
     let busy = fleet.cli_line(Role::Operator, &format!("run {}", spec("node-2")));
-    assert!(!busy.status.success());
+    assert!(
+        !busy.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&fleet.cli(Role::Viewer, &["schedule", "runs"]).stdout),
+        String::from_utf8_lossy(&fleet.cli(Role::Viewer, &["experiments"]).stdout)
+    );
     assert!(
         String::from_utf8_lossy(&busy.stderr).contains("max_concurrent = 1"),
         "{}",
@@ -392,6 +450,49 @@ fn schedules_reports_findings_game_days_and_the_dashboard() {
         let left = faultline_leftovers(&n.ns, NODE_IFACE);
         assert!(left.is_empty(), "{}: {left:?}", n.name);
     }
+
+    // The audit log says who did each of these, from where; only admins read it.
+    let denied = fleet.cli(Role::Operator, &["audit"]);
+    assert!(!denied.status.success());
+    let log = json(&fleet.cli(Role::Admin, &["-o", "json", "audit"]));
+    let entries = log.as_array().unwrap();
+    let has = |who: &str, action: &str, target: &str| {
+        entries.iter().any(|e| {
+            e["who"] == who
+                && e["action"] == action
+                && e["target"].as_str().unwrap().starts_with(target)
+        })
+    };
+    assert!(has("scheduler", "experiment.start", &id), "{log}");
+    assert!(has("ci", "schedule.pause", "micro-latency"), "{log}");
+    assert!(has("ci", "schedule.resume", "yearly"), "{log}");
+    assert!(has("ci", "experiment.start", "exp-"), "{log}");
+    assert!(has("ci", "abort", "all"), "{log}");
+    assert!(has("sre", "kill_switch.clear", ""), "{log}");
+    assert!(has("sre", "gameday.open", "gd-0001"), "{log}");
+    assert!(has("sre", "gameday.close", "gd-0001"), "{log}");
+    assert!(has("coordinator", "gameday.close", "gd-0002"), "{log}");
+    assert!(has("ci", "finding.add", "fnd-0001"), "{log}");
+    assert!(has("ci", "finding.update", "fnd-0001"), "{log}");
+    let peer = entries.iter().find(|e| e["who"] == "ci").unwrap()["peer"]
+        .as_str()
+        .unwrap();
+    assert!(
+        peer.starts_with("10.201.") || peer.starts_with("127.0.0.1:"),
+        "a peer address: {peer}"
+    );
+    // The HTTP abort is audited with its peer too.
+    let (code, _) = fleet.http(Some(Role::Operator), "POST", "/abort?reason=audit-check");
+    assert_eq!(code, 200);
+    let log = json(&fleet.cli(Role::Admin, &["-o", "json", "audit"]));
+    let last = log.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["who"].as_str(), last["action"].as_str()),
+        (Some("ci"), Some("abort")),
+        "{last}"
+    );
+    assert!(last["detail"].as_str().unwrap().contains("audit-check"));
+    assert!(!last["peer"].as_str().unwrap().is_empty());
 }
 
 #[test]
@@ -431,5 +532,120 @@ fn a_schedule_over_the_limits_is_refused_whole_with_its_entry_and_line() {
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .contains("cpu_stress@TUE 03:00 UTC: TUE 03:00 UTC (cpu_stress)")
+    );
+}
+
+#[test]
+fn blackouts_refuse_and_end_experiments_and_a_failed_preflight_skips_its_slot() {
+    let dir = faultline_tests::TempPath::dir("faultline-blackout");
+    let file = dir.join("schedule.yaml");
+    // A window opening every 20 s for 4 s, and an entry whose preflight cannot pass
+    // (it requires a health checker, and no probe is configured).
+    std::fs::write(
+        &file,
+        "blackouts:\n  - {name: drill, cron: '*/20 * * * * *', duration: 4s}\n\
+         schedule:\n  - name: needs-health\n    every: 10s\n    scenario: latency_injection\n    target_node: node-1\n    \
+         latency: 5ms\n    duration: 2s\n    prerequisites: {required: [rollback, health_checker]}\n",
+    )
+    .unwrap();
+    let f = file.display().to_string();
+    let fleet = Fleet::build(Options {
+        nodes: 1,
+        coordinator_args: &["--schedule", &f, "--baseline", "1s"],
+        ..Options::default()
+    });
+    // Inside the window a person's run is refused; a slot inside it is skipped.
+    let in_window = || {
+        let l = json(&fleet.cli(Role::Viewer, &["-o", "json", "schedule", "list"]));
+        l["blackouts"][0]["active"] == true
+    };
+    wait_for("the window to open", Duration::from_secs(25), || {
+        in_window().then_some(Value::Null)
+    });
+    let refused = fleet.cli_line(
+        Role::Operator,
+        &format!(
+            "run --fault latency --node node-1 --delay 5ms --duration 30s --iface {NODE_IFACE}"
+        ),
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("blackout window drill is open until")
+    );
+    // Outside it, a run starts, and the window's next opening ends it.
+    wait_for("the window to close", Duration::from_secs(10), || {
+        (!in_window()).then_some(Value::Null)
+    });
+    let run = fleet.watch_run(
+        Role::Operator,
+        &format!(
+            "run --fault latency --node node-1 --delay 5ms --duration 60s --iface {NODE_IFACE}"
+        ),
+    );
+    let (_, events) = run.finish();
+    let last = events.last().unwrap();
+    assert_eq!(last["phase"], "aborted", "{last}");
+    assert!(
+        last["outcome"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blackout window drill opened"),
+        "{last}"
+    );
+    let left = faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE);
+    assert!(left.is_empty(), "{left:?}");
+    // The entry's slots: skipped by the window, or by their failed preflight.
+    let runs = wait_for(
+        "a slot skipped by preflight and one by the window",
+        Duration::from_secs(45),
+        || {
+            let r = json(&fleet.cli(Role::Viewer, &["-o", "json", "schedule", "runs"]));
+            let reasons: Vec<String> = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["status"] == "skipped")
+                .flat_map(|x| x["reasons"].as_array().unwrap().clone())
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect();
+            (reasons
+                .iter()
+                .any(|x| x.starts_with("preflight required.health_checker"))
+                && reasons
+                    .iter()
+                    .any(|x| x.starts_with("blackout window drill is open")))
+            .then_some(r)
+        },
+    );
+    let preflight = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| {
+            x["reasons"][0]
+                .as_str()
+                .is_some_and(|s| s.starts_with("preflight"))
+        })
+        .unwrap();
+    assert!(
+        preflight["experiment"]
+            .as_str()
+            .unwrap()
+            .starts_with("exp-"),
+        "the refused experiment is named: {preflight}"
+    );
+    let s = json(&fleet.cli(Role::Viewer, &["-o", "json", "report", "--since", "1h"]));
+    assert!(
+        s["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["what"] == "schedule needs-health"),
+        "{s}"
     );
 }

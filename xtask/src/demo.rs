@@ -245,7 +245,7 @@ pub fn run(scale: f64) -> Result<()> {
         },
     )?;
     cli_live(fleet, Role::Viewer, &["schedule", "list"])?;
-    cli_live(fleet, Role::Viewer, &["status"])?;
+    cli_live(fleet, Role::Operator, &["status"])?;
 
     println!("\n== 1. a schedule slot: demo-latency fires, demo-loss (same slot) is skipped ==");
     for n in ["demo-latency", "demo-loss"] {
@@ -382,7 +382,7 @@ pub fn run(scale: f64) -> Result<()> {
         "(JUnit for CI written to {j}: {} bytes)",
         std::fs::metadata(&junit).map_or(0, |m| m.len())
     );
-    cli_live(fleet, Role::Viewer, &["status"])?;
+    cli_live(fleet, Role::Operator, &["status"])?;
 
     let nodes: Vec<_> = fleet.nodes.iter().map(|n| n.ns.name.clone()).collect();
     let fleet_dir = fleet.dir.to_path_buf();
