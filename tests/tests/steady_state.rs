@@ -82,7 +82,12 @@ fn assert_only_failing(run: &Run, failing: &str, dependent: &[&str]) {
     );
     for c in run.outcome["preflight"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
-        if name != failing && !dependent.contains(&name) {
+        // The lab's 3 s window holds 60 probes, so their p99 is one probe: on this
+        // shared 2-vCPU machine a single slow one can cross a 2 ms baseline's ~7 ms
+        // bound (seen once in CI: "p99 7.0 ms" vs "<= 7.0 ms"). That check is tested
+        // on its own below, with a 23 ms p99; here its noise is not the failure.
+        let noise = name == "latency_within_baseline" && failing != name;
+        if name != failing && !dependent.contains(&name) && !noise {
             assert!(c["status"] != "fail", "{failing}: {name} failed too: {c}");
         }
     }
