@@ -65,6 +65,7 @@ pub struct Running {
 
 pub struct Control {
     pub config: Config,
+    pub metrics: crate::metrics::Metrics,
     pub scheduler: crate::schedule::Scheduler,
     pub leases: LeaseTable,
     pub store: Store,
@@ -117,6 +118,7 @@ impl Control {
         let scheduler =
             crate::schedule::Scheduler::load(config.schedule.clone(), &store, chrono::Utc::now())?;
         Ok(Arc::new(Self {
+            metrics: crate::metrics::Metrics::new(),
             scheduler,
             leases: LeaseTable::new(config.limits.blast_radius.clone()),
             config,
@@ -261,8 +263,20 @@ impl Control {
         nodes: &[String],
         within: Option<&faultline_proto::limits::BlastRadius>,
     ) -> Result<Lease, Refusal> {
-        self.leases
-            .grant_within(id, nodes, self.config.lease_ttl, Instant::now(), within)
+        let granted =
+            self.leases
+                .grant_within(id, nodes, self.config.lease_ttl, Instant::now(), within);
+        match &granted {
+            Ok(_) => self.metrics.lease_grants.inc(),
+            Err(r) => self
+                .metrics
+                .lease_refusals
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: r.metric_reason().to_owned(),
+                })
+                .inc(),
+        };
+        granted
     }
 
     /// The game day open at `now`, if any.
@@ -425,6 +439,11 @@ impl Control {
             let _ = tokio::time::timeout(Duration::from_secs(2), d.wait_for(|v| *v)).await;
         }
         let took = started.elapsed();
+        self.metrics.aborts.inc();
+        self.metrics.abort_seconds.observe(took.as_secs_f64());
+        if !unconfirmed.is_empty() {
+            self.metrics.aborts_unconfirmed.inc();
+        }
         info!(?targets, ?took, ?unconfirmed, "{why}");
         Ok(AbortOutcome {
             experiment_ids: targets,

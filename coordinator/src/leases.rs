@@ -48,6 +48,17 @@ pub enum Refusal {
 
 impl Refusal {
     /// Refused only while other leases are held: it ends when one is released.
+    /// The `reason` label of `faultline_lease_refusals_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Refusal::KillSwitch(_) => "kill_switch",
+            Refusal::Concurrent { .. } => "max_concurrent",
+            Refusal::NodeBusy { .. } => "node_busy",
+            Refusal::TooManyNodes { .. } => "max_nodes",
+            Refusal::NoNodes | Refusal::DuplicateNode(_) => "invalid",
+        }
+    }
+
     pub fn is_busy(&self) -> bool {
         matches!(self, Refusal::Concurrent { .. } | Refusal::NodeBusy { .. })
     }

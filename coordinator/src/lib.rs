@@ -12,6 +12,7 @@ pub mod guards;
 pub mod health;
 pub mod leases;
 pub mod limits;
+pub mod metrics;
 pub mod plan;
 pub mod preflight;
 pub mod report;

@@ -11,6 +11,7 @@
 //! faultline's fields); `endpoint` is the one rule for what an agent may be ordered
 //! to call.
 pub mod endpoint;
+pub mod exposition;
 pub mod jitter;
 pub mod limits;
 pub mod spec;

@@ -111,10 +111,34 @@ async fn http_status(State(h): State<Http>, headers: HeaderMap) -> HttpResult {
     )
 }
 
+/// OpenMetrics to a scraper that asks for it, the classic text format otherwise.
+async fn http_metrics(
+    State(h): State<Http>,
+    headers: HeaderMap,
+) -> impl axum::response::IntoResponse {
+    use faultline_proto::exposition as x;
+    let text = h.control.metrics.render(&h.control);
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok());
+    if x::wants_openmetrics(accept) {
+        (
+            [(axum::http::header::CONTENT_TYPE, x::OPENMETRICS_TEXT)],
+            text,
+        )
+    } else {
+        (
+            [(axum::http::header::CONTENT_TYPE, x::PROMETHEUS_TEXT)],
+            x::to_prometheus_text(&text),
+        )
+    }
+}
+
 pub fn http_router(h: Http) -> Router {
     Router::new()
         .route("/abort", post(http_abort))
         .route("/status", get(http_status))
         .route("/healthz", get(|| async { "ok\n" }))
+        // Unauthenticated, like /healthz, so any Prometheus can scrape it: keep the
+        // HTTP port on loopback or a management network.
+        .route("/metrics", get(http_metrics))
         .with_state(h)
 }

@@ -208,6 +208,8 @@ impl Launcher for Live {
                     if reasons.is_empty() {
                         reasons.push(o.message.clone());
                     }
+                    // Counted once more: the slot started, then preflight skipped it.
+                    c.metrics.schedule_run(&name, RunStatus::Skipped);
                     if let Err(e) =
                         c.store
                             .update_slot(&name, slot_ms, RunStatus::Skipped, &reasons, &id2)
@@ -243,6 +245,10 @@ pub fn spawn_clock(c: Arc<Control>) {
             match c.scheduler.tick(&c.store, &live, chrono::Utc::now()) {
                 Ok(runs) => {
                     for r in runs {
+                        c.metrics.schedule_run(
+                            &r.schedule,
+                            RunStatus::try_from(r.status).unwrap_or(RunStatus::Unspecified),
+                        );
                         tracing::info!(schedule = %r.schedule, status = r.status, experiment = %r.experiment_id,
                             reasons = %r.reasons.join("; "), "schedule slot");
                     }

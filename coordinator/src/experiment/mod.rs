@@ -139,6 +139,7 @@ impl Run {
     fn breach_check(&mut self) -> Option<Breach> {
         let (m, g) = (self.monitor.as_ref()?, self.guards.as_mut()?);
         let r = m.reading();
+        self.c.metrics.guard_evaluations.inc();
         g.evaluate(m, &r, std::time::Instant::now())
     }
 
@@ -337,6 +338,8 @@ pub async fn run(
     if let Err(e) = c.store.finish(&run.exp.id, phase, &outcome) {
         tracing::error!("store: {e:#}");
     }
+    c.metrics
+        .experiment_ended(run.exp.plan.scenario.as_str(), &outcome);
     run.phase = phase;
     info!(experiment = %run.exp.id, "{}", outcome.message);
     run.send(ExperimentEvent {
@@ -566,7 +569,15 @@ async fn steps(r: &mut Run) -> Outcome {
         // frozen reads them late), so the agent's word, not the lease table, tells
         // that the lease lapsed.
         Some(Stop::Ack(a)) => match EffectState::try_from(a.state) {
-            Ok(EffectState::Expired) => return r.finish(Verdict::Failed, lapsed(r)),
+            Ok(EffectState::Expired) => {
+                for n in &r.exp.plan.nodes {
+                    r.c.metrics
+                        .deadman_firings
+                        .get_or_create(&crate::metrics::NodeLabel { node: n.clone() })
+                        .inc();
+                }
+                return r.finish(Verdict::Failed, lapsed(r));
+            }
             Ok(EffectState::Failed) => {
                 return r.finish(
                     Verdict::Failed,
