@@ -21,13 +21,23 @@ impl Hook {
     }
 }
 
+/// A timestamp as milliseconds since the epoch: how the store, the reports and the
+/// CLI count time.
+pub fn timestamp_ms(t: Option<&prost_types::Timestamp>) -> Option<i64> {
+    t.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// A duration in seconds; None when unset or negative.
+pub fn duration_secs(d: Option<&prost_types::Duration>) -> Option<f64> {
+    d.and_then(|d| std::time::Duration::try_from(*d).ok())
+        .map(|d| d.as_secs_f64())
+}
+
 impl GuardBreach {
     /// The breach in one line, with the abort and the removal as offsets from the
     /// moment the breach was visible: how the coordinator's result and the CLI say it.
     pub fn describe(&self) -> String {
-        let ms = |t: Option<&prost_types::Timestamp>| {
-            t.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-        };
+        let ms = timestamp_ms;
         let visible = ms(self.visible_at.as_ref());
         let after = |t: Option<&prost_types::Timestamp>| {
             visible

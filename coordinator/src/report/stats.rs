@@ -11,7 +11,6 @@
 //! - recovery-time buckets are half-open: [0, 10), [10, 30), [30, 60), [60, 120),
 //!   [120, ∞) seconds; the median is the middle value (the mean of the two middle
 //!   values for an even count) and p99 is the nearest rank, ⌈0.99·n⌉-th smallest.
-use std::time::Duration;
 
 use faultline_proto::{
     spec::Scenario,
@@ -127,14 +126,7 @@ pub struct Summary {
     pub resilience: Resilience,
 }
 
-pub(crate) fn ms(t: Option<&prost_types::Timestamp>) -> Option<i64> {
-    t.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-}
-
-pub(crate) fn secs(d: Option<&prost_types::Duration>) -> Option<f64> {
-    d.and_then(|d| Duration::try_from(*d).ok())
-        .map(|d| d.as_secs_f64())
-}
+pub(crate) use faultline_proto::v1::{duration_secs as secs, timestamp_ms as ms};
 
 pub fn verdict(o: Option<&Outcome>) -> Verdict {
     o.and_then(|o| Verdict::try_from(o.verdict).ok())

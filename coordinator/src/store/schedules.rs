@@ -99,10 +99,7 @@ impl Store {
     /// Records the decision for `slot_ms` and moves the entry on to `next_ms`, in one
     /// transaction. False (and nothing changed) when that slot was already decided.
     pub fn record_slot(&self, run: &ScheduleRun, next_ms: Option<i64>) -> Result<bool> {
-        let slot_ms = run
-            .slot
-            .as_ref()
-            .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+        let slot_ms = faultline_proto::v1::timestamp_ms(run.slot.as_ref()).unwrap_or(0);
         let mut db = self.db();
         let tx = db.transaction()?;
         let inserted = tx.execute(

@@ -294,7 +294,4 @@ pub struct RunArgs {
     pub wait: bool,
 }
 
-pub fn secs(d: Option<&prost_types::Duration>) -> Option<f64> {
-    d.and_then(|d| Duration::try_from(*d).ok())
-        .map(|d| d.as_secs_f64())
-}
+pub use faultline_proto::v1::duration_secs as secs;

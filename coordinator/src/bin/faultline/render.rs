@@ -29,9 +29,7 @@ pub fn classification(o: &Outcome) -> String {
     }
 }
 
-pub fn millis(t: Option<&prost_types::Timestamp>) -> Option<i64> {
-    t.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
-}
+pub use faultline_proto::v1::timestamp_ms as millis;
 
 pub fn sample_json(s: &MetricSample) -> Value {
     let c = |x: Option<FaultCounters>| {
