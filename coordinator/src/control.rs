@@ -280,16 +280,45 @@ impl Control {
     }
 
     /// The game day open at `now`, if any.
+    /// Asked at every start: one indexed query, then that game day alone.
     pub fn open_gameday(&self, now: SystemTime) -> Option<faultline_proto::v1::GameDay> {
-        self.store
-            .gamedays(now)
-            .ok()?
-            .into_iter()
-            .find(|g| g.state == faultline_proto::v1::GameDayState::Open as i32)
+        let id = self.store.open_gameday_id(now).ok()??;
+        self.store.gameday(&id, now).ok()?
+    }
+
+    /// Ends what a game day still runs (its close); returns how many.
+    pub fn end_gameday_experiments(&self, gameday: &str, reason: &str) -> usize {
+        let ids: Vec<String> = self
+            .running()
+            .iter()
+            .filter(|(_, r)| r.gameday == gameday)
+            .map(|(i, _)| i.clone())
+            .collect();
+        self.end_experiments(&ids, reason);
+        ids.len()
+    }
+
+    /// The limits a start at `now` is judged by — a game day's while one is open, else
+    /// the coordinator's — with their source, and that game day.
+    pub fn limits_in_force(
+        &self,
+        now: SystemTime,
+    ) -> (ChaosLimits, String, Option<faultline_proto::v1::GameDay>) {
+        match self.open_gameday(now) {
+            Some(g) => {
+                let (l, src) = self.gameday_limits(&g);
+                (l, src, Some(g))
+            }
+            None => (
+                self.config.limits.clone(),
+                self.config.limits_source.clone(),
+                None,
+            ),
+        }
     }
 
     /// The limits a game day runs under.
-    pub fn gameday_limits(&self, g: &faultline_proto::v1::GameDay) -> (ChaosLimits, String) {
+    fn gameday_limits(&self, g: &faultline_proto::v1::GameDay) -> (ChaosLimits, String) {
         let mut l = self.config.gameday_limits.clone();
         l.blast_radius.max_concurrent = g.max_concurrent;
         l.blast_radius.max_nodes = g.max_nodes;

@@ -405,17 +405,9 @@ impl ChaosService for Chaos {
         let caller = require(&request, Role::Admin, "closing a game day")?;
         let req = request.into_inner();
         let id = self.pick_gameday(&req.id, true)?;
-        let running: Vec<String> = self
+        let ended = self
             .0
-            .running()
-            .iter()
-            .filter(|(_, r)| r.gameday == id)
-            .map(|(i, _)| i.clone())
-            .collect();
-        self.0.end_experiments(
-            &running,
-            &format!("game day {id} closed by {}", caller.name),
-        );
+            .end_gameday_experiments(&id, &format!("game day {id} closed by {}", caller.name));
         let reason = if req.reason.is_empty() {
             format!("closed by {}", caller.name)
         } else {
@@ -431,7 +423,7 @@ impl ChaosService for Chaos {
             &caller.peer,
             "gameday.close",
             &id,
-            &format!("{reason}; ended {}", running.len()),
+            &format!("{reason}; ended {ended}"),
         );
         self.gameday(&id)
     }

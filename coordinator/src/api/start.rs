@@ -34,11 +34,7 @@ pub fn begin(
             until.format("%Y-%m-%d %H:%M:%S UTC")
         )));
     }
-    let gameday = c.open_gameday(SystemTime::now());
-    let (limits, limits_source) = match &gameday {
-        Some(g) => c.gameday_limits(g),
-        None => (c.config.limits.clone(), c.config.limits_source.clone()),
-    };
+    let (limits, limits_source, gameday) = c.limits_in_force(SystemTime::now());
     let views = c.node_views();
     let ctx = plan::Context {
         settings: &c.config.settings,
@@ -266,25 +262,19 @@ pub fn close_due_gamedays(c: &Arc<Control>, now: SystemTime) {
         return;
     };
     for (id, end) in due {
-        let running: Vec<String> = c
-            .running()
-            .iter()
-            .filter(|(_, r)| r.gameday == id)
-            .map(|(i, _)| i.clone())
-            .collect();
-        c.end_experiments(&running, &format!("game day {id} closed at its end"));
+        let ended = c.end_gameday_experiments(&id, &format!("game day {id} closed at its end"));
         super::audit(
             c,
             "coordinator",
             "",
             "gameday.close",
             &id,
-            &format!("closed on time; ended {}", running.len()),
+            &format!("closed on time; ended {ended}"),
         );
         if let Err(e) = c.store.close_gameday(&id, "closed on time", end) {
             tracing::error!("store: {e:#}");
         }
-        tracing::info!(gameday = %id, ended = running.len(), "game day closed");
+        tracing::info!(gameday = %id, ended, "game day closed");
     }
 }
 
@@ -322,11 +312,13 @@ pub async fn readiness(
             ..Default::default()
         };
     }
+    // Judged by the limits a start now would be judged by (a game day's, if open).
+    let (limits, limits_source, _) = c.limits_in_force(SystemTime::now());
     let views = c.node_views();
     let ctx = plan::Context {
         settings: &c.config.settings,
-        limits: &c.config.limits,
-        limits_source: &c.config.limits_source,
+        limits: &limits,
+        limits_source: &limits_source,
         nodes: &views,
     };
     let plan = match plan::resolve(&spec, "", &ctx) {

@@ -159,6 +159,20 @@ impl Store {
 }
 
 impl Store {
+    /// The game day open at `now` (started, not ended, not closed), if any; game days
+    /// never overlap.
+    pub fn open_gameday_id(&self, now: SystemTime) -> Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT id FROM gamedays WHERE closed_ms IS NULL AND start_ms <= ?1 AND end_ms > ?1
+                 ORDER BY seq DESC LIMIT 1",
+                [ms(now)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Game days past their end that nobody closed yet: (id, end).
     pub fn gamedays_to_close(&self, now: SystemTime) -> Result<Vec<(String, SystemTime)>> {
         let db = self.db();
