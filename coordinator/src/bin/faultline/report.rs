@@ -99,6 +99,12 @@ fn write_junit(path: &std::path::Path, experiments: &[Experiment]) -> Result<(),
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<u8, Fail> {
     let scenario = scenario_arg(args.scenario.as_deref())?;
+    // A usage mistake is said before any connection is tried.
+    if args.experiment.is_none() && args.since.is_none() {
+        return Err(usage(
+            "give an experiment id (faultline report exp-000001) or a window (faultline report --since 30d)",
+        ));
+    }
     let mut client = connect(cli).await?;
     match (&args.experiment, args.since) {
         (Some(id), _) => {
@@ -142,11 +148,7 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<u8, Fail> {
                 Output::Text => print!("{}", report::markdown::fleet(&s)),
             }
         }
-        (None, None) => {
-            return Err(usage(
-                "give an experiment id (faultline report exp-000001) or a window (faultline report --since 30d)",
-            ));
-        }
+        (None, None) => unreachable!("refused above"),
     }
     Ok(0)
 }
