@@ -120,13 +120,11 @@ impl NodeSample {
         let at = Instant::now();
         let stat = procfs::KernelStats::current().context("reading /proc/stat")?;
         let c = stat.total;
-        let idle = c.idle + c.iowait.unwrap_or(0);
-        let busy = c.user
-            + c.nice
-            + c.system
-            + c.irq.unwrap_or(0)
-            + c.softirq.unwrap_or(0)
-            + c.steal.unwrap_or(0);
+        // Busy is what the node's own tasks used (top's us+ni+sy+hi+si). Steal is
+        // the hypervisor running other guests: in the total, never in busy, so a
+        // noisy host does not read as faultline exceeding its share.
+        let idle = c.idle + c.iowait.unwrap_or(0) + c.steal.unwrap_or(0);
+        let busy = c.user + c.nice + c.system + c.irq.unwrap_or(0) + c.softirq.unwrap_or(0);
         let mem = procfs::Meminfo::current().context("reading /proc/meminfo")?;
         Ok(Self {
             busy_ticks: busy,
@@ -151,7 +149,7 @@ impl NodeSample {
         }
     }
 
-    /// The same share as `/proc/stat` tells it (tick-sampled, steal counted busy).
+    /// The same share as `/proc/stat` tells it (tick-sampled; steal is not busy).
     pub fn cpu_busy_ticks_since(&self, earlier: &NodeSample) -> f64 {
         let total = self.total_ticks.saturating_sub(earlier.total_ticks);
         if total == 0 {
@@ -459,8 +457,12 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
 
 /// Mean length of one burner cycle (run, then sleep). Long enough that the wake-up
 /// costs next to nothing (1 ms cycles cost 1.6 points of a 15 % share here), short
-/// against the 100 ms CFS period so the group's ceiling is rarely what stops a run.
+/// against the 1 s CFS period so the group's ceiling is rarely what stops a run.
 const PACE_CYCLE_NS: f64 = 20e6;
+
+/// CPU time of one batch of work between reads of the thread's CPU clock: short
+/// against a run (1.5 ms at 15 %), long against the read (a system call, ~0.3 µs).
+const BATCH_NS: f64 = 20e3;
 
 /// CPU time this thread has run, in nanoseconds.
 fn thread_cpu_ns() -> u64 {
@@ -491,6 +493,12 @@ fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
     let mut rng = (u64::from(std::process::id()) << 32) ^ start | 1;
     let mut cycle_end = start;
     let mut x: u64 = 0;
+    // Work between two reads of the thread's CPU clock, sized to about BATCH_NS.
+    let mut batch: u64 = 64;
+    // CPU time run beyond the runs' targets so far (negative: short of them). The
+    // last batch of a run overshoots its target; the next run is that much shorter,
+    // so the share is exact over the stress rather than a batch high per run.
+    let mut debt: i64 = 0;
     loop {
         let now = clock::monotonic_ns();
         if now >= until_ns {
@@ -507,12 +515,22 @@ fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
         rng ^= rng << 17;
         let uniform = (rng >> 11) as f64 / (1u64 << 53) as f64;
         let cycle = PACE_CYCLE_NS * (0.5 + uniform);
-        let run = (cycle * duty.clamp(0.0, 1.0) * ramp) as u64;
+        let target = (cycle * duty.clamp(0.0, 1.0) * ramp) as i64 - debt;
         let ran_from = thread_cpu_ns();
-        while thread_cpu_ns() - ran_from < run {
-            for _ in 0..64 {
+        let mut ran = 0i64;
+        let mut spun = 0u64;
+        while ran < target {
+            for _ in 0..batch {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
+            spun += batch;
+            ran = (thread_cpu_ns() - ran_from) as i64;
+        }
+        debt = ran - target;
+        if spun > 0 && ran > 0 {
+            // The clock read is a system call: reading it every few dozen
+            // multiplications made half the stress system time in `top`.
+            batch = ((BATCH_NS * spun as f64 / ran as f64) as u64).clamp(64, 1 << 24);
         }
         cycle_end += cycle as u64;
         let now = clock::monotonic_ns();

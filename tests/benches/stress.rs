@@ -13,10 +13,14 @@ use std::time::{Duration, Instant};
 use faultline_tests::{
     Agent, Pair, limits_file,
     netns::IFACE,
-    node::{mem_used_percent, meminfo_kb, node_cpu_ns, proc_stat_busy},
+    node::{mem_used_percent, meminfo_kb, node_cpu_ns, proc_stat},
 };
 
 const WINDOW: Duration = Duration::from_secs(20);
+
+/// Each (share, tool) row is measured this many times, interleaved: one 20 s window
+/// of tick sampling spreads by about 0.2 points, as much as the errors compared.
+const ROUNDS: usize = 3;
 
 /// (utime + stime in clock ticks, VmRSS in kB) of a process.
 fn proc_usage(pid: u32) -> (u64, u64) {
@@ -41,15 +45,26 @@ fn state() -> faultline_tests::TempPath {
     faultline_tests::TempPath::dir("fl-bench-state")
 }
 
-/// Node CPU over `window` by (/proc/stat, precise root counter), in percent.
-fn node_cpu(window: Duration, cpus: f64) -> (f64, f64) {
-    let (s0, t0) = proc_stat_busy();
+/// Node CPU over `window` by (/proc/stat busy, /proc/stat steal, precise root
+/// counter), in percent. Busy leaves steal out, as `top` does: it is the host's.
+fn node_cpu(window: Duration, cpus: f64) -> (f64, f64, f64) {
+    let s0 = proc_stat();
     let n0 = node_cpu_ns();
     let start = Instant::now();
     std::thread::sleep(window);
-    let (s1, t1) = proc_stat_busy();
+    let s1 = proc_stat();
     let precise = 100.0 * (node_cpu_ns() - n0) as f64 / start.elapsed().as_nanos() as f64 / cpus;
-    (100.0 * (s1 - s0) as f64 / (t1 - t0) as f64, precise)
+    let (busy, steal) = s1.shares_since(&s0);
+    (busy, steal, precise)
+}
+
+/// Flushes dirty pages and waits (up to 20 s) for a second in which the node is
+/// below 1 % busy.
+fn wait_quiet(cpus: f64) {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    let until = Instant::now() + Duration::from_secs(20);
+    while node_cpu(Duration::from_secs(1), cpus).2 > 1.0 && Instant::now() < until {}
 }
 
 fn main() {
@@ -61,17 +76,29 @@ fn main() {
         WINDOW.as_secs()
     );
     println!(
-        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>14} {:>12}",
-        "share", "tool", "/proc/stat", "error", "precise", "error", "burners' own", "controller"
+        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>14} {:>12}",
+        "share",
+        "tool",
+        "/proc/stat",
+        "error",
+        "precise",
+        "error",
+        "steal",
+        "burners' own",
+        "controller"
     );
-    for pct in ["5", "15", "50"] {
+    // (share, tool) -> errors (/proc/stat, precise) over the rounds.
+    let mut errors: std::collections::BTreeMap<(u32, &str), Vec<(f64, f64)>> = Default::default();
+    for (round, pct) in (0..ROUNDS).flat_map(|r| ["5", "15", "50"].map(|p| (r, p))) {
         let share: f64 = pct.parse().unwrap();
         for tool in ["faultline", "stress-ng"] {
-            // Let the previous stressors' teardown settle, then a baseline.
+            // Let the previous stressors' teardown settle, then a baseline on a
+            // quiet node (a baseline taken during a burst moves every error).
             std::thread::sleep(Duration::from_secs(3));
-            let (base_stat, base_node) = node_cpu(Duration::from_secs(3), cpus);
+            wait_quiet(cpus);
+            let (base_stat, base_steal, base_node) = node_cpu(Duration::from_secs(3), cpus);
             let span = format!("{}s", WINDOW.as_secs() + 5);
-            let (stat, node, own, controller) = if tool == "faultline" {
+            let (stat, steal, node, own, controller) = if tool == "faultline" {
                 let st = state();
                 let (mut agent, armed) = Agent::start_host(
                     &st,
@@ -90,7 +117,7 @@ fn main() {
                 let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
                 let (a0, _) = proc_usage(pid);
                 let start = Instant::now();
-                let (stat, node) = node_cpu(WINDOW, cpus);
+                let (stat, steal, node) = node_cpu(WINDOW, cpus);
                 let (a1, _) = proc_usage(pid);
                 let agent_cpu =
                     100.0 * (a1 - a0) as f64 / ticks_per_s / start.elapsed().as_secs_f64();
@@ -112,6 +139,7 @@ fn main() {
                 let group = 100.0 * us as f64 / 1000.0 / ms as f64 / cpus;
                 (
                     stat,
+                    steal,
                     node,
                     format!("{:+.2} pp", group - share),
                     format!("{agent_cpu:.2}% of a CPU"),
@@ -130,27 +158,52 @@ fn main() {
                     .spawn()
                     .expect("stress-ng (apt install stress-ng)");
                 std::thread::sleep(Duration::from_secs(1));
-                let (stat, node) = node_cpu(WINDOW, cpus);
-                let _ = ng.kill();
-                let _ = ng.wait();
+                let (stat, steal, node) = node_cpu(WINDOW, cpus);
+                // Its workers are named stress-ng-cpu and outlive a killed parent
+                // until their timeout: stop them all before the next baseline.
                 let _ = std::process::Command::new("pkill")
-                    .args(["-x", "stress-ng"])
+                    .args(["-TERM", "-f", "^stress-ng"])
                     .status();
-                (stat, node, "-".to_owned(), "-".to_owned())
+                let _ = ng.wait();
+                while std::process::Command::new("pgrep")
+                    .args(["-f", "^stress-ng"])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (stat, steal, node, "-".to_owned(), "-".to_owned())
             };
-            let (stat, node) = (stat - base_stat, node - base_node);
+            let (stat, steal, node) = (stat - base_stat, steal - base_steal, node - base_node);
+            errors
+                .entry((share as u32, tool))
+                .or_default()
+                .push((stat - share, node - share));
             println!(
-                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>14} {:>12}",
+                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>14} {:>12}  round {}",
                 format!("{pct}%"),
                 tool,
                 stat,
                 stat - share,
                 node,
                 node - share,
+                steal,
                 own,
-                controller
+                controller,
+                round + 1
             );
         }
+    }
+    println!("\nmean |error| over {ROUNDS} rounds, points (/proc/stat, precise):");
+    for ((share, tool), e) in &errors {
+        let n = e.len() as f64;
+        let stat = e.iter().map(|x| x.0.abs()).sum::<f64>() / n;
+        let precise = e.iter().map(|x| x.1.abs()).sum::<f64>() / n;
+        let worst = e.iter().map(|x| x.0.max(x.1)).fold(f64::MIN, f64::max);
+        println!(
+            "{share:>3}% {tool:<10} /proc/stat {stat:.2}  precise {precise:.2}  most above the share {worst:+.2}"
+        );
     }
 
     std::thread::sleep(Duration::from_secs(3));

@@ -1,8 +1,20 @@
 //! Node-wide readings and cgroup fixtures shared by the stress tests and benchmarks.
 use std::path::{Path, PathBuf};
 
-/// (busy, total) jiffies over all CPUs from /proc/stat (busy excludes idle and iowait).
-pub fn proc_stat_busy() -> (u64, u64) {
+/// Jiffies over all CPUs from the first line of /proc/stat.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcStat {
+    /// user + nice + system + irq + softirq: the CPU the node's own tasks used, as
+    /// `top` (us+ni+sy+hi+si) and node_exporter's non-idle, non-steal modes add up.
+    pub busy: u64,
+    /// Time the hypervisor ran something else while this guest wanted the CPU: not
+    /// work done on the node, so not counted busy, but shown next to it.
+    pub steal: u64,
+    /// Every mode (idle, iowait and steal included).
+    pub total: u64,
+}
+
+pub fn proc_stat() -> ProcStat {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
     let v: Vec<u64> = stat
         .lines()
@@ -12,8 +24,24 @@ pub fn proc_stat_busy() -> (u64, u64) {
         .skip(1)
         .map(|x| x.parse().unwrap())
         .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
     let total: u64 = v.iter().take(8).sum();
-    (total - v[3] - v[4], total)
+    ProcStat {
+        busy: v[0] + v[1] + v[2] + v[5] + v[6],
+        steal: v[7],
+        total,
+    }
+}
+
+impl ProcStat {
+    /// (busy, steal) in percent of all CPUs between `earlier` and `self`.
+    pub fn shares_since(&self, earlier: &ProcStat) -> (f64, f64) {
+        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
+        (
+            100.0 * self.busy.saturating_sub(earlier.busy) as f64 / total,
+            100.0 * self.steal.saturating_sub(earlier.steal) as f64 / total,
+        )
+    }
 }
 
 /// CPU time of every task on the node in nanoseconds, as the kernel accounts it
