@@ -6,6 +6,7 @@ mod cgroup;
 mod clock;
 mod delay_line;
 mod ebpf;
+mod exporter;
 mod faults;
 mod filter;
 mod guard;
@@ -45,6 +46,15 @@ struct Cli {
     /// Where the agent keeps its per-network-namespace lock and journal.
     #[arg(long, global = true, default_value = "/run/faultline")]
     state_dir: PathBuf,
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "FAULTLINE_LOG_FORMAT"
+    )]
+    log_format: faultline_proto::logging::LogFormat,
     #[command(flatten)]
     limits: inject::LimitArgs,
     #[command(subcommand)]
@@ -67,6 +77,16 @@ enum Command {
         /// Root of the cgroup filesystem.
         #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
         cgroup_root: PathBuf,
+    },
+    /// Stop the daemon of this state directory: it removes every effect and exits
+    /// (waited for), then anything still recorded is cleaned up. For a Kubernetes
+    /// preStop hook or an operator.
+    Stop {
+        #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+        cgroup_root: PathBuf,
+        /// How long to wait for the daemon to exit.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "25s")]
+        timeout: std::time::Duration,
     },
     /// Report what this kernel offers (TCX, sch_fq, IFB, TAP, cgroup version, ...).
     Capabilities {
@@ -113,7 +133,12 @@ enum Fault {
     Cache(faults::cache::CacheArgs),
 }
 
-pub(crate) async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow::Result<()> {
+/// Removes what a killed agent left in this network namespace and every orphaned
+/// stress cgroup; returns a line per thing removed.
+pub(crate) async fn cleanup(
+    state_dir: PathBuf,
+    cgroup_root: PathBuf,
+) -> anyhow::Result<Vec<String>> {
     preflight::check_privileges()?;
     let journal = journal::JournalFile::open(&state_dir)?;
     let mut removed = reconcile::reconcile(&journal).await?;
@@ -121,13 +146,17 @@ pub(crate) async fn cleanup(state_dir: PathBuf, cgroup_root: PathBuf) -> anyhow:
         removed.extend(cgroup::reconcile(fs.as_ref())?);
     }
     removed.extend(targets::TargetJournal::new(&state_dir)?.reconcile()?);
+    Ok(removed)
+}
+
+/// `cleanup` as a command: what it removed, on stdout.
+pub(crate) fn print_cleanup(removed: &[String]) {
     if removed.is_empty() {
         println!("faultline-agent: nothing to clean up");
     }
     for line in removed {
         println!("faultline-agent: {line}");
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -148,13 +177,7 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::from(1),
         };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    faultline_proto::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -187,7 +210,13 @@ fn main() -> ExitCode {
                 }
             },
             Command::Run(args) => session::run(cli.state_dir, cli.limits, *args).await,
-            Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root).await,
+            Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root)
+                .await
+                .map(|removed| print_cleanup(&removed)),
+            Command::Stop {
+                cgroup_root,
+                timeout,
+            } => session::stop(cli.state_dir, cgroup_root, timeout).await,
             Command::SelfTest(args) => selftest::run(cli.state_dir, cli.limits, args).await,
             Command::Capabilities {
                 cgroup_root,

@@ -22,9 +22,13 @@ use tokio::{
 pub enum Report {
     /// The effect is in place; `detail` says what and how.
     Armed { order_id: String, detail: String },
+    /// A network fault's cumulative kernel counters, and its delay line's (packets
+    /// held now, lost to overflow so far) when it runs one.
     Counters {
+        order_id: String,
         ingress: FaultCounters,
         egress: FaultCounters,
+        delay_line: Option<(u64, u64)>,
     },
     /// The latest numbers of a fault's own readings, keyed "<fault>.<field>" (e.g.
     /// "cache.resident_percent"); they go out with every metric sample.
@@ -224,9 +228,14 @@ pub fn spawn(
                     let _ = events.send(Report::Readings(readings(&kind, &ev)));
                 }
                 Some("counters") => {
+                    let d = &ev["delay_line"];
                     let _ = events.send(Report::Counters {
+                        order_id: order.clone(),
                         ingress: counters(&ev["counters"]["ingress"]),
                         egress: counters(&ev["counters"]["egress"]),
+                        delay_line: d["queued"]
+                            .as_u64()
+                            .map(|q| (q, d["dropped_overflow"].as_u64().unwrap_or(0))),
                     });
                 }
                 Some("removed") => {

@@ -16,7 +16,9 @@
 //! is gone.
 use std::{
     collections::{HashMap, HashSet},
+    net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -38,6 +40,7 @@ use tracing::{info, warn};
 
 use crate::{
     UsageError,
+    exporter::{AgentMetrics, OrderResult, Seen},
     guard::{AbortOnDrop, Breach},
     inject::LimitArgs,
     metrics::Sampler,
@@ -73,6 +76,11 @@ pub struct RunArgs {
     /// may call (repeatable). Nothing else is ever called on the coordinator's order.
     #[arg(long = "allow-endpoint")]
     pub allow_endpoints: Vec<ipnet::IpNet>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g.
+    /// 127.0.0.1:9464. Off unless set; the endpoint is read-only and unauthenticated,
+    /// so bind it to loopback or a monitoring network.
+    #[arg(long, env = "FAULTLINE_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -87,6 +95,11 @@ const DEFAULT_TTL: Duration = Duration::from_secs(5);
 struct Effect {
     lease_id: String,
     handle: orders::Handle,
+    /// The fault kind, and the share of the node a stress fault consumes (0-1).
+    kind: &'static str,
+    stress_share: Option<f64>,
+    /// When the order arrived, until its effect is in place.
+    pending_since: Option<Instant>,
     /// Stopped by the dead-man switch: its removal is acknowledged as Expired.
     expired: bool,
     /// Stopped by its own guard: its removal is acknowledged as GuardBreached.
@@ -102,6 +115,9 @@ struct State {
     /// RemoveFault requests waiting for their children to exit.
     removals: HashMap<String, HashSet<String>>,
     counters: (FaultCounters, FaultCounters),
+    /// Each network fault's counters as last reported, and its delay line's depth.
+    seen: HashMap<String, (Seen, u64)>,
+    metrics: Arc<AgentMetrics>,
     readings: HashMap<String, f64>,
     sample_hz: f64,
     /// Node-side probes the coordinator ordered, by probe id.
@@ -113,6 +129,7 @@ struct State {
 
 enum Inbound {
     Connected,
+    Disconnected,
     Message(Box<CoordinatorMessage>),
 }
 
@@ -122,6 +139,11 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
     // stop the daemon before it touches anything, not refuse every order later.
     limits.load()?;
     let endpoint = endpoint(&args)?;
+    let metrics = Arc::new(AgentMetrics::new());
+    let exporter = match args.metrics_listen {
+        Some(addr) => Some(crate::exporter::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
@@ -129,7 +151,10 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
             .to_owned(),
     };
     // What a previous, killed agent left in this namespace goes before anything else.
-    crate::cleanup(state_dir.clone(), args.cgroup_root.clone()).await?;
+    for line in crate::cleanup(state_dir.clone(), args.cgroup_root.clone()).await? {
+        warn!("left by an earlier agent: {line}");
+    }
+    let _pid = PidFile::write(&state_dir)?;
     let caps = crate::capabilities::detect(&args.cgroup_root).await;
     let register = AgentMessage {
         body: Some(Out::Register(Register {
@@ -160,11 +185,16 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
     let (breach_tx, mut breach_rx) = mpsc::unbounded_channel::<Breach>();
     let outbox = out_tx.clone();
     tokio::spawn(link(endpoint, register, out_rx, in_tx));
+    if let Some(serve) = exporter {
+        tokio::spawn(serve);
+        info!(listen = ?args.metrics_listen, "metrics endpoint serving /metrics");
+    }
     info!(node = %node_name, coordinator = %args.coordinator, "agent started");
 
     let mut st = State {
         sample_hz: 1.0,
         policy: EndpointPolicy::new(args.allow_endpoints.clone()),
+        metrics,
         ..State::default()
     };
     let ctx = Ctx {
@@ -189,8 +219,12 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
                 return shutdown(&mut st, &mut rep_rx).await;
             }
             Some(inbound) = in_rx.recv() => match inbound {
+                Inbound::Disconnected => {
+                    st.metrics.session_up.set(0);
+                }
                 Inbound::Connected => {
                     info!("session established");
+                    st.metrics.session_up.set(1);
                     heartbeat.reset_immediately();
                     // What the coordinator has not confirmed may never have reached it.
                     for a in &st.unconfirmed {
@@ -208,8 +242,10 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
                 if let Some(e) = st.effects.get_mut(&b.order_id)
                     && e.breach.is_none()
                 {
-                    warn!(order = %b.order_id, guard = %b.report.guard, observed = b.report.observed,
-                          threshold = b.report.threshold, "agent-side guard breached: removing the effect");
+                    warn!(order = %b.order_id, lease = %e.lease_id, guard = %b.report.guard,
+                          observed = b.report.observed, threshold = b.report.threshold,
+                          "agent-side guard breached: removing the effect");
+                    st.metrics.guard_breaches.inc();
                     e.breach = Some(b.report);
                     e.handle.stop();
                 }
@@ -222,7 +258,11 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
                 let (i, e) = st.counters;
                 send(Out::Sample(sampler.sample(i, e, st.readings.clone())));
             }
-            _ = watchdog.tick() => dead_man(&mut st),
+            _ = watchdog.tick() => {
+                dead_man(&mut st);
+                export_state(&st);
+                st.metrics.tick();
+            }
         }
     }
 }
@@ -260,6 +300,7 @@ async fn link(
             Ok(()) => warn!("session closed by the coordinator; reconnecting"),
             Err(e) => warn!("session: {e:#}; reconnecting in {backoff:?}"),
         }
+        let _ = inbox.send(Inbound::Disconnected).await;
         let until = Instant::now() + backoff;
         // Messages queued while disconnected are stale by the time we are back.
         while let Ok(Some(_)) = tokio::time::timeout_at(until, outbox.recv()).await {}
@@ -368,6 +409,7 @@ fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
                 return; // a resent order: the first one's acks stand
             }
             if let Err(e) = endpoints_allowed(&st.policy, &a) {
+                st.metrics.order(OrderResult::Refused);
                 return send(ack(&a.order_id, EffectState::Refused, e));
             }
             let inject = match a
@@ -377,7 +419,18 @@ fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
                 .and_then(orders::inject_args)
             {
                 Ok(args) => args,
-                Err(e) => return send(ack(&a.order_id, EffectState::Refused, e)),
+                Err(e) => {
+                    st.metrics.order(OrderResult::Refused);
+                    return send(ack(&a.order_id, EffectState::Refused, e));
+                }
+            };
+            let fault = a.spec.as_ref().and_then(|s| s.fault.as_ref());
+            let kind = fault.map_or("unknown", Fault::kind);
+            let stress_share = match fault {
+                Some(Fault::Cpu(c)) => Some(c.percent / 100.0),
+                Some(Fault::Memory(m)) => Some(m.percent / 100.0),
+                Some(Fault::Loss(_) | Fault::Latency(_) | Fault::Gc(_) | Fault::Cache(_))
+                | None => None,
             };
             let ttl = a
                 .lease_ttl
@@ -402,13 +455,19 @@ fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
                         Effect {
                             lease_id: a.lease_id,
                             handle,
+                            kind,
+                            stress_share,
+                            pending_since: Some(Instant::now()),
                             expired: false,
                             breach: None,
                             _guard: guard,
                         },
                     );
                 }
-                Err(e) => send(ack(&a.order_id, EffectState::Failed, format!("spawn: {e}"))),
+                Err(e) => {
+                    st.metrics.order(OrderResult::Failed);
+                    send(ack(&a.order_id, EffectState::Failed, format!("spawn: {e}")))
+                }
             }
         }
         In::Remove(r) => {
@@ -493,7 +552,19 @@ fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
 fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
     match report {
         Report::Armed { order_id, detail } => {
-            info!(order = %order_id, "applied: {detail}");
+            let (lease, kind) = match st.effects.get_mut(&order_id) {
+                Some(e) => {
+                    if let Some(t) = e.pending_since.take() {
+                        st.metrics
+                            .order_apply_seconds
+                            .observe(t.elapsed().as_secs_f64());
+                        st.metrics.order(OrderResult::Applied);
+                    }
+                    (e.lease_id.clone(), e.kind)
+                }
+                None => (String::new(), "unknown"),
+            };
+            info!(order = %order_id, %lease, fault = kind, %detail, "fault applied");
             send(ack(&order_id, EffectState::Applied, detail));
         }
         Report::SelfTest {
@@ -508,7 +579,24 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             };
             send(ack(&request_id, state, detail));
         }
-        Report::Counters { ingress, egress } => st.counters = (ingress, egress),
+        Report::Counters {
+            order_id,
+            ingress,
+            egress,
+            delay_line,
+        } => {
+            let (queued, overflow) = delay_line.unwrap_or_default();
+            let now = Seen {
+                ingress,
+                egress,
+                overflow,
+            };
+            let (before, depth) = st.seen.entry(order_id).or_default();
+            st.metrics.packets(before, &now);
+            *before = now;
+            *depth = queued;
+            st.counters = (ingress, egress);
+        }
         Report::Readings(values) => st.readings.extend(values),
         Report::Exited {
             order_id,
@@ -517,8 +605,17 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             detail,
         } => {
             let effect = st.effects.remove(&order_id);
+            st.seen.remove(&order_id);
             let expired = effect.as_ref().is_some_and(|e| e.expired);
             let breach = effect.as_ref().and_then(|e| e.breach.clone());
+            if !armed && effect.as_ref().is_some_and(|e| e.pending_since.is_some()) {
+                st.metrics.order(if code == Some(2) {
+                    OrderResult::Refused
+                } else {
+                    OrderResult::Failed
+                });
+            }
+            let kind = effect.as_ref().map_or("unknown", |e| e.kind);
             let lease = effect.map(|e| e.lease_id);
             // An armed child exits 0 when it removed its effects at its deadline or
             // on our SIGTERM, 1 when something failed after arming (it removed them
@@ -531,7 +628,8 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
                 (false, Some(2)) => EffectState::Refused,
                 (false, _) => EffectState::Failed,
             };
-            info!(order = %order_id, "{state:?}: {detail}");
+            info!(order = %order_id, lease = lease.as_deref().unwrap_or(""), fault = kind,
+                  outcome = ?state, %detail, "fault removed");
             match breach {
                 Some(mut report) => {
                     report.removal_confirmed_at = Some(std::time::SystemTime::now().into());
@@ -589,11 +687,126 @@ fn dead_man(st: &mut State) {
     for lease in lapsed {
         let ttl = st.leases.remove(&lease).map(|(_, t)| t).unwrap_or_default();
         warn!(%lease, "dead-man switch: no renewal within the lease TTL ({ttl:?}); removing its effects");
+        st.metrics.deadman_firings.inc();
         for e in st.effects.values_mut().filter(|e| e.lease_id == lease) {
             e.expired = true;
             e.handle.stop();
         }
     }
+}
+
+/// `<state dir>/agent.pid` while the daemon runs: how `faultline-agent stop` (a
+/// Kubernetes preStop hook, an operator) finds it. Removed when the daemon returns.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(state_dir: &std::path::Path) -> Result<Self> {
+        let path = state_dir.join("agent.pid");
+        std::fs::create_dir_all(state_dir)
+            .and_then(|()| std::fs::write(&path, format!("{}\n", std::process::id())))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `faultline-agent stop`: SIGTERM to the daemon of this state directory, then wait
+/// until it has removed its effects and exited (at most `timeout`), then remove
+/// whatever is still recorded, as `cleanup` does.
+pub async fn stop(state_dir: PathBuf, cgroup_root: PathBuf, timeout: Duration) -> Result<()> {
+    let path = state_dir.join("agent.pid");
+    let pid = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(
+            text.trim()
+                .parse::<i32>()
+                .map_err(|_| UsageError(format!("{}: not a process id", path.display())))?,
+        ),
+        Err(_) => None,
+    };
+    // Only a faultline-agent daemon: a stale file may name a recycled pid.
+    let daemon = pid.filter(|p| {
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.ends_with(b"faultline-agent"))
+                && args.iter().any(|a| *a == &b"run"[..])
+        })
+    });
+    match daemon {
+        Some(p) => {
+            // SAFETY: kill(2) with a pid checked just above.
+            if unsafe { libc::kill(p, libc::SIGTERM) } != 0 {
+                anyhow::bail!(
+                    "cannot signal the agent (pid {p}): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let until = Instant::now() + timeout;
+            // Gone, or a zombie its parent has yet to reap: either way it has exited.
+            let running = |p: i32| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+                })
+            };
+            while running(p) {
+                if Instant::now() >= until {
+                    anyhow::bail!("the agent (pid {p}) did not exit within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            println!("faultline-agent: the agent (pid {p}) removed its effects and exited");
+        }
+        None => println!(
+            "faultline-agent: no agent running for {}",
+            state_dir.display()
+        ),
+    }
+    crate::cleanup(state_dir, cgroup_root)
+        .await
+        .map(|removed| crate::print_cleanup(&removed))
+}
+
+/// Sets the metrics' state gauges from what the session holds now.
+fn export_state(st: &State) {
+    let m = &st.metrics;
+    for kind in Fault::KINDS {
+        let n = st.effects.values().filter(|e| e.kind == kind).count();
+        m.active_faults
+            .get_or_create(&crate::exporter::FaultLabel {
+                fault: kind.to_owned(),
+            })
+            .set(n as i64);
+    }
+    for (resource, kind) in [("cpu", "cpu"), ("memory", "memory")] {
+        let share: f64 = st
+            .effects
+            .values()
+            .filter(|e| e.kind == kind)
+            .filter_map(|e| e.stress_share)
+            .sum();
+        m.stress_share
+            .get_or_create(&crate::exporter::ResourceLabel {
+                resource: resource.to_owned(),
+            })
+            .set(share);
+    }
+    m.delay_line_queued
+        .set(st.seen.values().map(|(_, q)| *q as i64).sum());
+    m.leases.set(st.leases.len() as i64);
+    let now = Instant::now();
+    let oldest = st
+        .leases
+        .values()
+        .map(|(until, ttl)| now.saturating_duration_since(*until - *ttl))
+        .max()
+        .unwrap_or_default();
+    m.lease_renewal_age.set(oldest.as_secs_f64());
 }
 
 /// Stops every child and waits until each has removed its effects.

@@ -397,7 +397,10 @@ impl Control {
                 }),
             );
             match sent {
-                Ok(()) => pending.push((node.clone(), waiter)),
+                Ok(()) => {
+                    info!(lease = %lease_id, %node, "fault removal ordered");
+                    pending.push((node.clone(), waiter))
+                }
                 Err(e) => {
                     warn!("removal on {node} not sent: {}", e.message());
                     missing.push(node.clone());
@@ -408,9 +411,13 @@ impl Control {
         for (node, mut waiter) in pending {
             loop {
                 match tokio::time::timeout_at(deadline, waiter.rx.recv()).await {
-                    Ok(Some(a)) if a.state == EffectState::Removed as i32 => break,
+                    Ok(Some(a)) if a.state == EffectState::Removed as i32 => {
+                        info!(lease = %lease_id, %node, detail = %a.detail, "fault removal confirmed");
+                        break;
+                    }
                     Ok(Some(_)) => continue,
                     _ => {
+                        warn!(lease = %lease_id, %node, "fault removal not confirmed in {timeout:?}");
                         missing.push(node);
                         break;
                     }

@@ -26,6 +26,9 @@ use crate::{
 
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, value_enum, default_value_t, env = "FAULTLINE_LOG_FORMAT")]
+    pub log_format: faultline_proto::logging::LogFormat,
     /// gRPC address (agents and clients; TLS always).
     #[arg(long, default_value = "[::]:7443")]
     pub listen: SocketAddr,

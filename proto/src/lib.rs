@@ -14,5 +14,7 @@ pub mod endpoint;
 pub mod exposition;
 pub mod jitter;
 pub mod limits;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod spec;
 pub mod v1;

@@ -73,6 +73,23 @@ impl GcFault {
     pub const DEFAULT_TO_PERCENT: f64 = 80.0;
 }
 
+impl fault_spec::Fault {
+    /// Every fault kind's name, in the order of the oneof.
+    pub const KINDS: [&'static str; 6] = ["loss", "latency", "cpu", "memory", "gc", "cache"];
+
+    /// The fault kind's short name, as metrics label it and logs print it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Loss(_) => "loss",
+            Self::Latency(_) => "latency",
+            Self::Cpu(_) => "cpu",
+            Self::Memory(_) => "memory",
+            Self::Gc(_) => "gc",
+            Self::Cache(_) => "cache",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -283,7 +283,7 @@ impl Fleet {
             .arg(format!("--net=/run/netns/{}", node.ns.name))
             .arg(binary("faultline-agent"))
             .arg("--state-dir")
-            .arg(self.dir.join(format!("state-{}", node.name)))
+            .arg(self.agent_state_dir(i))
             .args(&self.agent_args)
             .arg("run")
             .args([
@@ -306,6 +306,17 @@ impl Fleet {
             .spawn()
             .expect("spawn agent");
         self.agents[i] = Some(child);
+    }
+
+    /// Node i's agent state directory (its journal, locks and pid file).
+    pub fn agent_state_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("state-{}", self.nodes[i].name))
+    }
+
+    /// Reaps node i's agent, which is exiting by itself.
+    pub fn wait_agent(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut c = self.agents[i].take().expect("agent running");
+        c.wait().expect("wait agent")
     }
 
     pub fn agent_pid(&self, i: usize) -> i32 {

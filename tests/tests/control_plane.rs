@@ -346,6 +346,51 @@ fn post_abort_removes_an_active_loss_fault_and_the_counters_stop() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// `faultline-agent stop` (the DaemonSet's preStop hook): the daemon of that state
+/// directory removes its effects and exits cleanly, and the coordinator hears of it.
+#[test]
+fn agent_stop_removes_every_effect_and_the_daemon_exits() {
+    let mut fleet = Fleet::new(1, &[], &[]);
+    let id = start_loss(&fleet, "60s");
+    let pid_file = fleet.agent_state_dir(0).join("agent.pid");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        fleet.agent_pid(0).to_string()
+    );
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", fleet.nodes[0].ns.name))
+        .arg(faultline_tests::agent_binary())
+        .arg("--state-dir")
+        .arg(fleet.agent_state_dir(0))
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed its effects and exited"),
+        "{}",
+        text(&out)
+    );
+    assert!(fleet.wait_agent(0).success());
+    assert!(faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty());
+    assert!(!pid_file.exists(), "pid file left behind");
+    let e = fleet.wait_phase(
+        &id,
+        &["failed", "aborted", "completed"],
+        Duration::from_secs(15),
+    );
+    assert_ne!(e["phase"], "fault", "{e}");
+    // Nothing to stop: says so and succeeds (a preStop hook must not fail).
+    let again = std::process::Command::new(faultline_tests::agent_binary())
+        .arg("--state-dir")
+        .arg(fleet.agent_state_dir(0))
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("no agent running"));
+}
+
 /// The lease TTL the dead-man tests run with.
 const TTL: Duration = Duration::from_secs(2);
 

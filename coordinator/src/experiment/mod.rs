@@ -479,6 +479,8 @@ async fn steps(r: &mut Run) -> Outcome {
         if let Err(e) = r.c.send(node, apply) {
             return r.finish(Verdict::Failed, e.message().to_owned());
         }
+        info!(experiment = %r.exp.id, lease = %r.exp.lease_id, %node, order = %order_id,
+              fault = r.exp.plan.fault.fault.as_ref().map_or("", |f| f.kind()), "fault ordered");
     }
     // Until the agent holds the effect, the coordinator keeps the lease alive.
     let applied = loop {
@@ -522,6 +524,8 @@ async fn steps(r: &mut Run) -> Outcome {
     }
     let applied_at = Instant::now();
     r.outcome.fault_applied_at = ts(SystemTime::now());
+    info!(experiment = %r.exp.id, lease = %r.exp.lease_id, nodes = %nodes.join(","),
+          detail = %applied.detail, "fault applied");
     r.emit(format!(
         "applied on {}: {}",
         nodes.join(", "),
