@@ -33,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     // A gRPC reflection client as new users have it (Python's grpcio-reflection).
     "python3-venv",
+    // deploy/systemd/: `systemd-analyze verify` and `security` in the tests.
+    "systemd",
 ];
 
 /// PyPI packages for the tests' Python clients, pinned; in `target/pyenv`.
@@ -40,6 +42,8 @@ const PY_PACKAGES: &[&str] = &[
     "grpcio==1.85.3",
     "grpcio-reflection==1.85.1",
     "protobuf==7.36.2",
+    // deploy/kubernetes/ is validated against the Kubernetes schemas it bundles.
+    "kubernetes-validate==1.37.0",
 ];
 
 /// A virtualenv with `PY_PACKAGES` (from PyPI only); rebuilt when the pins change.
