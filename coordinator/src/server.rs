@@ -32,10 +32,15 @@ pub struct ServeArgs {
     /// gRPC address (agents and clients; TLS always).
     #[arg(long, default_value = "[::]:7443")]
     pub listen: SocketAddr,
-    /// HTTP address for POST /abort, GET /status and GET /healthz (plain HTTP, token
-    /// required; keep it on loopback or a management network).
+    /// HTTP address for POST /abort, GET /status, GET /healthz and GET /metrics
+    /// (plain HTTP unless --http-tls; tokens required but for health and metrics;
+    /// keep it on loopback or a management network).
     #[arg(long, default_value = "127.0.0.1:7080")]
     pub http: SocketAddr,
+    /// Serve the HTTP port over TLS, with the certificate and key in --tls-dir (no
+    /// client certificate: every route keeps its token).
+    #[arg(long, env = "FAULTLINE_HTTP_TLS")]
+    pub http_tls: bool,
     /// Directory with ca.pem, coordinator.pem and coordinator.key (`certs init`).
     #[arg(long, default_value = "/etc/faultline/tls")]
     pub tls_dir: PathBuf,
@@ -196,7 +201,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         control: control.clone(),
         tokens,
     });
-    info!(grpc = %args.listen, http = %args.http, store = %args.store.display(),
+    // Read before serving anything, so bad certificates stop the start.
+    let https = match args.http_tls {
+        true => Some(crate::api::https::acceptor(
+            &read("coordinator.pem")?,
+            &read("coordinator.key")?,
+        )?),
+        false => None,
+    };
+    info!(grpc = %args.listen, http = %args.http, http_tls = args.http_tls, store = %args.store.display(),
           config = %control.config.settings.source, schedule = %control.scheduler.file.source,
           schedules = control.scheduler.file.entries.len(), "coordinator serving");
     let grpc = Server::builder()
@@ -209,11 +222,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(AgentServiceServer::new(Agents(control.clone())))
         .add_service(chaos)
         .serve_with_shutdown(args.listen, shutdown());
-    let http = axum::serve(
-        http,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown());
+    let http = async move {
+        match https {
+            Some(acceptor) => crate::api::https::serve(http, acceptor, router, shutdown()).await,
+            None => axum::serve(
+                http,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown())
+            .await
+            .map_err(anyhow::Error::from),
+        }
+    };
     tokio::try_join!(async { grpc.await.context("gRPC server") }, async {
         http.await.context("HTTP server")
     })?;

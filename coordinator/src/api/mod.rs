@@ -2,6 +2,7 @@
 //! `GET /status`, `GET /healthz`). Every call but health needs a bearer token; the
 //! role each needs is stated at the call.
 mod http;
+pub mod https;
 mod start;
 
 use std::{sync::Arc, time::SystemTime};
