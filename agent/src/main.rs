@@ -28,7 +28,7 @@ mod tc;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Bad input or an unusable environment: reported with exit code 2, and raised only
 /// before anything was applied.
@@ -46,6 +46,11 @@ struct Cli {
     /// Where the agent keeps its per-network-namespace lock and journal.
     #[arg(long, global = true, default_value = "/run/faultline")]
     state_dir: PathBuf,
+    /// A YAML file of `run` options (`node_name: a`, `allow_endpoint: [10.0.0.0/8]`,
+    /// any long flag of `run` or a global one); flags and their environment
+    /// variables override it. See deploy/agent.example.yaml.
+    #[arg(long, global = true, env = "FAULTLINE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
     /// Log lines as text or as JSON objects (one per line).
     #[arg(
         long,
@@ -88,6 +93,8 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "25s")]
         timeout: std::time::Duration,
     },
+    /// Validate a `--config` file of `run` options; exit 2 naming the key if invalid.
+    CheckConfig { file: PathBuf },
     /// Report what this kernel offers (TCX, sch_fq, IFB, TAP, cgroup version, ...).
     Capabilities {
         #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
@@ -159,8 +166,53 @@ pub(crate) fn print_cleanup(removed: &[String]) {
     }
 }
 
+/// The command line with the `--config` file's options added (for `run`).
+fn argv() -> Result<Vec<std::ffi::OsString>, String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Missing required flags may be in the file: find the file and the subcommand
+    // without insisting on them.
+    let probe = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok();
+    let Some(m) = probe else { return Ok(args) };
+    let (Some(path), Some("run")) = (m.get_one::<PathBuf>("config"), m.subcommand_name()) else {
+        return Ok(args);
+    };
+    let options = faultline_proto::options_file::read(path, None)?;
+    faultline_proto::options_file::apply(
+        &Cli::command(),
+        &["run"],
+        args,
+        &options,
+        &path.display().to_string(),
+    )
+}
+
+/// `check-config`: the file's options are flags `run` has, of the right shape.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let options = faultline_proto::options_file::read(file, None).map_err(UsageError)?;
+    faultline_proto::options_file::apply(
+        &Cli::command(),
+        &["run"],
+        vec!["faultline-agent".into(), "run".into()],
+        &options,
+        &file.display().to_string(),
+    )
+    .map_err(UsageError)?;
+    println!("{}: ok ({} option(s))", file.display(), options.len());
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match argv() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("faultline-agent: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     if let Command::Restorer(args) = &cli.command {
         return match faults::gc::restorer(&cli.state_dir, args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -210,6 +262,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Run(args) => session::run(cli.state_dir, cli.limits, *args).await,
+            Command::CheckConfig { file } => check_config(&file),
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root)
                 .await
                 .map(|removed| print_cleanup(&removed)),

@@ -59,6 +59,10 @@ pub struct NodeEndpoints {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// `faultline-coordinator serve` options (its long flags as keys); read by the
+    /// binary before it parses its command line, checked by `check-config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<serde_yaml_ng::Mapping>,
     /// Refuse experiments that would run with no health signal (node signals only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_health: Option<bool>,

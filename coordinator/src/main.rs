@@ -3,7 +3,7 @@
 //! it (and every agent) enforces.
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use faultline_coordinator::{auth, certs, server};
 use faultline_proto::limits::{ChaosLimits, Profile};
 
@@ -103,8 +103,51 @@ enum TokensAction {
     },
 }
 
+/// The command line with the `serve:` options of the `--config` file added.
+fn argv() -> Result<Vec<std::ffi::OsString>, String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let probe = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok();
+    let Some(serve) = probe.as_ref().and_then(|m| m.subcommand_matches("serve")) else {
+        return Ok(args);
+    };
+    let Some(path) = serve.get_one::<PathBuf>("config") else {
+        return Ok(args);
+    };
+    let options = faultline_proto::options_file::read(path, Some("serve"))?;
+    faultline_proto::options_file::apply(
+        &Cli::command(),
+        &["serve"],
+        args,
+        &options,
+        &format!("{} (serve:)", path.display()),
+    )
+}
+
+/// Checks a config file's `serve:` options against `serve`'s flags.
+fn check_serve_options(path: &std::path::Path) -> Result<(), String> {
+    let options = faultline_proto::options_file::read(path, Some("serve"))?;
+    faultline_proto::options_file::apply(
+        &Cli::command(),
+        &["serve"],
+        vec!["faultline-coordinator".into(), "serve".into()],
+        &options,
+        &format!("{} (serve:)", path.display()),
+    )
+    .map(drop)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match argv() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("faultline-coordinator: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Serve(args) => {
             faultline_proto::logging::init(args.log_format);
@@ -178,6 +221,10 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { file } => {
+            if let Err(e) = check_serve_options(&file) {
+                eprintln!("faultline-coordinator: error: {e}");
+                return ExitCode::from(2);
+            }
             match faultline_coordinator::config::Settings::load(Some(&file), Profile::Production) {
                 Ok(s) => {
                     println!("{}: ok", s.source);

@@ -16,5 +16,7 @@ pub mod jitter;
 pub mod limits;
 #[cfg(feature = "logging")]
 pub mod logging;
+#[cfg(feature = "logging")]
+pub mod options_file;
 pub mod spec;
 pub mod v1;

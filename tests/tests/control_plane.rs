@@ -754,3 +754,119 @@ fn a_latency_experiment_delays_the_nodes_replies_and_the_node_recovers() {
     assert!(after < before + 20.0, "rtt after the fault {after:.2} ms");
     assert!(faultline_leftovers(&node.ns, NODE_IFACE).is_empty());
 }
+
+/// `serve --http-tls`: the HTTP port speaks TLS with the coordinator's certificate
+/// (verified against the fleet's CA by curl), its tokens are still required, and
+/// plain HTTP is no longer answered.
+#[test]
+fn the_http_surface_serves_tls_with_the_coordinators_certificate_and_keeps_its_tokens() {
+    let fleet = Fleet::new(1, &["--http-tls"], &[]);
+    let ca = fleet.dir.join("tls/ca.pem");
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &fleet.ctl.name,
+                "curl",
+                "-s",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["--resolve", "faultline-coordinator:7080:127.0.0.1"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text
+            .trim_end()
+            .rsplit_once('\n')
+            .unwrap_or(("", text.trim()));
+        (out.status.code(), code.trim().to_owned(), body.to_owned())
+    };
+    let base = "https://faultline-coordinator:7080";
+    let (rc, code, body) = curl(&[&format!("{base}/healthz")]);
+    assert_eq!((rc, code.as_str(), body.trim()), (Some(0), "200", "ok"));
+    let (_, code, _) = curl(&[&format!("{base}/status")]);
+    assert_eq!(code, "401", "/status over TLS without a token");
+    let bearer = format!("Authorization: Bearer {}", fleet.token(Role::Viewer));
+    let (_, code, body) = curl(&["-H", &bearer, &format!("{base}/status")]);
+    assert_eq!(code, "200", "{body}");
+    // Over HTTP/2 as well (ALPN).
+    let (_, code, _) = curl(&["--http2", &format!("{base}/healthz")]);
+    assert_eq!(code, "200");
+    // Plain HTTP gets no answer from a TLS port.
+    let (rc, _, _) = curl(&["http://127.0.0.1:7080/healthz"]);
+    assert_ne!(rc, Some(0), "plain HTTP answered on the TLS port");
+}
+
+/// The options files take effect: an agent whose every `run` option comes from its
+/// `--config` file connects and serves the metrics the file asked for; the
+/// coordinator takes `serve:` options from its config file (here JSON logs).
+#[test]
+fn daemons_take_their_options_from_their_config_files() {
+    let config = format!(
+        "serve:\n  log_format: json\n{}",
+        faultline_tests::fleet::NODE_ONLY_CONFIG
+    );
+    let mut fleet = Fleet::build(faultline_tests::fleet::Options {
+        config: &config,
+        ..Default::default()
+    });
+    let log = fleet.log("coordinator");
+    assert!(
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| l.starts_with('{') && l.contains("\"level\"")),
+        "serve: log_format json not applied:\n{log}"
+    );
+
+    fleet.stop_agent(0, libc::SIGTERM);
+    let tls = fleet.dir.join("tls");
+    let file = fleet.dir.join("agent.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "coordinator: https://{}:7443\nnode_name: node-1\ntls_server_name: faultline-coordinator\n\
+             ca: {}\ncert: {}\nkey: {}\nstate_dir: {}\nmetrics_listen: 127.0.0.1:9464\n",
+            fleet.nodes[0].ctl_addr,
+            tls.join("ca.pem").display(),
+            tls.join("node-1.pem").display(),
+            tls.join("node-1.key").display(),
+            fleet.agent_state_dir(0).display(),
+        ),
+    )
+    .unwrap();
+    let mut agent = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", fleet.nodes[0].ns.name))
+        .arg(faultline_tests::agent_binary())
+        .arg("--config")
+        .arg(&file)
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // /readyz (on the metrics_listen address from the file) answers 200 once the
+    // agent's session with the coordinator is up.
+    wait_until(
+        Duration::from_secs(15),
+        "the agent from its config file",
+        || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &fleet.nodes[0].ns.name, "curl", "-sf"])
+                .arg("http://127.0.0.1:9464/readyz")
+                .output()
+                .unwrap()
+                .status
+                .success()
+        },
+    );
+    fleet.wait_connected(1, Duration::from_secs(15));
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait().unwrap().success());
+}

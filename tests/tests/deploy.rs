@@ -391,3 +391,46 @@ fn the_kubernetes_config_map_passes_the_coordinators_own_checks() {
         );
     }
 }
+
+/// The example option files are what the binaries accept, and a wrong key is an
+/// error naming it, with exit code 2.
+#[test]
+fn the_example_option_files_pass_each_binarys_check_and_a_wrong_key_is_named() {
+    let ok = |bin: &str, file: &Path| {
+        let out = Command::new(binary(bin))
+            .arg("check-config")
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{bin} check-config {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok("faultline-agent", &deploy().join("agent.example.yaml"));
+    ok(
+        "faultline-coordinator",
+        &deploy().join("coordinator.example.yaml"),
+    );
+    let dir = TempPath::dir("fl-options");
+    for (bin, text, key) in [
+        ("faultline-agent", "node_nam: a\n", "node_nam"),
+        ("faultline-coordinator", "serve:\n  listn: 1\n", "listn"),
+    ] {
+        let f = dir.join(format!("{bin}.yaml"));
+        std::fs::write(&f, text).unwrap();
+        let out = Command::new(binary(bin))
+            .arg("check-config")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
+        assert!(
+            err.contains(&format!("unknown option '{key}'")),
+            "{bin}: {err}"
+        );
+    }
+}
