@@ -42,8 +42,8 @@ use prometheus_client::{
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FaultLabel {
-    pub fault: String,
+struct FaultLabel {
+    fault: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,8 +52,8 @@ pub struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabel {
-    pub resource: String,
+struct ResourceLabel {
+    resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,14 +84,14 @@ impl OrderResult {
 
 pub struct AgentMetrics {
     registry: Registry,
-    pub active_faults: Family<FaultLabel, Gauge>,
+    active_faults: Family<FaultLabel, Gauge>,
     packets_seen: Family<DirectionLabel, Counter>,
     packets_matched: Family<DirectionLabel, Counter>,
     packets_dropped: Family<DirectionLabel, Counter>,
     packets_delayed: Family<DirectionLabel, Counter>,
     pub delay_line_queued: Gauge,
     pub delay_line_overflow: Counter,
-    pub stress_share: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
+    stress_share: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
     pub leases: Gauge,
     pub lease_renewal_age: Gauge<f64, AtomicU64>,
     pub session_up: Gauge,
@@ -262,6 +262,17 @@ impl AgentMetrics {
                 .inc_by(0);
         }
         m
+    }
+
+    pub fn set_active_faults(&self, kind: &str, n: usize) {
+        self.active_faults.get_or_create(&fault(kind)).set(n as i64);
+    }
+
+    /// `share` of the node's `resource` (cpu, memory), 0-1.
+    pub fn set_stress_share(&self, resource: &str, share: f64) {
+        self.stress_share
+            .get_or_create(&self::resource(resource))
+            .set(share);
     }
 
     /// The daemon's loop is alive (called on every watchdog tick).

@@ -166,52 +166,24 @@ pub(crate) fn print_cleanup(removed: &[String]) {
     }
 }
 
-/// The command line with the `--config` file's options added (for `run`).
-fn argv() -> Result<Vec<std::ffi::OsString>, String> {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    // Missing required flags may be in the file: find the file and the subcommand
-    // without insisting on them.
-    let probe = Cli::command()
-        .ignore_errors(true)
-        .try_get_matches_from(&args)
-        .ok();
-    let Some(m) = probe else { return Ok(args) };
-    let (Some(path), Some("run")) = (m.get_one::<PathBuf>("config"), m.subcommand_name()) else {
-        return Ok(args);
-    };
-    let options = faultline_proto::options_file::read(path, None)?;
-    faultline_proto::options_file::apply(
-        &Cli::command(),
-        &["run"],
-        args,
-        &options,
-        &path.display().to_string(),
-    )
-}
-
 /// `check-config`: the file's options are flags `run` has, of the right shape.
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    let options = faultline_proto::options_file::read(file, None).map_err(UsageError)?;
-    faultline_proto::options_file::apply(
-        &Cli::command(),
-        &["run"],
-        vec!["faultline-agent".into(), "run".into()],
-        &options,
-        &file.display().to_string(),
-    )
-    .map_err(UsageError)?;
-    println!("{}: ok ({} option(s))", file.display(), options.len());
+    let n = faultline_proto::options_file::check(&Cli::command(), "run", None, file)
+        .map_err(UsageError)?;
+    println!("{}: ok ({n} option(s))", file.display());
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let args = match argv() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("faultline-agent: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = std::env::args_os().collect();
+    let args =
+        match faultline_proto::options_file::args_with_file(&Cli::command(), "run", None, args) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("faultline-agent: error: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let cli = Cli::parse_from(args);
     if let Command::Restorer(args) = &cli.command {
         return match faults::gc::restorer(&cli.state_dir, args) {

@@ -777,24 +777,17 @@ fn export_state(st: &State) {
     let m = &st.metrics;
     for kind in Fault::KINDS {
         let n = st.effects.values().filter(|e| e.kind == kind).count();
-        m.active_faults
-            .get_or_create(&crate::exporter::FaultLabel {
-                fault: kind.to_owned(),
-            })
-            .set(n as i64);
+        m.set_active_faults(kind, n);
     }
-    for (resource, kind) in [("cpu", "cpu"), ("memory", "memory")] {
-        let share: f64 = st
+    // A stress fault's kind is the resource it consumes.
+    for resource in ["cpu", "memory"] {
+        let share = st
             .effects
             .values()
-            .filter(|e| e.kind == kind)
+            .filter(|e| e.kind == resource)
             .filter_map(|e| e.stress_share)
             .sum();
-        m.stress_share
-            .get_or_create(&crate::exporter::ResourceLabel {
-                resource: resource.to_owned(),
-            })
-            .set(share);
+        m.set_stress_share(resource, share);
     }
     m.delay_line_queued
         .set(st.seen.values().map(|(_, q)| *q as i64).sum());

@@ -103,44 +103,15 @@ enum TokensAction {
     },
 }
 
-/// The command line with the `serve:` options of the `--config` file added.
-fn argv() -> Result<Vec<std::ffi::OsString>, String> {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let probe = Cli::command()
-        .ignore_errors(true)
-        .try_get_matches_from(&args)
-        .ok();
-    let Some(serve) = probe.as_ref().and_then(|m| m.subcommand_matches("serve")) else {
-        return Ok(args);
-    };
-    let Some(path) = serve.get_one::<PathBuf>("config") else {
-        return Ok(args);
-    };
-    let options = faultline_proto::options_file::read(path, Some("serve"))?;
-    faultline_proto::options_file::apply(
-        &Cli::command(),
-        &["serve"],
-        args,
-        &options,
-        &format!("{} (serve:)", path.display()),
-    )
-}
-
-/// Checks a config file's `serve:` options against `serve`'s flags.
-fn check_serve_options(path: &std::path::Path) -> Result<(), String> {
-    let options = faultline_proto::options_file::read(path, Some("serve"))?;
-    faultline_proto::options_file::apply(
-        &Cli::command(),
-        &["serve"],
-        vec!["faultline-coordinator".into(), "serve".into()],
-        &options,
-        &format!("{} (serve:)", path.display()),
-    )
-    .map(drop)
-}
-
 fn main() -> ExitCode {
-    let args = match argv() {
+    let args = std::env::args_os().collect();
+    let options = faultline_proto::options_file::args_with_file(
+        &Cli::command(),
+        "serve",
+        Some("serve"),
+        args,
+    );
+    let args = match options {
         Ok(a) => a,
         Err(e) => {
             eprintln!("faultline-coordinator: error: {e}");
@@ -221,7 +192,10 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { file } => {
-            if let Err(e) = check_serve_options(&file) {
+            // The `serve:` options are flags of `serve`; the rest is the settings.
+            if let Err(e) =
+                faultline_proto::options_file::check(&Cli::command(), "serve", Some("serve"), &file)
+            {
                 eprintln!("faultline-coordinator: error: {e}");
                 return ExitCode::from(2);
             }

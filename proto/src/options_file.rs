@@ -86,6 +86,55 @@ pub fn apply(
     Ok(args)
 }
 
+/// What a daemon's `main` calls first: `args` with the options of the `--config`
+/// file that `args` (or its environment variable) names for subcommand `scope`,
+/// read from the file's `section` (or the whole document) and added as `apply`
+/// does. `args` comes back as it was when the subcommand is another or names no file.
+pub fn args_with_file(
+    cmd: &clap::Command,
+    scope: &str,
+    section: Option<&str>,
+    args: Vec<OsString>,
+) -> Result<Vec<OsString>, String> {
+    // Required flags may be in the file: find the file and the subcommand without
+    // insisting on them.
+    let probe = cmd
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok();
+    let path = probe
+        .as_ref()
+        .and_then(|m| m.subcommand_matches(scope))
+        .and_then(|m| m.get_one::<std::path::PathBuf>("config"))
+        .cloned();
+    let Some(path) = path else { return Ok(args) };
+    let options = read(&path, section)?;
+    apply(cmd, &[scope], args, &options, &label(&path, section))
+}
+
+/// `check-config`: the file's options (its `section`, or the whole document) are
+/// flags of subcommand `scope`, each of the right shape. Returns how many it holds.
+pub fn check(
+    cmd: &clap::Command,
+    scope: &str,
+    section: Option<&str>,
+    path: &std::path::Path,
+) -> Result<usize, String> {
+    let options = read(path, section)?;
+    let argv = vec![OsString::from(cmd.get_name()), OsString::from(scope)];
+    apply(cmd, &[scope], argv, &options, &label(path, section))?;
+    Ok(options.len())
+}
+
+/// How errors name the file (and its section).
+fn label(path: &std::path::Path, section: Option<&str>) -> String {
+    match section {
+        Some(s) => format!("{} ({s}:)", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
 /// The options mapping of a YAML document (the whole document, or one section).
 pub fn read(path: &std::path::Path, section: Option<&str>) -> Result<Mapping, String> {
     let text = std::fs::read_to_string(path)

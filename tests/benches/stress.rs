@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use faultline_tests::{
     Agent, Pair, limits_file,
     netns::IFACE,
-    node::{mem_used_percent, meminfo_kb, node_cpu_ns, proc_stat},
+    node::{NodeCpu, mem_used_percent, meminfo_kb, node_cpu, wait_quiet},
 };
 
 const WINDOW: Duration = Duration::from_secs(20);
@@ -45,28 +45,6 @@ fn state() -> faultline_tests::TempPath {
     faultline_tests::TempPath::dir("fl-bench-state")
 }
 
-/// Node CPU over `window` by (/proc/stat busy, /proc/stat steal, precise root
-/// counter), in percent. Busy leaves steal out, as `top` does: it is the host's.
-fn node_cpu(window: Duration, cpus: f64) -> (f64, f64, f64) {
-    let s0 = proc_stat();
-    let n0 = node_cpu_ns();
-    let start = Instant::now();
-    std::thread::sleep(window);
-    let s1 = proc_stat();
-    let precise = 100.0 * (node_cpu_ns() - n0) as f64 / start.elapsed().as_nanos() as f64 / cpus;
-    let (busy, steal) = s1.shares_since(&s0);
-    (busy, steal, precise)
-}
-
-/// Flushes dirty pages and waits (up to 20 s) for a second in which the node is
-/// below 1 % busy.
-fn wait_quiet(cpus: f64) {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    let until = Instant::now() + Duration::from_secs(20);
-    while node_cpu(Duration::from_secs(1), cpus).2 > 1.0 && Instant::now() < until {}
-}
-
 fn main() {
     let cpus = std::thread::available_parallelism().unwrap().get() as f64;
     let ticks_per_s = 100.0; // USER_HZ
@@ -95,8 +73,8 @@ fn main() {
             // Let the previous stressors' teardown settle, then a baseline on a
             // quiet node (a baseline taken during a burst moves every error).
             std::thread::sleep(Duration::from_secs(3));
-            wait_quiet(cpus);
-            let (base_stat, base_steal, base_node) = node_cpu(Duration::from_secs(3), cpus);
+            wait_quiet(1.0);
+            let base = node_cpu(Duration::from_secs(3));
             let span = format!("{}s", WINDOW.as_secs() + 5);
             let (stat, steal, node, own, controller) = if tool == "faultline" {
                 let st = state();
@@ -117,7 +95,11 @@ fn main() {
                 let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
                 let (a0, _) = proc_usage(pid);
                 let start = Instant::now();
-                let (stat, steal, node) = node_cpu(WINDOW, cpus);
+                let NodeCpu {
+                    stat,
+                    steal,
+                    precise: node,
+                } = node_cpu(WINDOW);
                 let (a1, _) = proc_usage(pid);
                 let agent_cpu =
                     100.0 * (a1 - a0) as f64 / ticks_per_s / start.elapsed().as_secs_f64();
@@ -158,7 +140,11 @@ fn main() {
                     .spawn()
                     .expect("stress-ng (apt install stress-ng)");
                 std::thread::sleep(Duration::from_secs(1));
-                let (stat, steal, node) = node_cpu(WINDOW, cpus);
+                let NodeCpu {
+                    stat,
+                    steal,
+                    precise: node,
+                } = node_cpu(WINDOW);
                 // Its workers are named stress-ng-cpu and outlive a killed parent
                 // until their timeout: stop them all before the next baseline.
                 let _ = std::process::Command::new("pkill")
@@ -175,7 +161,7 @@ fn main() {
                 }
                 (stat, steal, node, "-".to_owned(), "-".to_owned())
             };
-            let (stat, steal, node) = (stat - base_stat, steal - base_steal, node - base_node);
+            let (stat, steal, node) = (stat - base.stat, steal - base.steal, node - base.precise);
             errors
                 .entry((share as u32, tool))
                 .or_default()

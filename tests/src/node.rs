@@ -44,6 +44,50 @@ impl ProcStat {
     }
 }
 
+/// Node CPU over a window, as the node's monitoring and the kernel each tell it.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeCpu {
+    /// Busy percent by /proc/stat (user+nice+system+irq+softirq), what `top` and
+    /// node_exporter show: CPU time charged per timer tick.
+    pub stat: f64,
+    /// Steal percent by /proc/stat: the hypervisor running others while this guest
+    /// wanted to run. Not work on the node; printed so a noisy host is visible.
+    pub steal: f64,
+    /// Busy percent by the kernel's nanosecond counter of task run time.
+    pub precise: f64,
+}
+
+/// The node's CPU over `window` (slept through), in percent of all CPUs.
+pub fn node_cpu(window: std::time::Duration) -> NodeCpu {
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let s0 = proc_stat();
+    let n0 = node_cpu_ns();
+    let start = std::time::Instant::now();
+    std::thread::sleep(window);
+    let s1 = proc_stat();
+    let n1 = node_cpu_ns();
+    let elapsed = start.elapsed().as_nanos() as f64;
+    let (stat, steal) = s1.shares_since(&s0);
+    NodeCpu {
+        stat,
+        steal,
+        precise: 100.0 * (n1 - n0) as f64 / elapsed / cpus,
+    }
+}
+
+/// A node-wide measurement needs a quiet node: flush dirty pages (a build just
+/// before leaves gigabytes to write back) and wait, up to 20 s, for a second in
+/// which the node is below `busy_below` % by the precise counter (the kernel
+/// finishes tearing down earlier tests' network namespaces in deferred work).
+pub fn wait_quiet(busy_below: f64) {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while node_cpu(std::time::Duration::from_secs(1)).precise > busy_below
+        && std::time::Instant::now() < until
+    {}
+}
+
 /// CPU time of every task on the node in nanoseconds, as the kernel accounts it
 /// precisely: the root cgroup's counter (cpuacct.usage on v1, cpu.stat usage_usec
 /// on v2).

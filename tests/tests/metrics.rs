@@ -150,6 +150,17 @@ fn coordinator_metrics_pass_promtool_say_what_happened_and_are_scraped() {
 
 const AGENT_METRICS: &str = "127.0.0.1:9464";
 
+/// A per-direction agent counter, ingress plus egress (each series must exist).
+fn both_directions(text: &str, name: &str) -> f64 {
+    ["ingress", "egress"]
+        .iter()
+        .map(|d| {
+            sample(text, name, &[&format!("direction=\"{d}\"")])
+                .unwrap_or_else(|| panic!("no {name} for {d} in\n{text}"))
+        })
+        .sum()
+}
+
 fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let until = Instant::now() + timeout;
     while !f() {
@@ -221,16 +232,10 @@ fn agent_metrics_pass_promtool_and_follow_a_fault_its_lease_and_the_dead_man() {
     );
     // The session's own heartbeats and samples cross the faulted interface.
     wait_for(Duration::from_secs(5), "delayed packets", || {
-        let t = get_metrics(&ns, AGENT_METRICS);
-        let d = |dir: &str| {
-            sample(
-                &t,
-                "faultline_agent_packets_delayed_total",
-                &[&format!("direction=\"{dir}\"")],
-            )
-            .unwrap()
-        };
-        d("ingress") + d("egress") > 0.0
+        both_directions(
+            &get_metrics(&ns, AGENT_METRICS),
+            "faultline_agent_packets_delayed_total",
+        ) > 0.0
     });
     wait_for(Duration::from_secs(15), "the fault's end", || {
         agent(&[r#"fault="latency""#], "faultline_agent_active_faults") == Some(0.0)
@@ -246,24 +251,8 @@ fn agent_metrics_pass_promtool_and_follow_a_fault_its_lease_and_the_dead_man() {
     );
     assert_eq!(v("faultline_agent_order_apply_seconds_count", &[]), 1.0);
     assert!(v("faultline_agent_order_apply_seconds_sum", &[]) < 5.0);
-    let seen: f64 = ["ingress", "egress"]
-        .iter()
-        .map(|d| {
-            v(
-                "faultline_agent_packets_seen_total",
-                &[&format!("direction=\"{d}\"")],
-            )
-        })
-        .sum();
-    let delayed: f64 = ["ingress", "egress"]
-        .iter()
-        .map(|d| {
-            v(
-                "faultline_agent_packets_delayed_total",
-                &[&format!("direction=\"{d}\"")],
-            )
-        })
-        .sum();
+    let seen = both_directions(&after, "faultline_agent_packets_seen_total");
+    let delayed = both_directions(&after, "faultline_agent_packets_delayed_total");
     assert!(
         seen >= delayed && delayed > 0.0,
         "seen {seen}, delayed {delayed}"

@@ -13,7 +13,7 @@ use faultline_tests::{
     Agent, TempPath,
     agent::run_agent,
     limits_file,
-    node::{TargetCgroup, assert_no_stress_cgroups, exited, node_cpu_ns, proc_stat},
+    node::{TargetCgroup, assert_no_stress_cgroups, exited, node_cpu, wait_quiet},
     slack,
 };
 
@@ -26,46 +26,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Node CPU over `window`, as the node's monitoring and the kernel each tell it.
-#[derive(Clone, Copy)]
-struct NodeCpu {
-    /// Busy percent by /proc/stat (user+nice+system+irq+softirq), what `top` and
-    /// node_exporter show: CPU time charged per timer tick.
-    stat: f64,
-    /// Steal percent by /proc/stat: the hypervisor running others while this guest
-    /// wanted to run. Not work on the node; printed so a noisy host is visible.
-    steal: f64,
-    /// Busy percent by the kernel's nanosecond counter of task run time.
-    precise: f64,
-}
-
-fn node_cpu(window: Duration) -> NodeCpu {
-    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
-    let s0 = proc_stat();
-    let n0 = node_cpu_ns();
-    let start = Instant::now();
-    std::thread::sleep(window);
-    let s1 = proc_stat();
-    let n1 = node_cpu_ns();
-    let elapsed = start.elapsed().as_nanos() as f64;
-    let (stat, steal) = s1.shares_since(&s0);
-    NodeCpu {
-        stat,
-        steal,
-        precise: 100.0 * (n1 - n0) as f64 / elapsed / cpus,
-    }
-}
-
-/// A node-wide measurement needs a quiet node: flush dirty pages (a build just
-/// before leaves gigabytes to write back) and let the kernel finish tearing down the
-/// network namespaces of earlier tests (deferred work that takes seconds).
-fn wait_quiet() {
-    // SAFETY: sync(2) has no preconditions.
-    unsafe { libc::sync() };
-    let quiet_by = Instant::now() + Duration::from_secs(20);
-    while node_cpu(Duration::from_secs(1)).precise > 2.0 && Instant::now() < quiet_by {}
 }
 
 /// What a CPU stress of `share` % did to the node, seen three ways.
@@ -85,7 +45,7 @@ struct Rise {
 /// Baseline 3 s, then the stress (`extra` args after `inject cpu --percent share`),
 /// `settle` for it to reach its share, the window, and removal.
 fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> (Rise, serde_json::Value) {
-    wait_quiet();
+    wait_quiet(2.0);
     let base = node_cpu(Duration::from_secs(3));
     let mut args = vec!["inject", "cpu", "--percent", share, "--duration", "30s"];
     args.extend(extra);
