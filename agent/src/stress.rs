@@ -460,10 +460,6 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
 /// against the 1 s CFS period so the group's ceiling is rarely what stops a run.
 const PACE_CYCLE_NS: f64 = 20e6;
 
-/// CPU time of one batch of work between reads of the thread's CPU clock: short
-/// against a run (1.5 ms at 15 %), long against the read (a system call, ~0.3 µs).
-const BATCH_NS: f64 = 20e3;
-
 /// CPU time this thread has run, in nanoseconds.
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -493,12 +489,6 @@ fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
     let mut rng = (u64::from(std::process::id()) << 32) ^ start | 1;
     let mut cycle_end = start;
     let mut x: u64 = 0;
-    // Work between two reads of the thread's CPU clock, sized to about BATCH_NS.
-    let mut batch: u64 = 64;
-    // CPU time run beyond the runs' targets so far (negative: short of them). The
-    // last batch of a run overshoots its target; the next run is that much shorter,
-    // so the share is exact over the stress rather than a batch high per run.
-    let mut debt: i64 = 0;
     loop {
         let now = clock::monotonic_ns();
         if now >= until_ns {
@@ -515,22 +505,12 @@ fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
         rng ^= rng << 17;
         let uniform = (rng >> 11) as f64 / (1u64 << 53) as f64;
         let cycle = PACE_CYCLE_NS * (0.5 + uniform);
-        let target = (cycle * duty.clamp(0.0, 1.0) * ramp) as i64 - debt;
+        let run = (cycle * duty.clamp(0.0, 1.0) * ramp) as u64;
         let ran_from = thread_cpu_ns();
-        let mut ran = 0i64;
-        let mut spun = 0u64;
-        while ran < target {
-            for _ in 0..batch {
+        while thread_cpu_ns() - ran_from < run {
+            for _ in 0..64 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
-            spun += batch;
-            ran = (thread_cpu_ns() - ran_from) as i64;
-        }
-        debt = ran - target;
-        if spun > 0 && ran > 0 {
-            // The clock read is a system call: reading it every few dozen
-            // multiplications made half the stress system time in `top`.
-            batch = ((BATCH_NS * spun as f64 / ran as f64) as u64).clamp(64, 1 << 24);
         }
         cycle_end += cycle as u64;
         let now = clock::monotonic_ns();
