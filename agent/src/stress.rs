@@ -5,9 +5,16 @@
 //! Between fork and exec each one joins its fence cgroup (so it never runs a cycle
 //! outside the kernel-enforced limit), asks to be SIGKILLed when the agent dies, and
 //! is told the deadline: it exits by itself at that time even if the agent is frozen.
+//!
+//! A stressor's own start-up (loading the binary, parsing its arguments) runs inside
+//! the fence too, and under a small quota it is throttled like the stress itself: in
+//! the emulated VM lane a debug build needs about 0.3 s of CPU to start, which a 15 %
+//! quota spreads over seconds. So each stressor says `ready` on its stdout when it
+//! begins its work, and the fault is armed (event, readings, the ramp's clock) only
+//! once every stressor has said so: "armed" means the stress is running.
 use std::{
     ffi::CString,
-    os::unix::process::CommandExt,
+    os::{fd::OwnedFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -222,7 +229,7 @@ fn spawn_worker(group: &Group, args: &[String], oom_first: bool) -> Result<Child
     cmd.arg("__stressor")
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::piped());
     // SAFETY: only async-signal-safe calls (prctl, getppid, open, write, close) on
     // memory prepared before the fork.
     unsafe {
@@ -278,10 +285,26 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         group,
         children: Vec::new(),
     };
-    let started_ok = start(&mut running, &args, &plan);
-    if let Err(e) = started_ok {
+    let spawned = Instant::now();
+    let deadline = spawned + args.duration;
+    let ready = match start(&mut running, &args, &plan) {
+        Ok(pipes) => wait_ready(pipes, &mut signals, deadline).await,
+        Err(e) => Err(e),
+    };
+    let ready = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            running.remove()?;
+            return Err(e);
+        }
+    };
+    if let Ready::Interrupted(reason) = ready {
         running.remove()?;
-        return Err(e);
+        out.emit(
+            json!({"event": "removed", "reason": reason, "elapsed_ms": 0, "oom_kills": 0}),
+            format!("faultline-agent: stress removed ({reason}) before its stressors started"),
+        );
+        return Ok(());
     }
     let baseline = NodeSample::now(&args.cgroup_root)?;
     let started = Instant::now();
@@ -292,6 +315,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
             "pids": running.children.iter().map(Child::id).collect::<Vec<_>>(),
             "pid": std::process::id(), "fault": plan.summary,
             "duration_ms": args.duration.as_millis() as u64,
+            "startup_ms": (started - spawned).as_millis() as u64,
         }),
         format!(
             "faultline-agent: {} in {} (cgroup v{}) for {}, {} stressor(s) — Ctrl-C removes it",
@@ -306,7 +330,8 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         ),
     );
 
-    let deadline = tokio::time::Instant::from_std(started + args.duration);
+    // The stressors' own deadline was set at spawn time; the agent's is the same.
+    let deadline = tokio::time::Instant::from_std(deadline);
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::from_std(started + args.interval),
         args.interval,
@@ -338,7 +363,62 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     Ok(())
 }
 
-fn start(running: &mut Running, args: &StressArgs, plan: &StressPlan) -> Result<()> {
+/// Longest a stressor may take to start. Native start-up is a few milliseconds of
+/// CPU; even a 1 % quota delivers that within a second. Emulated debug builds are
+/// the slow case (0.3 s of CPU each, throttled by the quota).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Ready {
+    Running,
+    /// A signal or the deadline came first.
+    Interrupted(&'static str),
+}
+
+/// Waits until every stressor has written `ready` (or a signal, the deadline or
+/// [`READY_TIMEOUT`] comes first). A stressor that exits first closes its pipe.
+async fn wait_ready(
+    pipes: Vec<OwnedFd>,
+    signals: &mut crate::signals::Signals,
+    deadline: Instant,
+) -> Result<Ready> {
+    use tokio::io::AsyncReadExt;
+    let count = pipes.len();
+    let all = async {
+        for (i, fd) in pipes.into_iter().enumerate() {
+            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .context("reading a stressor's pipe")?;
+            let mut line = [0u8; 6];
+            let mut got = 0;
+            while got < line.len() {
+                let n = rx.read(&mut line[got..]).await?;
+                if n == 0 {
+                    bail!("stressor {} of {count} exited before it started", i + 1);
+                }
+                got += n;
+            }
+            if &line != b"ready\n" {
+                bail!(
+                    "stressor {} of {count} said {:?}, not ready",
+                    i + 1,
+                    String::from_utf8_lossy(&line)
+                );
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = all => r.map(|()| Ready::Running),
+        name = signals.recv() => Ok(Ready::Interrupted(name)),
+        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Ok(Ready::Interrupted("deadline")),
+        _ = tokio::time::sleep(READY_TIMEOUT) => bail!(
+            "the stressors had not started {}s after they were spawned: the fence's quota leaves them too little CPU to start",
+            READY_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// Applies the fence and spawns the stressors; returns the pipe each says `ready` on.
+fn start(running: &mut Running, args: &StressArgs, plan: &StressPlan) -> Result<Vec<OwnedFd>> {
     (plan.apply)(running.fs.as_ref(), &running.group)?;
     let deadline = clock::deadline_after(args.duration);
     let mut worker_args = plan.worker_args.clone();
@@ -346,12 +426,14 @@ fn start(running: &mut Running, args: &StressArgs, plan: &StressPlan) -> Result<
     if let Some(r) = args.ramp {
         worker_args.extend(["--ramp-ms".to_owned(), r.as_millis().to_string()]);
     }
+    let mut pipes = Vec::with_capacity(plan.workers);
     for _ in 0..plan.workers {
-        running
-            .children
-            .push(spawn_worker(&running.group, &worker_args, plan.oom_first)?);
+        let mut child = spawn_worker(&running.group, &worker_args, plan.oom_first)?;
+        let stdout = child.stdout.take().context("a stressor's stdout")?;
+        running.children.push(child);
+        pipes.push(OwnedFd::from(stdout));
     }
-    Ok(())
+    Ok(pipes)
 }
 
 struct StressPrinter {
@@ -413,6 +495,13 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
         std::thread::sleep(Duration::from_nanos(until.saturating_sub(now)));
         std::process::exit(0);
     });
+    // The agent counts the stress as armed from here (see the module header).
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(b"ready\n")?;
+        out.flush()?;
+    }
     match a.kind.as_str() {
         "cpu" => {
             pace(a.duty, a.ramp_ms.unwrap_or(0) * 1_000_000, a.until_ns);
@@ -460,14 +549,22 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
 /// against the 1 s CFS period so the group's ceiling is rarely what stops a run.
 const PACE_CYCLE_NS: f64 = 20e6;
 
-/// CPU time this thread has run, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
+/// CPU time of one batch of work between reads of the CPU clock: short against a
+/// run (1.5 ms at 15 %), long against the read itself. The read is a system call
+/// (~0.3 µs natively); reading it every few dozen multiplications made half the
+/// stress system time in `top`.
+const BATCH_NS: f64 = 20e3;
+
+/// CPU time this process has been charged, in nanoseconds: every thread, its
+/// system calls, its sleeps' entry and wake-up. The same time the fence group's
+/// counter and the node's accounting see.
+fn process_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: valid out-pointer; CLOCK_PROCESS_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -480,20 +577,41 @@ fn thread_cpu_ns() -> u64 {
 /// it an extra half tick per burst: a 15 % share read as 17-20 % there while the
 /// precise counters said 15.0. Here each cycle has a random length (0.5-1.5 × the
 /// mean), so runs start and end at times unrelated to the tick and the chance that a
-/// tick finds the burner running equals its duty cycle. Each run lasts until the
-/// thread's own CPU clock advanced by its share of the cycle, so time lost to
-/// preemption is not counted as work; a cycle that overran starts the next one at
-/// once, without catching up (the stress never exceeds its share to make up).
+/// tick finds the burner running equals its duty cycle.
+///
+/// What a cycle costs is measured on the process's own CPU clock over the whole
+/// cycle, so the sleep's entry and wake-up, the clock reads and the last batch's
+/// overshoot count against the share: the next run is shorter by what the last
+/// cycle used beyond its plan. Under emulation that cost is a large part of a small
+/// run (it read as +2 points in the middle of a 15 % ramp when only the run itself
+/// was counted). Only surplus is carried: time lost to preemption is not made up,
+/// so the stress never exceeds its share to catch up, and a cycle that overran
+/// starts the next one at once.
 fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
+    let duty = duty.clamp(0.0, 1.0);
     let start = clock::monotonic_ns();
     let mut rng = (u64::from(std::process::id()) << 32) ^ start | 1;
     let mut cycle_end = start;
     let mut x: u64 = 0;
+    // Multiplications between two clock reads, sized to about BATCH_NS.
+    let mut batch: u64 = 64;
+    // CPU used beyond the plan so far, capped at one full cycle's run: when the
+    // fixed cost of a cycle exceeds a tiny early-ramp plan, there is nothing to
+    // give back and the debt must not silence the ramp later.
+    let debt_cap = (PACE_CYCLE_NS * duty) as u64;
+    let mut debt: u64 = 0;
+    let mut planned: u64 = 0;
+    let mut cycle_from = process_cpu_ns();
     loop {
         let now = clock::monotonic_ns();
         if now >= until_ns {
             return;
         }
+        let cpu = process_cpu_ns();
+        debt = (debt + (cpu - cycle_from))
+            .saturating_sub(planned)
+            .min(debt_cap);
+        cycle_from = cpu;
         let ramp = if ramp_ns == 0 {
             1.0
         } else {
@@ -505,11 +623,21 @@ fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
         rng ^= rng << 17;
         let uniform = (rng >> 11) as f64 / (1u64 << 53) as f64;
         let cycle = PACE_CYCLE_NS * (0.5 + uniform);
-        let run = (cycle * duty.clamp(0.0, 1.0) * ramp) as u64;
-        let ran_from = thread_cpu_ns();
-        while thread_cpu_ns() - ran_from < run {
-            for _ in 0..64 {
+        planned = (cycle * duty * ramp) as u64;
+        let target = planned.saturating_sub(debt);
+        let mut last = cpu;
+        while last - cpu < target {
+            for _ in 0..batch {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let read = process_cpu_ns();
+            let took = read - last;
+            last = read;
+            if took > 0 {
+                // At most doubling or halving per batch: one batch stretched by an
+                // interrupt or a preemption must not size the next one far off.
+                let scaled = (batch as f64 * BATCH_NS / took as f64) as u64;
+                batch = scaled.clamp(batch / 2, batch * 2).clamp(64, 1 << 20);
             }
         }
         cycle_end += cycle as u64;

@@ -192,6 +192,16 @@ fn ramp_reaches_the_share_gradually() {
         })
         .collect();
     agent.stop();
+    let per_second: Vec<String> = readings
+        .windows(2)
+        .map(|w| format!("{:.2}", group_share(&w[0], &w[1], cpus)))
+        .collect();
+    eprintln!(
+        "fence group: {} ms of CPU by the first reading at {} ms; per second after: {}",
+        readings[0]["group_cpu_us"].as_u64().unwrap() / 1000,
+        readings[0]["elapsed_ms"].as_u64().unwrap(),
+        per_second.join(" ")
+    );
     let early = group_share(&readings[0], &readings[2], cpus);
     let middle = group_share(&readings[3], &readings[5], cpus);
     let full = group_share(&readings[9], &readings[13], cpus);
