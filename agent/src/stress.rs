@@ -5,16 +5,9 @@
 //! Between fork and exec each one joins its fence cgroup (so it never runs a cycle
 //! outside the kernel-enforced limit), asks to be SIGKILLed when the agent dies, and
 //! is told the deadline: it exits by itself at that time even if the agent is frozen.
-//!
-//! A stressor's own start-up (loading the binary, parsing its arguments) runs inside
-//! the fence too, and under a small quota it is throttled like the stress itself: in
-//! the emulated VM lane a debug build needs about 0.3 s of CPU to start, which a 15 %
-//! quota spreads over seconds. So each stressor says `ready` on its stdout when it
-//! begins its work, and the fault is armed (event, readings, the ramp's clock) only
-//! once every stressor has said so: "armed" means the stress is running.
 use std::{
     ffi::CString,
-    os::{fd::OwnedFd, unix::process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -229,7 +222,7 @@ fn spawn_worker(group: &Group, args: &[String], oom_first: bool) -> Result<Child
     cmd.arg("__stressor")
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::null());
     // SAFETY: only async-signal-safe calls (prctl, getppid, open, write, close) on
     // memory prepared before the fork.
     unsafe {
@@ -285,26 +278,10 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         group,
         children: Vec::new(),
     };
-    let spawned = Instant::now();
-    let deadline = spawned + args.duration;
-    let ready = match start(&mut running, &args, &plan) {
-        Ok(pipes) => wait_ready(pipes, &mut signals, deadline).await,
-        Err(e) => Err(e),
-    };
-    let ready = match ready {
-        Ok(r) => r,
-        Err(e) => {
-            running.remove()?;
-            return Err(e);
-        }
-    };
-    if let Ready::Interrupted(reason) = ready {
+    let started_ok = start(&mut running, &args, &plan);
+    if let Err(e) = started_ok {
         running.remove()?;
-        out.emit(
-            json!({"event": "removed", "reason": reason, "elapsed_ms": 0, "oom_kills": 0}),
-            format!("faultline-agent: stress removed ({reason}) before its stressors started"),
-        );
-        return Ok(());
+        return Err(e);
     }
     let baseline = NodeSample::now(&args.cgroup_root)?;
     let started = Instant::now();
@@ -315,7 +292,6 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
             "pids": running.children.iter().map(Child::id).collect::<Vec<_>>(),
             "pid": std::process::id(), "fault": plan.summary,
             "duration_ms": args.duration.as_millis() as u64,
-            "startup_ms": (started - spawned).as_millis() as u64,
         }),
         format!(
             "faultline-agent: {} in {} (cgroup v{}) for {}, {} stressor(s) — Ctrl-C removes it",
@@ -330,8 +306,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         ),
     );
 
-    // The stressors' own deadline was set at spawn time; the agent's is the same.
-    let deadline = tokio::time::Instant::from_std(deadline);
+    let deadline = tokio::time::Instant::from_std(started + args.duration);
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::from_std(started + args.interval),
         args.interval,
@@ -363,62 +338,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     Ok(())
 }
 
-/// Longest a stressor may take to start. Native start-up is a few milliseconds of
-/// CPU; even a 1 % quota delivers that within a second. Emulated debug builds are
-/// the slow case (0.3 s of CPU each, throttled by the quota).
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-enum Ready {
-    Running,
-    /// A signal or the deadline came first.
-    Interrupted(&'static str),
-}
-
-/// Waits until every stressor has written `ready` (or a signal, the deadline or
-/// [`READY_TIMEOUT`] comes first). A stressor that exits first closes its pipe.
-async fn wait_ready(
-    pipes: Vec<OwnedFd>,
-    signals: &mut crate::signals::Signals,
-    deadline: Instant,
-) -> Result<Ready> {
-    use tokio::io::AsyncReadExt;
-    let count = pipes.len();
-    let all = async {
-        for (i, fd) in pipes.into_iter().enumerate() {
-            let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .context("reading a stressor's pipe")?;
-            let mut line = [0u8; 6];
-            let mut got = 0;
-            while got < line.len() {
-                let n = rx.read(&mut line[got..]).await?;
-                if n == 0 {
-                    bail!("stressor {} of {count} exited before it started", i + 1);
-                }
-                got += n;
-            }
-            if &line != b"ready\n" {
-                bail!(
-                    "stressor {} of {count} said {:?}, not ready",
-                    i + 1,
-                    String::from_utf8_lossy(&line)
-                );
-            }
-        }
-        anyhow::Ok(())
-    };
-    tokio::select! {
-        r = all => r.map(|()| Ready::Running),
-        name = signals.recv() => Ok(Ready::Interrupted(name)),
-        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Ok(Ready::Interrupted("deadline")),
-        _ = tokio::time::sleep(READY_TIMEOUT) => bail!(
-            "the stressors had not started {}s after they were spawned: the fence's quota leaves them too little CPU to start",
-            READY_TIMEOUT.as_secs()
-        ),
-    }
-}
-
-/// Applies the fence and spawns the stressors; returns the pipe each says `ready` on.
-fn start(running: &mut Running, args: &StressArgs, plan: &StressPlan) -> Result<Vec<OwnedFd>> {
+fn start(running: &mut Running, args: &StressArgs, plan: &StressPlan) -> Result<()> {
     (plan.apply)(running.fs.as_ref(), &running.group)?;
     let deadline = clock::deadline_after(args.duration);
     let mut worker_args = plan.worker_args.clone();
@@ -426,14 +346,12 @@ fn start(running: &mut Running, args: &StressArgs, plan: &StressPlan) -> Result<
     if let Some(r) = args.ramp {
         worker_args.extend(["--ramp-ms".to_owned(), r.as_millis().to_string()]);
     }
-    let mut pipes = Vec::with_capacity(plan.workers);
     for _ in 0..plan.workers {
-        let mut child = spawn_worker(&running.group, &worker_args, plan.oom_first)?;
-        let stdout = child.stdout.take().context("a stressor's stdout")?;
-        running.children.push(child);
-        pipes.push(OwnedFd::from(stdout));
+        running
+            .children
+            .push(spawn_worker(&running.group, &worker_args, plan.oom_first)?);
     }
-    Ok(pipes)
+    Ok(())
 }
 
 struct StressPrinter {
@@ -495,13 +413,6 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
         std::thread::sleep(Duration::from_nanos(until.saturating_sub(now)));
         std::process::exit(0);
     });
-    // The agent counts the stress as armed from here (see the module header).
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        out.write_all(b"ready\n")?;
-        out.flush()?;
-    }
     match a.kind.as_str() {
         "cpu" => {
             pace(a.duty, a.ramp_ms.unwrap_or(0) * 1_000_000, a.until_ns);
