@@ -19,3 +19,4 @@ pub mod report;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod view;
