@@ -6,6 +6,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod experiment;
 pub mod faults;
 pub mod guards;

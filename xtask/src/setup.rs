@@ -35,6 +35,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     // deploy/systemd/: `systemd-analyze verify` and `security` in the tests.
     "systemd",
+    // The dashboard test drives a real headless browser.
+    "chromium",
 ];
 
 /// PyPI packages for the tests' Python clients, pinned; in `target/pyenv`.

@@ -1,5 +1,6 @@
-//! The HTTP surface: `POST /abort`, `GET /status`, `GET /healthz`. Every route but
-//! health needs a bearer token.
+//! The HTTP surface: `POST /abort`, `GET /status`, `GET /healthz`, `GET /metrics` and
+//! the dashboard (`/ui`, `/api/v1/`, see `crate::dashboard`). Every route but health,
+//! metrics and the dashboard's data-free page needs a bearer token.
 use std::sync::Arc;
 
 use axum::{
@@ -43,7 +44,7 @@ fn http_error(s: &Status) -> HttpResult {
     (code, Json(json!({"error": s.message()})))
 }
 
-fn http_caller(
+pub(crate) fn http_caller(
     h: &Http,
     headers: &HeaderMap,
     role: Role,
@@ -140,5 +141,6 @@ pub fn http_router(h: Http) -> Router {
         // Unauthenticated, like /healthz, so any Prometheus can scrape it: keep the
         // HTTP port on loopback or a management network.
         .route("/metrics", get(http_metrics))
+        .merge(crate::dashboard::router())
         .with_state(h)
 }

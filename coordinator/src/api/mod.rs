@@ -22,6 +22,7 @@ use faultline_proto::v1::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+pub(crate) use http::http_caller;
 pub use http::{Http, http_router};
 pub use start::{close_due_gamedays, spawn_clock};
 

@@ -46,6 +46,23 @@ pub struct NewExperiment<'a> {
     pub gameday: &'a str,
 }
 
+/// One health reading on an experiment's timeline, as recorded (about once a second).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct TimelinePoint {
+    pub at_ms: i64,
+    /// The experiment's phase when it was taken (`Phase` as a number).
+    pub phase: i32,
+    pub error_rate_percent: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub throughput_rps: Option<f64>,
+    pub health_score: Option<f64>,
+    pub node_cpu_percent: Option<f64>,
+    pub node_memory_percent: Option<f64>,
+    /// Where the health values came from ("http", "prometheus", ...; "" for none).
+    pub source: String,
+}
+
 pub(crate) fn ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -308,6 +325,31 @@ impl Store {
                 },
             )
             .optional()?)
+    }
+
+    /// Every recorded reading of an experiment, oldest first: its timeline.
+    pub fn timeline(&self, experiment_id: &str) -> Result<Vec<TimelinePoint>> {
+        let db = self.db();
+        let mut q = db.prepare(
+            "SELECT at_ms, phase, error_rate, latency_p50_ms, latency_p99_ms, throughput,
+                    health_score, node_cpu, node_memory, source
+             FROM readings WHERE experiment_id = ?1 ORDER BY at_ms",
+        )?;
+        let rows = q.query_map([experiment_id], |r| {
+            Ok(TimelinePoint {
+                at_ms: r.get(0)?,
+                phase: r.get(1)?,
+                error_rate_percent: r.get(2)?,
+                latency_p50_ms: r.get(3)?,
+                latency_p99_ms: r.get(4)?,
+                throughput_rps: r.get(5)?,
+                health_score: r.get(6)?,
+                node_cpu_percent: r.get(7)?,
+                node_memory_percent: r.get(8)?,
+                source: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn reading_count(&self, experiment_id: &str) -> Result<u64> {
