@@ -7,10 +7,9 @@
 //! A child gets PR_SET_PDEATHSIG = SIGTERM: if the daemon dies, its effects go with it.
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
-use faultline_proto::v1::{
-    Direction, FaultCounters, FaultSpec, Hook, JitterDistribution, TrafficFilter, fault_spec::Fault,
-};
-use serde_json::Value;
+pub use faultline_agent::child::inject_args;
+use faultline_agent::child::{self, ChildEvent};
+use faultline_proto::v1::FaultCounters;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, BufReader},
     process::Command,
@@ -47,115 +46,6 @@ pub enum Report {
         code: Option<i32>,
         detail: String,
     },
-}
-
-fn millis(d: &prost_types::Duration) -> Result<String, String> {
-    let d = Duration::try_from(*d).map_err(|_| "negative duration".to_owned())?;
-    Ok(format!("{}ms", d.as_millis().max(1)))
-}
-
-fn direction(d: i32) -> &'static str {
-    match Direction::try_from(d) {
-        Ok(Direction::Egress) => "egress",
-        Ok(Direction::Both) => "both",
-        _ => "ingress",
-    }
-}
-
-fn filter_args(f: Option<&TrafficFilter>, args: &mut Vec<String>) {
-    let Some(f) = f else { return };
-    for (flag, value) in [
-        ("--src", &f.src_cidr),
-        ("--dst", &f.dst_cidr),
-        ("--proto", &f.protocol),
-        ("--port", &f.port),
-        ("--sport", &f.sport),
-        ("--dport", &f.dport),
-    ] {
-        if !value.is_empty() {
-            args.push(format!("{flag}={value}"));
-        }
-    }
-}
-
-/// The `inject` command line for `spec` (after the global options). Values that come
-/// from the request as text are joined to their flag (`--path=VALUE`), so no value
-/// can ever be read as a flag of its own.
-pub fn inject_args(spec: &FaultSpec) -> Result<Vec<String>, String> {
-    let duration = millis(spec.duration.as_ref().ok_or("fault.duration is required")?)?;
-    let fault = spec.fault.as_ref().ok_or("fault: none given")?;
-    let s = |v: &str| v.to_owned();
-    let mut args = vec![s("inject")];
-    match fault {
-        Fault::Loss(l) => {
-            args.extend([s("loss"), format!("--iface={}", l.interface)]);
-            args.extend([s("--direction"), s(direction(l.direction))]);
-            args.push(format!("--percent={}", l.percent));
-            filter_args(l.filter.as_ref(), &mut args);
-        }
-        Fault::Latency(l) => {
-            args.extend([s("latency"), format!("--iface={}", l.interface)]);
-            args.extend([s("--direction"), s(direction(l.direction))]);
-            args.extend([
-                s("--delay"),
-                millis(l.delay.as_ref().ok_or("latency.delay is required")?)?,
-            ]);
-            if let Some(j) = &l.jitter {
-                args.extend([s("--jitter"), millis(j)?]);
-            }
-            let shape = match JitterDistribution::try_from(l.jitter_distribution) {
-                Ok(JitterDistribution::Normal) => "normal",
-                _ => "uniform",
-            };
-            args.extend([s("--jitter-distribution"), s(shape)]);
-            if l.allow_reorder {
-                args.push(s("--allow-reorder"));
-            }
-            if l.loss_percent > 0.0 {
-                args.extend([s("--loss-percent"), l.loss_percent.to_string()]);
-            }
-            filter_args(l.filter.as_ref(), &mut args);
-        }
-        // Numbers with `=` too: a negative one must reach the agent's own check.
-        Fault::Cpu(c) => args.extend([s("cpu"), format!("--percent={}", c.percent)]),
-        Fault::Memory(m) => args.extend([s("memory"), format!("--percent={}", m.percent)]),
-        Fault::Gc(g) => {
-            args.extend([s("gc"), format!("--target-cgroup={}", g.target_cgroup)]);
-            if g.to_percent != 0.0 {
-                args.push(format!("--to-percent={}", g.to_percent));
-            }
-            hook_args(&g.hooks, &mut args);
-        }
-        Fault::Cache(c) => {
-            args.push(s("cache"));
-            for p in &c.paths {
-                args.push(format!("--path={p}"));
-            }
-            if !c.target_cgroup.is_empty() {
-                args.push(format!("--target-cgroup={}", c.target_cgroup));
-            }
-            hook_args(&c.hooks, &mut args);
-        }
-    }
-    // Eviction is one shot: the fault's duration is the window its rebuild is watched.
-    let length = if matches!(fault, Fault::Cache(_)) {
-        "--observe"
-    } else {
-        "--duration"
-    };
-    args.extend([s(length), duration, s("--output"), s("json")]);
-    // Network faults report counters at the experiment sample rate (10 Hz); the
-    // others a reading a second, as often as their numbers move.
-    if matches!(fault, Fault::Loss(_) | Fault::Latency(_)) {
-        args.extend([s("--interval"), s("100ms")]);
-    }
-    Ok(args)
-}
-
-fn hook_args(hooks: &[Hook], args: &mut Vec<String>) {
-    for h in hooks {
-        args.push(format!("--hook={}={}", h.name, h.url));
-    }
 }
 
 /// A running child: dropping the sender does nothing; `stop` asks for removal.
@@ -205,43 +95,34 @@ pub fn spawn(
         let mut armed = false;
         let mut last = String::new();
         while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(ev) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            match ev["event"].as_str() {
-                // Cache invalidation's effect is its one-shot eviction.
-                Some(e @ ("armed" | "evicted")) => {
+            match child::parse_event(&kind, &line) {
+                Some(ChildEvent::Armed { detail, readings }) => {
                     armed = true;
-                    let detail = match ev["fault"].as_str() {
-                        Some(f) => f.to_owned(),
-                        None => format!("{kind} {e}"),
-                    };
                     let _ = events.send(Report::Armed {
                         order_id: order.clone(),
                         detail,
                     });
-                    if e == "evicted" {
-                        let _ = events.send(Report::Readings(readings(&kind, &ev)));
+                    if let Some(r) = readings {
+                        let _ = events.send(Report::Readings(r));
                     }
                 }
-                Some("reading") => {
-                    let _ = events.send(Report::Readings(readings(&kind, &ev)));
+                Some(ChildEvent::Readings(r)) => {
+                    let _ = events.send(Report::Readings(r));
                 }
-                Some("counters") => {
-                    let d = &ev["delay_line"];
+                Some(ChildEvent::Counters {
+                    ingress,
+                    egress,
+                    delay_line,
+                }) => {
                     let _ = events.send(Report::Counters {
                         order_id: order.clone(),
-                        ingress: counters(&ev["counters"]["ingress"]),
-                        egress: counters(&ev["counters"]["egress"]),
-                        delay_line: d["queued"]
-                            .as_u64()
-                            .map(|q| (q, d["dropped_overflow"].as_u64().unwrap_or(0))),
+                        ingress,
+                        egress,
+                        delay_line,
                     });
                 }
-                Some("removed") => {
-                    last = format!("removed ({})", ev["reason"].as_str().unwrap_or("?"));
-                }
-                _ => {}
+                Some(ChildEvent::Removed { reason }) => last = format!("removed ({reason})"),
+                None => {}
             }
         }
         (armed, last)
@@ -335,114 +216,4 @@ pub fn spawn_self_test(
         });
     });
     Ok(())
-}
-
-/// The numeric fields of a reading, except its timing.
-fn readings(kind: &str, ev: &Value) -> HashMap<String, f64> {
-    let Some(fields) = ev.as_object() else {
-        return HashMap::new();
-    };
-    fields
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "elapsed_ms" | "pid"))
-        .filter_map(|(k, v)| Some((format!("{kind}.{k}"), v.as_f64()?)))
-        .collect()
-}
-
-fn counters(v: &Value) -> FaultCounters {
-    let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    FaultCounters {
-        seen: n("seen"),
-        matched: n("matched"),
-        dropped: n("dropped"),
-        delayed: n("delayed"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use faultline_proto::v1::{CacheFault, GcFault, LatencyFault, LossFault};
-
-    use super::*;
-
-    fn dur(ms: u64) -> Option<prost_types::Duration> {
-        Some(Duration::from_millis(ms).try_into().unwrap())
-    }
-
-    #[test]
-    fn orders_become_the_local_mode_command_line() {
-        let spec = FaultSpec {
-            fault: Some(Fault::Loss(LossFault {
-                interface: "eth0".into(),
-                direction: Direction::Both as i32,
-                percent: 0.5,
-                filter: Some(TrafficFilter {
-                    protocol: "udp".into(),
-                    dport: "7000".into(),
-                    ..Default::default()
-                }),
-            })),
-            duration: dur(60_000),
-        };
-        assert_eq!(
-            inject_args(&spec).unwrap().join(" "),
-            "inject loss --iface=eth0 --direction both --percent=0.5 --proto=udp --dport=7000 \
-             --duration 60000ms --output json --interval 100ms"
-        );
-        let spec = FaultSpec {
-            fault: Some(Fault::Latency(LatencyFault {
-                interface: "eth0".into(),
-                direction: Direction::Egress as i32,
-                delay: dur(50),
-                jitter: dur(5),
-                jitter_distribution: JitterDistribution::Normal as i32,
-                ..Default::default()
-            })),
-            duration: dur(1500),
-        };
-        assert_eq!(
-            inject_args(&spec).unwrap().join(" "),
-            "inject latency --iface=eth0 --direction egress --delay 50ms --jitter 5ms \
-             --jitter-distribution normal --duration 1500ms --output json --interval 100ms"
-        );
-        let hook = |name: &str, url: &str| Hook {
-            name: name.into(),
-            url: url.into(),
-        };
-        let spec = FaultSpec {
-            fault: Some(Fault::Gc(GcFault {
-                target_cgroup: "system.slice/app.service".into(),
-                to_percent: 70.0,
-                hooks: vec![hook("jvm", "http://127.0.0.1:8080/gc")],
-            })),
-            duration: dur(30_000),
-        };
-        assert_eq!(
-            inject_args(&spec).unwrap().join(" "),
-            "inject gc --target-cgroup=system.slice/app.service --to-percent=70 \
-             --hook=jvm=http://127.0.0.1:8080/gc --duration 30000ms --output json"
-        );
-        // A cache's duration is its observation window. A value that looks like a
-        // flag stays the value of its own flag.
-        let spec = FaultSpec {
-            fault: Some(Fault::Cache(CacheFault {
-                paths: vec!["/srv/data".into(), "--runtime-command=sh".into()],
-                target_cgroup: String::new(),
-                hooks: vec![hook("api", "http://127.0.0.1:8081/cache/drop")],
-            })),
-            duration: dur(30_000),
-        };
-        assert_eq!(
-            inject_args(&spec).unwrap().join(" "),
-            "inject cache --path=/srv/data --path=--runtime-command=sh \
-             --hook=api=http://127.0.0.1:8081/cache/drop --observe 30000ms --output json"
-        );
-        assert!(
-            inject_args(&FaultSpec {
-                fault: None,
-                duration: dur(1)
-            })
-            .is_err()
-        );
-    }
 }
