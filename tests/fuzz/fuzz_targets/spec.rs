@@ -1,0 +1,40 @@
+//! A spec as a user writes it: parsing, shape checks and the full offline
+//! resolution (config defaults, the production limits) never panic; whatever parses
+//! survives its own YAML unchanged; a spec resolution accepts is within the limits
+//! the same resolution enforces, so it must accept it again.
+#![no_main]
+use std::sync::OnceLock;
+
+use faultline_coordinator::{config::Settings, plan};
+use faultline_proto::{
+    limits::{ChaosLimits, Profile},
+    spec::Spec,
+};
+use libfuzzer_sys::fuzz_target;
+
+fn context() -> &'static (Settings, ChaosLimits) {
+    static CTX: OnceLock<(Settings, ChaosLimits)> = OnceLock::new();
+    CTX.get_or_init(|| {
+        (
+            Settings::load(None, Profile::Production).expect("embedded defaults"),
+            ChaosLimits::profile(Profile::Production),
+        )
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(spec) = Spec::parse(text) else {
+        return;
+    };
+    let again = Spec::parse(&spec.to_yaml()).expect("a parsed spec's own YAML parses");
+    assert_eq!(again, spec, "YAML round trip changed the spec");
+    let _ = spec.check_shape(text);
+    let (settings, limits) = context();
+    if plan::check_offline(text, settings, limits, "fuzz").is_ok() {
+        plan::check_offline(&spec.to_yaml(), settings, limits, "fuzz")
+            .expect("the same spec, re-serialized, resolves again");
+    }
+});
