@@ -123,7 +123,16 @@ fn live(tab: &Tab, id: &str) -> (String, String) {
 #[test]
 fn the_dashboard_follows_a_running_experiment_live_and_its_abort_button_ends_it() {
     let _g = serial();
-    let lab = Lab::new(&[], &[]);
+    // One schedule entry whose next slot is months away, for the schedule views.
+    let dir = faultline_tests::TempPath::dir("faultline-dash");
+    let schedule = dir.join("schedule.yaml");
+    std::fs::write(
+        &schedule,
+        "schedule:\n  - name: new-year-cpu\n    cron: '0 0 1 1 *'\n    scenario: cpu_stress\n    \
+         target_node: node-1\n    cpu_stress: 5%\n    duration: 10s\n",
+    )
+    .expect("write schedule");
+    let lab = Lab::new(&[], &["--schedule", schedule.to_str().unwrap()]);
     let spec = "scenario: latency_injection\ntarget_node: node-1\nlatency: 15ms\nduration: 120s\n\
                 baseline: 2s\nabort_conditions: {latency_p99_above: 500ms}\n";
     let mut run = lab
@@ -270,12 +279,30 @@ fn the_dashboard_follows_a_running_experiment_live_and_its_abort_button_ends_it(
         "!!document.getElementById('status') && document.getElementById('status').innerText.includes('No active chaos')",
         Duration::from_secs(10),
     );
+    let next = eval(&tab, "document.getElementById('next').innerText");
+    assert!(
+        next.as_str()
+            .is_some_and(|t| t.contains("cpu_stress") && t.contains("new-year-cpu")),
+        "the overview's next scheduled test: {next}"
+    );
     tab.evaluate("location.hash = '#/experiments'", false)
         .expect("route");
     until(
         &tab,
         &format!("!!document.querySelector('#experiments tr[data-experiment=\"{id}\"]')"),
         Duration::from_secs(10),
+    );
+    tab.evaluate("location.hash = '#/schedules'", false)
+        .expect("route");
+    let row = until(
+        &tab,
+        "(document.querySelector('#schedules tr[data-schedule=\"new-year-cpu\"]') || {}).innerText",
+        Duration::from_secs(10),
+    );
+    assert!(
+        row.as_str()
+            .is_some_and(|t| t.contains("-01-01 00:00:00 UTC")),
+        "the entry's next run: {row}"
     );
     tab.evaluate("location.hash = '#/nodes'", false)
         .expect("route");

@@ -138,7 +138,7 @@ async function experiment(id) {
 
 async function schedules() {
   const s = await api("/api/v1/schedules");
-  const rows = s.schedules.map((e) => `<tr><td>${esc(e.name)}</td><td>${esc(e.when)}</td><td>${esc(e.scenario)}</td>
+  const rows = s.schedules.map((e) => `<tr data-schedule="${esc(e.name)}"><td>${esc(e.name)}</td><td>${esc(e.when)}</td><td>${esc(e.scenario)}</td>
       <td>${e.paused ? "paused by " + esc(e.paused_by) : esc(when(e.next_run_ms))}</td>
       <td>${e.last_run ? esc(e.last_run.status) + " " + esc(when(e.last_run.slot_ms)) + " " + esc(e.last_run.experiment || e.last_run.reasons.join("; ")) : "-"}</td></tr>`).join("");
   const bl = s.blackouts.map((b) => `<tr><td>${esc(b.name)}</td><td>${esc(b.when)}</td>
