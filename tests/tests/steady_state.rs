@@ -101,14 +101,19 @@ fn assert_only_failing(run: &Run, failing: &str, dependent: &[&str]) {
 fn each_prerequisite_failing_on_its_own_refuses_the_experiment_with_its_name_and_value() {
     let _g = serial();
     let lab = Lab::new(&[], &[]);
-    // The control: in the healthy lab every prerequisite holds, and the run records
-    // the probes' baseline p99 that latency_within_baseline compares with later.
-    let ok = lab.run(&cpu("2s", "baseline: 2s\n"), "");
-    assert_eq!(ok.code, Some(0), "{}\n{}", ok.outcome, ok.stderr);
-    for c in ok.outcome["preflight"].as_array().unwrap() {
-        assert!(c["status"] == "pass" || c["status"] == "skipped", "{c}");
+    // The control: in the healthy lab every prerequisite holds, and the runs record
+    // the probes' baseline p99 that latency_within_baseline compares with later. It
+    // compares with the median of recent runs; three of them, because one run's p99
+    // is a single probe of 40, and a CI run once recorded 41.8 ms (a stall while the
+    // lab was starting) where the service answers in about 2 ms.
+    for _ in 0..3 {
+        let ok = lab.run(&cpu("2s", "baseline: 2s\n"), "");
+        assert_eq!(ok.code, Some(0), "{}\n{}", ok.outcome, ok.stderr);
+        for c in ok.outcome["preflight"].as_array().unwrap() {
+            assert!(c["status"] == "pass" || c["status"] == "skipped", "{c}");
+        }
+        assert_eq!(ok.check("required.rollback")["status"], "pass");
     }
-    assert_eq!(ok.check("required.rollback")["status"], "pass");
 
     let short = "baseline: 1s\n";
     // Thresholds that real values fail.
