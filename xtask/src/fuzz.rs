@@ -66,8 +66,18 @@ fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
-/// Builds the targets and runs each `seconds` (or only `only`).
-pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+/// How long each target runs.
+#[derive(Clone, Copy)]
+pub enum Budget {
+    /// Wall time, from a random seed: exploration (`cargo xtask fuzz`).
+    Seconds(u64),
+    /// A fixed number of inputs from a fixed seed: the same inputs on every run of
+    /// the same commit, so the test command cannot fail by luck.
+    Runs(u64),
+}
+
+/// Builds the targets and runs each within `budget` (or only `only`).
+pub fn fuzz(budget: Budget, only: Option<&str>) -> Result<()> {
     if let Some(t) = only
         && !TARGETS.contains(&t)
     {
@@ -92,12 +102,19 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         std::fs::create_dir_all(&corpus)?;
         std::fs::create_dir_all(&artifacts)?;
         let exe = out.join(&triple).join("release").join(target);
-        println!("fuzz: {target} for {seconds}s ({} seeds)", count(&seeds));
+        let (limit, what) = match budget {
+            Budget::Seconds(s) => (vec![format!("-max_total_time={s}")], format!("{s}s")),
+            Budget::Runs(n) => (
+                vec![format!("-runs={n}"), "-seed=1".to_owned()],
+                format!("{n} inputs, seed 1"),
+            ),
+        };
+        println!("fuzz: {target} for {what} ({} seeds)", count(&seeds));
         // New inputs go to the first corpus directory (target/), the seeds are read.
         let result = Command::new(&exe)
             .arg(&corpus)
             .arg(&seeds)
-            .arg(format!("-max_total_time={seconds}"))
+            .args(&limit)
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
             .output()
@@ -113,7 +130,7 @@ pub fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
             );
         }
         let line = format!(
-            "{target}: {} runs in {seconds}s ({}/s), coverage {} edges, corpus {} (+{} new), peak {} MB",
+            "{target}: {} runs ({what}, {}/s), coverage {} edges, corpus {} (+{} new), peak {} MB",
             stat(&log, "number_of_executed_units").unwrap_or(0),
             stat(&log, "average_exec_per_sec").unwrap_or(0),
             coverage(&log).map_or("?".into(), |c| c.to_string()),

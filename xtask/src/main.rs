@@ -133,9 +133,9 @@ fn main() -> Result<()> {
             // The main job, as a new user runs it: it fails on any error or residue.
             build_daemons()?;
             demo::run(0.1)?;
-            // Every fuzz target briefly, seeds included: a crash fixed once stays
-            // fixed. `cargo xtask fuzz` runs them longer.
-            fuzz::fuzz(10, None)?;
+            // Every fuzz target briefly, seeds (and fixed crashes) included, on fixed
+            // inputs. `cargo xtask fuzz` explores, for longer.
+            fuzz::fuzz(fuzz::Budget::Runs(50_000), None)?;
             vm::vm_test()
         }
         Task::VmTest => {
@@ -149,7 +149,9 @@ fn main() -> Result<()> {
             build_daemons()?;
             demo::run(scale)
         }
-        Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
+        Task::Fuzz { seconds, target } => {
+            fuzz::fuzz(fuzz::Budget::Seconds(seconds), target.as_deref())
+        }
         Task::VmBench => {
             require_root("vm-bench")?;
             setup::setup()?;

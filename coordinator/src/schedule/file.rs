@@ -292,7 +292,11 @@ pub fn parse(
         let spec_yaml = if spec.is_empty() {
             String::new()
         } else {
-            serde_yaml_ng::to_string(&spec).expect("a mapping serializes")
+            // Not every parsed mapping can be written back: a tagged key (`! x: 1`,
+            // found by the schedule fuzz target) makes the emitter fail. That is a
+            // mistake in the file, not a reason to stop the coordinator.
+            serde_yaml_ng::to_string(&spec)
+                .map_err(|e| err("", format!("this entry cannot be read as a spec: {e}")))?
         };
         let scenario = check(&spec_yaml).map_err(|e| {
             let field = e.field.clone();

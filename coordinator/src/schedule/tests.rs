@@ -506,3 +506,18 @@ fn bad_schedule_files_name_the_entry_the_field_and_the_line() {
         "line 1: starting_deadline: must be at least 1s"
     );
 }
+
+/// Found by the schedule fuzz target (tests/fuzz/corpus/schedule/crash-0d8c0f...): a
+/// tagged key in the defaults made the coordinator panic writing the entry's spec.
+#[test]
+fn a_tagged_key_is_an_error_in_the_file_not_a_panic() {
+    let text = "defaults:\n  target:\n  ! abt:launt: 2\nschedule:\n  - time: 02:00 UTC\n    scenario: packet_loss\n    packet_loss: 0.1%\n    duration: 60s\n";
+    let crash = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fuzz/corpus/schedule/crash-0d8c0f4ec745e1658bec89c41bc9bcd5bbf6804c"
+    ))
+    .expect("the fuzz corpus's crash input");
+    for input in [text.to_owned(), String::from_utf8(crash).unwrap()] {
+        assert!(parse(&input).is_err(), "{input}");
+    }
+}
