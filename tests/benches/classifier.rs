@@ -25,6 +25,7 @@ use std::{
 use faultline_tests::{
     Agent, Pair, limits_file,
     netns::IFACE,
+    test_run::test_run,
     traffic::{receiver, sender},
 };
 
@@ -107,57 +108,13 @@ fn frame() -> [u8; 64] {
 
 /// Mean ns per run of program `id` over `repeat` runs of BPF_PROG_TEST_RUN.
 fn test_run_ns(id: u32, repeat: u32) -> f64 {
-    use std::os::fd::{AsFd, AsRawFd};
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRun {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
     let info = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == id)
         .expect("program loaded");
     let fd = info.fd().expect("program fd");
-    let data = frame();
-    let mut attr = TestRun {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
-        data_size_in: data.len() as u32,
-        data_in: data.as_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    // SAFETY: attr is a valid, fully initialised bpf_attr prefix for this command.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRun,
-            size_of::<TestRun>() as u32,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
-    f64::from(attr.duration)
+    let run = test_run(fd, &frame(), repeat).expect("BPF_PROG_TEST_RUN");
+    f64::from(run.duration_ns)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod node;
 pub mod rtt;
 pub mod sandbox;
+pub mod test_run;
 pub mod traffic;
 pub mod workload;
 

@@ -10,9 +10,7 @@
 //! documents, not from its code: one pass over the bytes, no shared types.
 //!
 //! The generator is seeded (printed), so a failure is reproducible.
-use std::os::fd::{AsFd, AsRawFd};
-
-use faultline_tests::{Agent, Pair, limits_file, netns::IFACE};
+use faultline_tests::{Agent, Pair, limits_file, netns::IFACE, test_run::test_run};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
@@ -446,53 +444,6 @@ fn mutate(r: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
 
 // ------------------------------------------------------------------ the kernel
 
-/// The program's return value for one run on `data`; Err when the kernel refuses
-/// the frame itself.
-fn test_run(prog_fd: u32, data: &[u8]) -> Result<u32, std::io::Error> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRun {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    let mut attr = TestRun {
-        prog_fd,
-        data_size_in: data.len() as u32,
-        data_in: data.as_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
-    // SAFETY: attr is a valid, fully initialised bpf_attr prefix for this command;
-    // data outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRun,
-            size_of::<TestRun>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(attr.retval)
-}
-
 fn hex(f: &[u8]) -> String {
     f.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -559,7 +510,6 @@ fn the_kernel_filter_decides_every_packet_as_the_model_does() {
             .find(|p| ids.contains(&p.id()) && p.name_as_str() == Some("faultline_ingre"))
             .unwrap_or_else(|| panic!("no faultline_ingress among programs {ids:?}"));
         let fd = info.fd().expect("program fd");
-        let prog_fd = fd.as_fd().as_raw_fd() as u32;
         let (mut matched, mut cut, mut refused) = (0, 0, 0);
         for i in 0..FRAMES {
             let mut f = frame(&mut r, &model);
@@ -573,8 +523,8 @@ fn the_kernel_filter_decides_every_packet_as_the_model_does() {
             let et = u16::from_be_bytes([f[12], f[13]]);
             let short_l3 =
                 (et == 0x0800 && f.len() < 14 + 20) || (et == 0x86dd && f.len() < 14 + 40);
-            let got = match test_run(prog_fd, &f) {
-                Ok(v) => v,
+            let got = match test_run(&fd, &f, 1) {
+                Ok(run) => run.retval,
                 Err(e) => {
                     assert!(
                         short_l3 && e.raw_os_error() == Some(libc::EINVAL),

@@ -2,21 +2,11 @@
 //! against the production limits) never panic, and an accepted file's entries can
 //! all compute their next slot.
 #![no_main]
-use std::sync::OnceLock;
+mod common;
 
-use faultline_coordinator::{config::Settings, plan, schedule::file};
-use faultline_proto::limits::{ChaosLimits, Profile};
+use common::context;
+use faultline_coordinator::{plan, schedule::file};
 use libfuzzer_sys::fuzz_target;
-
-fn context() -> &'static (Settings, ChaosLimits) {
-    static CTX: OnceLock<(Settings, ChaosLimits)> = OnceLock::new();
-    CTX.get_or_init(|| {
-        (
-            Settings::load(None, Profile::Production).expect("embedded defaults"),
-            ChaosLimits::profile(Profile::Production),
-        )
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -3,24 +3,12 @@
 //! survives its own YAML unchanged; a spec resolution accepts is within the limits
 //! the same resolution enforces, so it must accept it again.
 #![no_main]
-use std::sync::OnceLock;
+mod common;
 
-use faultline_coordinator::{config::Settings, plan};
-use faultline_proto::{
-    limits::{ChaosLimits, Profile},
-    spec::Spec,
-};
+use common::context;
+use faultline_coordinator::plan;
+use faultline_proto::spec::Spec;
 use libfuzzer_sys::fuzz_target;
-
-fn context() -> &'static (Settings, ChaosLimits) {
-    static CTX: OnceLock<(Settings, ChaosLimits)> = OnceLock::new();
-    CTX.get_or_init(|| {
-        (
-            Settings::load(None, Profile::Production).expect("embedded defaults"),
-            ChaosLimits::profile(Profile::Production),
-        )
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
