@@ -176,7 +176,7 @@ async fn overview(State(h): State<Http>, headers: HeaderMap) -> ApiResult {
         let Some(e) = c.store.experiment(id).map_err(internal)? else {
             continue;
         };
-        let last = c.store.timeline(id).map_err(internal)?.pop();
+        let last = c.store.latest_point(id).map_err(internal)?;
         let mut v = experiment_json(&e);
         v["summary"] = json!(fault_summary(&e));
         v["live"] = last.as_ref().map_or(Value::Null, live);
@@ -305,65 +305,82 @@ fn breached_signal(guard: &str) -> Option<&'static str> {
     }
 }
 
-fn chart(
-    e: &faultline_proto::v1::Experiment,
-    events: &[ExperimentEvent],
-    points: &[TimelinePoint],
-    s: &Signal,
-) -> String {
-    let spec = Spec::parse(&e.spec_yaml).ok();
-    let breach = e
-        .outcome
-        .as_ref()
-        .and_then(|o| o.breach.as_ref())
-        .and_then(|b| {
+/// What every chart of one experiment shares, worked out once: its phase spans,
+/// the spec it ran with and its guard breach.
+struct Charts<'a> {
+    points: &'a [TimelinePoint],
+    phases: Vec<(i64, i64, Phase)>,
+    spec: Option<Spec>,
+    breach: Option<&'a faultline_proto::v1::GuardBreach>,
+}
+
+impl<'a> Charts<'a> {
+    fn new(
+        e: &'a faultline_proto::v1::Experiment,
+        events: &[ExperimentEvent],
+        points: &'a [TimelinePoint],
+    ) -> Self {
+        let changes: Vec<(i64, Phase)> = events
+            .iter()
+            .filter_map(|ev| {
+                Some((
+                    timestamp_ms(ev.at.as_ref())?,
+                    Phase::try_from(ev.phase).ok()?,
+                ))
+            })
+            .collect();
+        let end = points
+            .last()
+            .map(|p| p.at_ms)
+            .into_iter()
+            .chain(changes.last().map(|c| c.0))
+            .max()
+            .unwrap_or(0);
+        Self {
+            points,
+            phases: phase_spans(&changes, end),
+            spec: Spec::parse(&e.spec_yaml).ok(),
+            breach: e.outcome.as_ref().and_then(|o| o.breach.as_ref()),
+        }
+    }
+
+    fn svg(&self, s: &Signal) -> String {
+        let breach = self.breach.and_then(|b| {
             let at = timestamp_ms(b.visible_at.as_ref())?;
             let mine = breached_signal(&b.guard) == Some(s.key);
             Some((at, mine.then_some(b.observed), b.describe()))
         });
-    let changes: Vec<(i64, Phase)> = events
-        .iter()
-        .filter_map(|ev| {
-            Some((
-                timestamp_ms(ev.at.as_ref())?,
-                Phase::try_from(ev.phase).ok()?,
-            ))
-        })
-        .collect();
-    let end = points
-        .last()
-        .map(|p| p.at_ms)
-        .into_iter()
-        .chain(changes.last().map(|c| c.0))
-        .max()
-        .unwrap_or(0);
-    let with: Vec<&TimelinePoint> = points.iter().filter(|p| (s.get)(p).is_some()).collect();
-    let mut sources: Vec<&str> = with
-        .iter()
-        .map(|p| {
-            if s.key.starts_with("node_") {
-                "node"
-            } else {
-                p.source.as_str()
-            }
-        })
-        .filter(|x| !x.is_empty())
-        .collect();
-    sources.dedup();
-    sources.sort_unstable();
-    sources.dedup();
-    svg::timeline(&svg::Timeline {
-        title: s.title.to_owned(),
-        unit: s.unit.to_owned(),
-        source: sources.join(", "),
-        points: with
+        let with: Vec<&TimelinePoint> = self
+            .points
             .iter()
-            .map(|p| (p.at_ms, (s.get)(p).unwrap_or(0.0)))
-            .collect(),
-        phases: phase_spans(&changes, end),
-        threshold: threshold(spec.as_ref(), s.key),
-        breach,
-    })
+            .filter(|p| (s.get)(p).is_some())
+            .collect();
+        let mut sources: Vec<&str> = with
+            .iter()
+            .map(|p| {
+                if s.key.starts_with("node_") {
+                    "node"
+                } else {
+                    p.source.as_str()
+                }
+            })
+            .filter(|x| !x.is_empty())
+            .collect();
+        sources.sort_unstable();
+        sources.dedup();
+        svg::timeline(&svg::Timeline {
+            title: s.title.to_owned(),
+            unit: s.unit.to_owned(),
+            source: sources.join(", "),
+            points: with
+                .iter()
+                .filter_map(|p| Some((p.at_ms, (s.get)(p)?)))
+                .collect(),
+            phases: self.phases.clone(),
+            threshold: threshold(self.spec.as_ref(), s.key),
+            breach,
+        })
+    }
 }
 
 async fn experiment(
@@ -391,10 +408,11 @@ async fn experiment(
                    "message": ev.message})
         })
         .collect();
+    let charts = Charts::new(&e, &events, &points);
     v["charts"] = SIGNALS
         .iter()
         .filter(|s| points.iter().any(|p| (s.get)(p).is_some()))
-        .map(|s| json!({"signal": s.key, "svg": chart(&e, &events, &points, s)}))
+        .map(|s| json!({"signal": s.key, "svg": charts.svg(s)}))
         .collect();
     Ok(Json(v))
 }
@@ -417,7 +435,7 @@ async fn timeline_svg(
         .ok_or_else(|| not_found(format!("no experiment {id}")))?;
     let points = store.timeline(&id).map_err(internal)?;
     let events = store.events(&id).map_err(internal)?;
-    Ok(svg(chart(&e, &events, &points, s)))
+    Ok(svg(Charts::new(&e, &events, &points).svg(s)))
 }
 
 async fn distribution_svg(

@@ -329,12 +329,23 @@ impl Store {
 
     /// Every recorded reading of an experiment, oldest first: its timeline.
     pub fn timeline(&self, experiment_id: &str) -> Result<Vec<TimelinePoint>> {
+        self.points(experiment_id, "ORDER BY at_ms")
+    }
+
+    /// The latest recorded reading of an experiment, with every field the timeline has.
+    pub fn latest_point(&self, experiment_id: &str) -> Result<Option<TimelinePoint>> {
+        Ok(self
+            .points(experiment_id, "ORDER BY at_ms DESC LIMIT 1")?
+            .pop())
+    }
+
+    fn points(&self, experiment_id: &str, order: &str) -> Result<Vec<TimelinePoint>> {
         let db = self.db();
-        let mut q = db.prepare(
+        let mut q = db.prepare(&format!(
             "SELECT at_ms, phase, error_rate, latency_p50_ms, latency_p99_ms, throughput,
                     health_score, node_cpu, node_memory, source
-             FROM readings WHERE experiment_id = ?1 ORDER BY at_ms",
-        )?;
+             FROM readings WHERE experiment_id = ?1 {order}"
+        ))?;
         let rows = q.query_map([experiment_id], |r| {
             Ok(TimelinePoint {
                 at_ms: r.get(0)?,
