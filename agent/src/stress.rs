@@ -222,7 +222,8 @@ fn spawn_worker(group: &Group, args: &[String], oom_first: bool) -> Result<Child
     cmd.arg("__stressor")
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        // One line, "working", once it has started and begins its work.
+        .stdout(Stdio::piped());
     // SAFETY: only async-signal-safe calls (prctl, getppid, open, write, close) on
     // memory prepared before the fork.
     unsafe {
@@ -278,7 +279,8 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         group,
         children: Vec::new(),
     };
-    let started_ok = start(&mut running, &args, &plan);
+    let (working_tx, mut working_rx) = tokio::sync::mpsc::unbounded_channel();
+    let started_ok = start(&mut running, &args, &plan, working_tx);
     if let Err(e) = started_ok {
         running.remove()?;
         return Err(e);
@@ -312,10 +314,24 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         args.interval,
     );
     let mut last = baseline;
+    let mut not_working = running.children.len();
     let reason = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break "deadline",
             name = signals.recv() => break name,
+            Some(()) = working_rx.recv(), if not_working > 0 => {
+                not_working -= 1;
+                if not_working == 0 {
+                    // When every stressor has begun: their start-up is behind, the
+                    // share from here on is the stress itself.
+                    let ms = started.elapsed().as_millis() as u64;
+                    let n = running.children.len();
+                    out.emit(
+                        json!({"event": "working", "elapsed_ms": ms}),
+                        format!("faultline-agent: all {n} stressor(s) working after {ms} ms"),
+                    );
+                }
+            }
             _ = tick.tick() => {
                 let elapsed = started.elapsed();
                 let now = NodeSample::now(&args.cgroup_root)?;
@@ -338,20 +354,58 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     Ok(())
 }
 
-fn start(running: &mut Running, args: &StressArgs, plan: &StressPlan) -> Result<()> {
+/// Starts the stressors. Each reports on `working` once it has begun its work.
+///
+/// The deadline and the ramp are both counted from here, not from each stressor's
+/// start: a stressor's own start-up (exec, loading, under emulation a large part
+/// of a second of CPU inside the throttled group) must not delay the ramp.
+fn start(
+    running: &mut Running,
+    args: &StressArgs,
+    plan: &StressPlan,
+    working: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Result<()> {
     (plan.apply)(running.fs.as_ref(), &running.group)?;
-    let deadline = clock::deadline_after(args.duration);
+    let now = clock::monotonic_ns();
+    let deadline = now.saturating_add(u64::try_from(args.duration.as_nanos()).unwrap_or(u64::MAX));
     let mut worker_args = plan.worker_args.clone();
     worker_args.extend(["--until-ns".to_owned(), deadline.to_string()]);
     if let Some(r) = args.ramp {
-        worker_args.extend(["--ramp-ms".to_owned(), r.as_millis().to_string()]);
+        worker_args.extend([
+            "--ramp-ms".to_owned(),
+            r.as_millis().to_string(),
+            "--ramp-start-ns".to_owned(),
+            now.to_string(),
+        ]);
     }
     for _ in 0..plan.workers {
-        running
-            .children
-            .push(spawn_worker(&running.group, &worker_args, plan.oom_first)?);
+        let mut child = spawn_worker(&running.group, &worker_args, plan.oom_first)?;
+        if let Some(stdout) = child.stdout.take() {
+            let working = working.clone();
+            // A blocking read of one line; the thread ends with the stressor (EOF).
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut r = std::io::BufReader::new(stdout);
+                if std::io::BufRead::read_line(&mut r, &mut line).is_ok() && line.trim() == WORKING
+                {
+                    let _ = working.send(());
+                }
+            });
+        }
+        running.children.push(child);
     }
     Ok(())
+}
+
+/// What a stressor prints when it begins its work.
+const WORKING: &str = "working";
+
+/// Tells the agent this stressor has started. A failed write (the agent gone) is
+/// harmless: the stressor dies with it by PDEATHSIG.
+fn report_working() {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{WORKING}").and_then(|()| out.flush());
 }
 
 struct StressPrinter {
@@ -401,6 +455,9 @@ pub struct StressorArgs {
     pub until_ns: u64,
     #[arg(long)]
     pub ramp_ms: Option<u64>,
+    /// CLOCK_MONOTONIC time the ramp started (the agent's arming); default: now.
+    #[arg(long)]
+    pub ramp_start_ns: Option<u64>,
 }
 
 pub fn stressor(a: StressorArgs) -> Result<()> {
@@ -413,16 +470,24 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
         std::thread::sleep(Duration::from_nanos(until.saturating_sub(now)));
         std::process::exit(0);
     });
+    let ramp_start = a.ramp_start_ns.unwrap_or_else(clock::monotonic_ns);
     match a.kind.as_str() {
         "cpu" => {
-            pace(a.duty, a.ramp_ms.unwrap_or(0) * 1_000_000, a.until_ns);
+            report_working();
+            pace(
+                a.duty,
+                ramp_start,
+                a.ramp_ms.unwrap_or(0) * 1_000_000,
+                a.until_ns,
+            );
             Ok(())
         }
         "memory" => {
             const PAGE: usize = 4096;
             let total = usize::try_from(a.bytes)?;
             let mut block: Vec<u8> = Vec::with_capacity(total);
-            let start = clock::monotonic_ns();
+            report_working();
+            let start = ramp_start;
             let ramp_ns = a.ramp_ms.unwrap_or(0) * 1_000_000;
             let mut touched = 0usize;
             // SAFETY: capacity reserved above; bytes are written before being read.
@@ -431,7 +496,8 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
                 let due = if ramp_ns == 0 {
                     total
                 } else {
-                    let f = ((clock::monotonic_ns() - start) as f64 / ramp_ns as f64).min(1.0);
+                    let since = clock::monotonic_ns().saturating_sub(start);
+                    let f = (since as f64 / ramp_ns as f64).min(1.0);
                     (total as f64 * f) as usize
                 };
                 while touched < due {
@@ -479,7 +545,8 @@ fn process_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs `duty` of one CPU until `until_ns`, rising linearly over `ramp_ns` first.
+/// Runs `duty` of one CPU until `until_ns`, rising linearly over the `ramp_ns`
+/// from `ramp_start` first.
 ///
 /// The burner paces itself underneath the group's CFS quota rather than spinning
 /// until the quota throttles it. Throttling takes effect at the next timer tick, so a
@@ -498,7 +565,7 @@ fn process_cpu_ns() -> u64 {
 /// was counted). Only surplus is carried: time lost to preemption is not made up,
 /// so the stress never exceeds its share to catch up, and a cycle that overran
 /// starts the next one at once.
-fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
+fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
     let duty = duty.clamp(0.0, 1.0);
     let start = clock::monotonic_ns();
     let mut rng = (u64::from(std::process::id()) << 32) ^ start | 1;
@@ -526,7 +593,7 @@ fn pace(duty: f64, ramp_ns: u64, until_ns: u64) {
         let ramp = if ramp_ns == 0 {
             1.0
         } else {
-            ((now - start) as f64 / ramp_ns as f64).min(1.0)
+            (now.saturating_sub(ramp_start) as f64 / ramp_ns as f64).min(1.0)
         };
         // xorshift64: cheap, and only the phase against the tick needs randomness.
         rng ^= rng << 13;

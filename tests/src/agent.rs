@@ -127,6 +127,11 @@ impl Agent {
         Self::spawn(cmd, state_dir, args, stderr, "armed")
     }
 
+    /// The next event of any name.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<Value> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Option<Value> {
         let until = std::time::Instant::now() + timeout;
         loop {
