@@ -111,6 +111,7 @@ pub fn fuzz(budget: Budget, only: Option<&str>) -> Result<()> {
         };
         println!("fuzz: {target} for {what} ({} seeds)", count(&seeds));
         // New inputs go to the first corpus directory (target/), the seeds are read.
+        let began = std::time::Instant::now();
         let result = Command::new(&exe)
             .arg(&corpus)
             .arg(&seeds)
@@ -119,6 +120,7 @@ pub fn fuzz(budget: Budget, only: Option<&str>) -> Result<()> {
             .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"])
             .output()
             .with_context(|| format!("starting {}", exe.display()))?;
+        let took = began.elapsed().as_secs_f64();
         let log = String::from_utf8_lossy(&result.stderr);
         if !result.status.success() {
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -129,10 +131,12 @@ pub fn fuzz(budget: Budget, only: Option<&str>) -> Result<()> {
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
+        // libFuzzer's own average_exec_per_sec divides by whole seconds: 0/s for a
+        // run under one second. The rate here is over the process's wall time.
+        let runs = stat(&log, "number_of_executed_units").unwrap_or(0);
         let line = format!(
-            "{target}: {} runs ({what}, {}/s), coverage {} edges, corpus {} (+{} new), peak {} MB",
-            stat(&log, "number_of_executed_units").unwrap_or(0),
-            stat(&log, "average_exec_per_sec").unwrap_or(0),
+            "{target}: {runs} runs in {took:.1} s ({what}, {:.0}/s), coverage {} edges, corpus {} (+{} new), peak {} MB",
+            runs as f64 / took.max(1e-3),
             coverage(&log).map_or("?".into(), |c| c.to_string()),
             count(&corpus) + count(&seeds),
             stat(&log, "new_units_added").unwrap_or(0),
