@@ -68,8 +68,8 @@ async function overview() {
   const o = await api("/api/v1/overview");
   const s = o.stats_30d;
   const running = o.running.length === 0
-    ? `<p class="ok" id="status">✅ No active chaos</p>`
-    : `<p class="bad" id="status">🔥 ${o.running.length} running</p>` + o.running.map((e) => `
+    ? `<p class="ok" id="status"><span class="dot"></span>No active chaos</p>`
+    : `<p class="bad" id="status"><span class="dot"></span>${o.running.length} running</p>` + o.running.map((e) => `
       <div class="card running" data-experiment="${esc(e.id)}">
         <a href="#/experiments/${esc(e.id)}">${esc(e.id)}</a> ${esc(e.summary)} on ${esc(e.nodes.join(", "))}
         — <b class="phase">${esc(e.phase)}</b> ${abortButton(e.id)}
@@ -84,8 +84,8 @@ async function overview() {
     : "none scheduled";
   const health = o.health ? `${num(o.health.score, 0, "")}/100 <small>(${esc(o.health.experiment)}, ${esc(when(o.health.at_ms))})</small>` : "- (no health score recorded)";
   const ready = o.readiness.ready
-    ? `<b class="ok">✅ READY</b> <small>(${o.connected_agents.length} agent(s) connected, kill switch clear, no blackout; \`faultline status\` runs the dry run)</small>`
-    : `<b class="bad">❌ NOT READY</b>: ${o.readiness.reasons.map(esc).join("; ")}`;
+    ? `<b class="ok"><span class="dot"></span>READY</b> <small>(${o.connected_agents.length} agent(s) connected, kill switch clear, no blackout; \`faultline status\` runs the dry run)</small>`
+    : `<b class="bad"><span class="dot"></span>NOT READY</b>: ${o.readiness.reasons.map(esc).join("; ")}`;
   return `
     <h2>Production Chaos Dashboard</h2>
     <div class="card"><h3>Current Status</h3>${running}</div>
