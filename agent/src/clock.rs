@@ -15,5 +15,10 @@ pub fn monotonic_ns() -> u64 {
 
 /// The monotonic deadline `d` from now, saturating rather than wrapping.
 pub fn deadline_after(d: Duration) -> u64 {
-    monotonic_ns().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    deadline_from(monotonic_ns(), d)
+}
+
+/// The monotonic deadline `d` after `from_ns`, saturating rather than wrapping.
+pub fn deadline_from(from_ns: u64, d: Duration) -> u64 {
+    from_ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

@@ -367,7 +367,7 @@ fn start(
 ) -> Result<()> {
     (plan.apply)(running.fs.as_ref(), &running.group)?;
     let now = clock::monotonic_ns();
-    let deadline = now.saturating_add(u64::try_from(args.duration.as_nanos()).unwrap_or(u64::MAX));
+    let deadline = clock::deadline_from(now, args.duration);
     let mut worker_args = plan.worker_args.clone();
     worker_args.extend(["--until-ns".to_owned(), deadline.to_string()]);
     if let Some(r) = args.ramp {
@@ -487,7 +487,6 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
             let total = usize::try_from(a.bytes)?;
             let mut block: Vec<u8> = Vec::with_capacity(total);
             report_working();
-            let start = ramp_start;
             let ramp_ns = a.ramp_ms.unwrap_or(0) * 1_000_000;
             let mut touched = 0usize;
             // SAFETY: capacity reserved above; bytes are written before being read.
@@ -496,7 +495,7 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
                 let due = if ramp_ns == 0 {
                     total
                 } else {
-                    let since = clock::monotonic_ns().saturating_sub(start);
+                    let since = clock::monotonic_ns().saturating_sub(ramp_start);
                     let f = (since as f64 / ramp_ns as f64).min(1.0);
                     (total as f64 * f) as usize
                 };
