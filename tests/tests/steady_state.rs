@@ -82,10 +82,11 @@ fn assert_only_failing(run: &Run, failing: &str, dependent: &[&str]) {
     );
     for c in run.outcome["preflight"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
-        // The lab's 3 s window holds 60 probes, so their p99 is one probe: on this
-        // shared 2-vCPU machine a single slow one can cross a 2 ms baseline's ~7 ms
-        // bound (seen once in CI: "p99 7.0 ms" vs "<= 7.0 ms"). That check is tested
-        // on its own below, with a 23 ms p99; here its noise is not the failure.
+        // Preflight takes the probes' p99 over 100 results (5 s at the lab's 20/s),
+        // so one stalled request no longer decides it, but two in those 5 s on this
+        // shared 2-vCPU machine still can cross a 2-4 ms baseline's 7-9 ms bound.
+        // That check is tested on its own below, with a 23 ms p99, and must hold in
+        // the control runs above; here its noise is not the failure under test.
         let noise = name == "latency_within_baseline" && failing != name;
         if name != failing && !dependent.contains(&name) && !noise {
             assert!(c["status"] != "fail", "{failing}: {name} failed too: {c}");
@@ -238,6 +239,17 @@ fn each_prerequisite_failing_on_its_own_refuses_the_experiment_with_its_name_and
     std::thread::sleep(Duration::from_secs(6));
     let run = lab.run(&cpu("2s", short), "");
     assert_only_failing(&run, "latency_within_baseline", &[]);
+    // Its p99 is over enough results that it is not the single slowest.
+    let detail = run.check("latency_within_baseline")["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let over: usize = detail
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {detail}"));
+    assert!(over >= 100, "p99 over {over} results: {detail}");
     lab.service.degrade("");
     nothing_left(&lab);
 }
