@@ -4,7 +4,9 @@
 //!   side by side with stress-ng (`--cpu-load`), by the kernel's precise node-wide
 //!   counter (root cgroup) and by /proc/stat (tick-sampled, what node_exporter and
 //!   `top` show); for faultline also the burners' own fence-group counter above the
-//!   share (the cost of pacing) and the agent process's own CPU.
+//!   share (the cost of pacing), the agent process's own CPU, and what the node's
+//!   precise rise held besides the two (`outside`: other processes and kernel work
+//!   in the window, which no tool controls).
 //! - Memory share: requested 10 % of MemTotal vs the fence group's usage and the
 //!   node's used memory (excluding free pages parked on per-CPU lists).
 //! - The agent while a fault runs idle: CPU % and RSS of the agent process itself.
@@ -18,9 +20,18 @@ use faultline_tests::{
 
 const WINDOW: Duration = Duration::from_secs(20);
 
-/// Each (share, tool) row is measured this many times, interleaved: one 20 s window
-/// of tick sampling spreads by about 0.2 points, as much as the errors compared.
+/// Each (share, tool) row is measured this many times, interleaved, unless
+/// `FAULTLINE_BENCH_ROUNDS` says otherwise: one 20 s window of tick sampling spreads
+/// by about 0.2 points, as much as the errors compared.
 const ROUNDS: usize = 3;
+
+fn rounds() -> usize {
+    std::env::var("FAULTLINE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(ROUNDS)
+}
 
 /// (utime + stime in clock ticks, VmRSS in kB) of a process.
 fn proc_usage(pid: u32) -> (u64, u64) {
@@ -54,7 +65,7 @@ fn main() {
         WINDOW.as_secs()
     );
     println!(
-        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>14} {:>12}",
+        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>14} {:>16} {:>12}",
         "share",
         "tool",
         "/proc/stat",
@@ -63,7 +74,8 @@ fn main() {
         "error",
         "steal",
         "burners' own",
-        "controller"
+        "controller",
+        "outside"
     );
     // (share, tool) -> errors (/proc/stat, precise) over the rounds.
     let mut errors: std::collections::BTreeMap<(u32, &str), Vec<(f64, f64)>> = Default::default();
@@ -74,7 +86,8 @@ fn main() {
     let _ = std::process::Command::new("sync").status();
     std::thread::sleep(Duration::from_secs(5));
     wait_quiet(1.0);
-    for (round, pct) in (0..ROUNDS).flat_map(|r| ["5", "15", "50"].map(|p| (r, p))) {
+    let rounds = rounds();
+    for (round, pct) in (0..rounds).flat_map(|r| ["5", "15", "50"].map(|p| (r, p))) {
         let share: f64 = pct.parse().unwrap();
         // Each round starts with the other tool, so neither always measures first.
         let order = if round % 2 == 0 {
@@ -89,7 +102,8 @@ fn main() {
             wait_quiet(1.0);
             let base = node_cpu(Duration::from_secs(3));
             let span = format!("{}s", WINDOW.as_secs() + 5);
-            let (stat, steal, node, own, controller) = if tool == "faultline" {
+            // For faultline: the fence group's share and the agent's % of a CPU.
+            let (stat, steal, node, ours) = if tool == "faultline" {
                 let st = state();
                 let (mut agent, armed) = Agent::start_host(
                     &st,
@@ -132,13 +146,7 @@ fn main() {
                 // The burners' own counter (their fence group) above the share is
                 // what pacing costs: wake-ups and clock reads.
                 let group = 100.0 * us as f64 / 1000.0 / ms as f64 / cpus;
-                (
-                    stat,
-                    steal,
-                    node,
-                    format!("{:+.2} pp", group - share),
-                    format!("{agent_cpu:.2}% of a CPU"),
-                )
+                (stat, steal, node, Some((group, agent_cpu)))
             } else {
                 let mut ng = std::process::Command::new("stress-ng")
                     .args([
@@ -172,7 +180,7 @@ fn main() {
                 {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                (stat, steal, node, "-".to_owned(), "-".to_owned())
+                (stat, steal, node, None)
             };
             // A second baseline after the window, on a quiet node again, and the
             // lower of the two is the node's idle load: other activity only ever adds
@@ -187,12 +195,22 @@ fn main() {
                 steal - base.steal.min(after.steal),
                 node - base.precise.min(after.precise),
             );
+            // What the node's rise held besides the burners and the agent: the
+            // node-wide error's share that is not faultline's doing.
+            let (own, controller, outside) = match ours {
+                Some((group, agent_cpu)) => (
+                    format!("{:+.2} pp", group - share),
+                    format!("{agent_cpu:.2}% of a CPU"),
+                    format!("{:+.2} pp", node - group - agent_cpu / cpus),
+                ),
+                None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            };
             errors
                 .entry((share as u32, tool))
                 .or_default()
                 .push((stat - share, node - share));
             println!(
-                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>14} {:>12}  round {}",
+                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>14} {:>16} {:>12}  round {}",
                 format!("{pct}%"),
                 tool,
                 stat,
@@ -202,11 +220,12 @@ fn main() {
                 steal,
                 own,
                 controller,
+                outside,
                 round + 1
             );
         }
     }
-    println!("\nmean |error| over {ROUNDS} rounds, points (/proc/stat, precise):");
+    println!("\nmean |error| over {rounds} rounds, points (/proc/stat, precise):");
     for ((share, tool), e) in &errors {
         let n = e.len() as f64;
         let stat = e.iter().map(|x| x.0.abs()).sum::<f64>() / n;

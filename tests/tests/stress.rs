@@ -28,47 +28,135 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What a CPU stress of `share` % did to the node, seen three ways.
+/// What a CPU stress of `share` % did to the node, seen three ways, and what of it
+/// was faultline's.
 struct Rise {
     /// By /proc/stat (tick-sampled), baseline subtracted.
     stat: f64,
     /// By the kernel's precise counter, baseline subtracted.
     precise: f64,
-    /// Steal during the window, baseline subtracted (reported, not judged).
+    /// Steal during the window, baseline subtracted: what it may have taken from
+    /// `stat` (see `reads_as`).
     steal: f64,
     /// The precise node figure during the window, and the mean the agent itself
     /// reported in its readings over the same window.
     during: f64,
     agent_reported: f64,
+    /// The burners' fence group by its own counter, and the agent process itself
+    /// (utime + stime), in percent of the node over the window.
+    fence: f64,
+    agent: f64,
 }
 
+impl Rise {
+    /// CPU in the node's precise rise that neither the burners nor the agent used:
+    /// other processes and kernel work that happened to fall in the window.
+    fn outside(&self) -> f64 {
+        self.precise - self.fence - self.agent
+    }
+}
+
+/// A process's utime + stime in seconds.
+fn process_cpu_s(pid: u64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
+}
+
+/// Measuring windows one stress may take: a window is measured again only when it
+/// failed and the node's rise held more than `OUTSIDE_NOISE` of CPU that was not
+/// faultline's, so an over-delivery by the burners or the agent fails at once.
+/// Three windows and the longest settle (5 s) fit in the 60 s the production
+/// profile allows a CPU stress.
+const WINDOWS: usize = 3;
+const OUTSIDE_NOISE: f64 = 0.5;
+
 /// Baseline 3 s, then the stress (`extra` args after `inject cpu --percent share`),
-/// `settle` for it to reach its share, the window, and removal.
-fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> (Rise, serde_json::Value) {
+/// `settle` for it to reach its share, then windows until one reads as `share`
+/// (`reads_as`), and removal. Panics with every window's figures when none
+/// does.
+fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> serde_json::Value {
+    let want: f64 = share.parse().unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
     wait_quiet(2.0);
     let base = node_cpu(Duration::from_secs(3));
-    let mut args = vec!["inject", "cpu", "--percent", share, "--duration", "30s"];
+    let mut args = vec!["inject", "cpu", "--percent", share, "--duration", "60s"];
     args.extend(extra);
     let (mut agent, armed) = start(&args);
+    let pid = armed["pid"].as_u64().unwrap();
     std::thread::sleep(settle);
-    // Readings queued while settling belong before the window.
-    while agent
-        .wait_event("reading", Duration::from_millis(50))
-        .is_some()
-    {}
-    let from = agent
-        .wait_event("reading", Duration::from_secs(5))
-        .expect("reading");
-    let during = node_cpu(WINDOW);
-    let mut reported = Vec::new();
-    while let Some(r) = agent.wait_event("reading", Duration::from_millis(1200)) {
-        reported.push(r["node_cpu_percent"].as_f64().unwrap());
-        if r["elapsed_ms"].as_u64()
-            >= from["elapsed_ms"]
-                .as_u64()
-                .map(|t| t + WINDOW.as_millis() as u64)
-        {
-            break;
+    let mut failures = Vec::new();
+    let mut passed = false;
+    for _ in 0..WINDOWS {
+        // Readings queued before the window belong before it.
+        while agent
+            .wait_event("reading", Duration::from_millis(50))
+            .is_some()
+        {}
+        let from = agent
+            .wait_event("reading", Duration::from_secs(5))
+            .expect("reading");
+        let agent_from = process_cpu_s(pid);
+        let started = Instant::now();
+        let during = node_cpu(WINDOW);
+        let agent_s = process_cpu_s(pid) - agent_from;
+        let wall = started.elapsed().as_secs_f64();
+        let mut reported = Vec::new();
+        let mut to = from.clone();
+        while let Some(r) = agent.wait_event("reading", Duration::from_millis(1200)) {
+            reported.push(r["node_cpu_percent"].as_f64().unwrap());
+            to = r;
+            if to["elapsed_ms"].as_u64()
+                >= from["elapsed_ms"]
+                    .as_u64()
+                    .map(|t| t + WINDOW.as_millis() as u64)
+            {
+                break;
+            }
+        }
+        let rise = Rise {
+            stat: during.stat - base.stat,
+            precise: during.precise - base.precise,
+            steal: during.steal - base.steal,
+            during: during.precise,
+            agent_reported: reported.iter().sum::<f64>() / reported.len().max(1) as f64,
+            fence: group_share(&from, &to, cpus),
+            agent: 100.0 * agent_s / wall / cpus,
+        };
+        let line = format!(
+            "cpu {share}% {extra:?}: precise rise {:.2} pp, /proc/stat rise {:.2} pp (steal \
+             {:+.2} pp); fence group {:.2} %, agent {:.2} %, outside faultline {:+.2} pp; node \
+             {:.2}% precise, agent reported {:.2}%",
+            rise.precise,
+            rise.stat,
+            rise.steal,
+            rise.fence,
+            rise.agent,
+            rise.outside(),
+            rise.during,
+            rise.agent_reported
+        );
+        eprintln!("{line}");
+        match reads_as(want, &rise) {
+            Ok(()) => {
+                passed = true;
+                break;
+            }
+            Err(e) if rise.outside().abs() > OUTSIDE_NOISE => {
+                eprintln!(
+                    "  measuring again: {e}, with {:+.2} pp outside faultline",
+                    rise.outside()
+                );
+                failures.push(format!("{line}: {e}"));
+            }
+            Err(e) => {
+                failures.push(format!("{line}: {e}"));
+                break;
+            }
         }
     }
     let removed = agent.stop();
@@ -77,19 +165,8 @@ fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> (Rise, serde_json:
         assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
     }
     assert_no_stress_cgroups();
-    let rise = Rise {
-        stat: during.stat - base.stat,
-        precise: during.precise - base.precise,
-        steal: during.steal - base.steal,
-        during: during.precise,
-        agent_reported: reported.iter().sum::<f64>() / reported.len().max(1) as f64,
-    };
-    eprintln!(
-        "cpu {share}% {extra:?}: precise rise {:.2} pp, /proc/stat rise {:.2} pp (steal {:+.2} \
-         pp); node {:.2}% precise, agent reported {:.2}%",
-        rise.precise, rise.stat, rise.steal, rise.during, rise.agent_reported
-    );
-    (rise, armed)
+    assert!(passed, "{}", failures.join("\n"));
+    armed
 }
 
 /// The share as the node's own monitoring reads it: within 1 point of the request by
@@ -97,26 +174,44 @@ fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> (Rise, serde_json:
 /// point above it. The burners pace themselves under the quota; spinning until the
 /// quota throttled them read +2 to +5 points in /proc/stat (see `stress::pace`).
 /// Emulation (the VM lane) steals delivery below the share and makes tick sampling
-/// noisy, so there the floor is lower and /proc/stat's ceiling 3 points.
-fn assert_reads_as(share: f64, r: &Rise) {
-    assert!(
-        r.precise <= share + slack(1.0, 1.5) && r.precise >= share - slack(1.0, 6.0),
-        "node CPU (precise) rose {:.2} pp for {share} %",
-        r.precise
-    );
-    assert!(
-        r.stat <= share + slack(1.0, 3.0) && r.stat >= share - slack(1.0, 9.0),
-        "node CPU (/proc/stat) rose {:.2} pp for {share} %",
-        r.stat
-    );
+/// noisy, so there the floor is lower and /proc/stat's ceiling 3 points. The fence
+/// group's own counter is held to the share as well: the node-wide bounds allow for
+/// a window's noise, the burners' own figure does not need to.
+fn reads_as(share: f64, r: &Rise) -> Result<(), String> {
+    if !(r.precise <= share + slack(1.0, 1.5) && r.precise >= share - slack(1.0, 6.0)) {
+        return Err(format!(
+            "node CPU (precise) rose {:.2} pp for {share} %",
+            r.precise
+        ));
+    }
+    // Steal only ever takes from /proc/stat's busy share: a tick that finds steal
+    // pending is charged to steal, not to the task it interrupted. On this VM, when
+    // the host is busy the paced burners' wake-ups wait for a host CPU, and a
+    // window read /proc/stat +13.97 pp with steal +9.51 pp while the fence group
+    // used exactly 15.01 %. So the ceiling is judged on the busy share alone and
+    // the floor on the busy share with what steal may have taken from it.
+    let stat_floor = r.stat + r.steal.max(0.0);
+    if !(r.stat <= share + slack(1.0, 3.0) && stat_floor >= share - slack(1.0, 9.0)) {
+        return Err(format!(
+            "node CPU (/proc/stat) rose {:.2} pp (steal {:+.2} pp) for {share} %",
+            r.stat, r.steal
+        ));
+    }
+    if !(r.fence <= share + slack(0.2, 1.0) && r.fence >= share - slack(0.5, 6.0)) {
+        return Err(format!(
+            "the fence group used {:.2} % for {share} %",
+            r.fence
+        ));
+    }
     // The agent's own node readings (what it streams and what recovery compares)
     // use the precise counter too.
-    assert!(
-        (r.agent_reported - r.during).abs() <= slack(1.0, 3.0),
-        "the agent reported {:.2} % while the node ran {:.2} %",
-        r.agent_reported,
-        r.during
-    );
+    if (r.agent_reported - r.during).abs() > slack(1.0, 3.0) {
+        return Err(format!(
+            "the agent reported {:.2} % while the node ran {:.2} %",
+            r.agent_reported, r.during
+        ));
+    }
+    Ok(())
 }
 
 fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
@@ -143,8 +238,8 @@ fn start(args: &[&str]) -> (Agent, serde_json::Value) {
 #[test]
 fn cpu_share_reads_as_requested_in_proc_stat_and_precise_counters_and_is_released() {
     let _g = serial();
-    let (rise, _) = cpu_rise("15", &[], Duration::from_secs(1));
-    assert_reads_as(15.0, &rise);
+    // cpu_rise judges the windows (reads_as).
+    cpu_rise("15", &[], Duration::from_secs(1));
     let after = node_cpu(Duration::from_secs(2));
     assert!(
         after.precise < 2.0 && after.stat < 3.0,
@@ -157,8 +252,8 @@ fn cpu_share_reads_as_requested_in_proc_stat_and_precise_counters_and_is_release
 #[test]
 fn cpu_share_reads_as_requested_after_a_ramp() {
     let _g = serial();
-    let (rise, _) = cpu_rise("15", &["--ramp", "4s"], Duration::from_secs(5));
-    assert_reads_as(15.0, &rise);
+    // cpu_rise judges the windows after the ramp (reads_as).
+    cpu_rise("15", &["--ramp", "4s"], Duration::from_secs(5));
 }
 
 /// The group's share of the whole node between two readings, in percent.
@@ -433,8 +528,8 @@ fn stress_can_run_inside_a_target_cgroup() {
     let _g = serial();
     let target = TargetCgroup::new("target");
     let rel = target.rel.clone();
-    let (rise, armed) = cpu_rise("15", &["--target-cgroup", &rel], Duration::from_secs(1));
-    assert_reads_as(15.0, &rise);
+    // cpu_rise judges the windows (reads_as).
+    let armed = cpu_rise("15", &["--target-cgroup", &rel], Duration::from_secs(1));
     for g in &cgroup_dirs(&armed) {
         assert!(
             g.contains(&format!("/{rel}/faultline/stress-cpu-")),
