@@ -3,10 +3,12 @@
 //! - CPU share: requested vs measured over 20 s at 5 %, 15 % and 50 % of the node,
 //!   side by side with stress-ng (`--cpu-load`), by the kernel's precise node-wide
 //!   counter (root cgroup) and by /proc/stat (tick-sampled, what node_exporter and
-//!   `top` show); for faultline also the burners' own fence-group counter above the
-//!   share (the cost of pacing), the agent process's own CPU, and what the node's
-//!   precise rise held besides the two (`outside`: other processes and kernel work
-//!   in the window, which no tool controls).
+//!   `top` show); and each tool's own CPU (faultline: its fence group's counter plus
+//!   the agent process; stress-ng: utime + stime of its processes), whose error is
+//!   what the tool itself delivered, and `outside`, what the node's precise rise held
+//!   besides it (other processes and kernel work in the window, which no tool
+//!   controls). For faultline the two parts are shown too: the burners above the
+//!   share (the cost of pacing) and the agent.
 //! - Memory share: requested 10 % of MemTotal vs the fence group's usage and the
 //!   node's used memory (excluding free pages parked on per-CPU lists).
 //! - The agent while a fault runs idle: CPU % and RSS of the agent process itself.
@@ -52,6 +54,26 @@ fn proc_usage(pid: u32) -> (u64, u64) {
     (ticks, rss)
 }
 
+/// utime + stime in clock ticks of every process whose name starts with `prefix`
+/// (stress-ng names its workers stress-ng-cpu).
+fn processes_ticks(prefix: &str) -> u64 {
+    let mut ticks = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    }
+    ticks
+}
+
 fn state() -> faultline_tests::TempPath {
     faultline_tests::TempPath::dir("fl-bench-state")
 }
@@ -65,7 +87,7 @@ fn main() {
         WINDOW.as_secs()
     );
     println!(
-        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>14} {:>16} {:>12}",
+        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>10} {:>8} {:>9} {:>13} {:>16}",
         "share",
         "tool",
         "/proc/stat",
@@ -73,12 +95,16 @@ fn main() {
         "precise",
         "error",
         "steal",
+        "tool's own",
+        "error",
+        "outside",
         "burners' own",
-        "controller",
-        "outside"
+        "controller"
     );
-    // (share, tool) -> errors (/proc/stat, precise) over the rounds.
-    let mut errors: std::collections::BTreeMap<(u32, &str), Vec<(f64, f64)>> = Default::default();
+    // (share, tool) -> errors (/proc/stat, precise, the tool's own CPU) over the rounds.
+    #[allow(clippy::type_complexity)]
+    let mut errors: std::collections::BTreeMap<(u32, &str), Vec<(f64, f64, f64)>> =
+        Default::default();
     // The build that started this benchmark leaves dirty pages behind; their
     // writeback (kernel time, in /proc/stat and the precise counter alike) landed in
     // the first row's baseline: 5 % read 3.3 points low there while the fence group's
@@ -102,8 +128,9 @@ fn main() {
             wait_quiet(1.0);
             let base = node_cpu(Duration::from_secs(3));
             let span = format!("{}s", WINDOW.as_secs() + 5);
-            // For faultline: the fence group's share and the agent's % of a CPU.
-            let (stat, steal, node, ours) = if tool == "faultline" {
+            // Each tool's own CPU in percent of the node (faultline: its fence group
+            // and the agent; stress-ng: its processes), and faultline's two parts.
+            let (stat, steal, node, own, parts) = if tool == "faultline" {
                 let st = state();
                 let (mut agent, armed) = Agent::start_host(
                     &st,
@@ -146,7 +173,13 @@ fn main() {
                 // The burners' own counter (their fence group) above the share is
                 // what pacing costs: wake-ups and clock reads.
                 let group = 100.0 * us as f64 / 1000.0 / ms as f64 / cpus;
-                (stat, steal, node, Some((group, agent_cpu)))
+                (
+                    stat,
+                    steal,
+                    node,
+                    group + agent_cpu / cpus,
+                    Some((group, agent_cpu)),
+                )
             } else {
                 let mut ng = std::process::Command::new("stress-ng")
                     .args([
@@ -161,11 +194,17 @@ fn main() {
                     .spawn()
                     .expect("stress-ng (apt install stress-ng)");
                 std::thread::sleep(Duration::from_secs(1));
+                let t0 = processes_ticks("stress-ng");
+                let start = Instant::now();
                 let NodeCpu {
                     stat,
                     steal,
                     precise: node,
                 } = node_cpu(WINDOW);
+                let own = 100.0 * (processes_ticks("stress-ng") - t0) as f64
+                    / ticks_per_s
+                    / start.elapsed().as_secs_f64()
+                    / cpus;
                 // Its workers are named stress-ng-cpu and outlive a killed parent
                 // until their timeout: stop them all before the next baseline.
                 let _ = std::process::Command::new("pkill")
@@ -180,7 +219,7 @@ fn main() {
                 {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                (stat, steal, node, None)
+                (stat, steal, node, own, None)
             };
             // A second baseline after the window, on a quiet node again, and the
             // lower of the two is the node's idle load: other activity only ever adds
@@ -195,22 +234,23 @@ fn main() {
                 steal - base.steal.min(after.steal),
                 node - base.precise.min(after.precise),
             );
-            // What the node's rise held besides the burners and the agent: the
-            // node-wide error's share that is not faultline's doing.
-            let (own, controller, outside) = match ours {
+            // What the node's rise held besides the tool's own processes: the part
+            // of the node-wide error that is not the tool's doing.
+            let outside = node - own;
+            let (burners, controller) = match parts {
                 Some((group, agent_cpu)) => (
                     format!("{:+.2} pp", group - share),
                     format!("{agent_cpu:.2}% of a CPU"),
-                    format!("{:+.2} pp", node - group - agent_cpu / cpus),
                 ),
-                None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+                None => ("-".to_owned(), "-".to_owned()),
             };
-            errors
-                .entry((share as u32, tool))
-                .or_default()
-                .push((stat - share, node - share));
+            errors.entry((share as u32, tool)).or_default().push((
+                stat - share,
+                node - share,
+                own - share,
+            ));
             println!(
-                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>14} {:>16} {:>12}  round {}",
+                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>9.2}% {:>+8.2} {:>+9.2} {:>13} {:>16}  round {}",
                 format!("{pct}%"),
                 tool,
                 stat,
@@ -219,20 +259,28 @@ fn main() {
                 node - share,
                 steal,
                 own,
-                controller,
+                own - share,
                 outside,
+                burners,
+                controller,
                 round + 1
             );
         }
     }
-    println!("\nmean |error| over {rounds} rounds, points (/proc/stat, precise):");
+    println!(
+        "\nmean |error| over {rounds} rounds, points (/proc/stat, precise, the tool's own \
+         processes):"
+    );
     for ((share, tool), e) in &errors {
         let n = e.len() as f64;
         let stat = e.iter().map(|x| x.0.abs()).sum::<f64>() / n;
         let precise = e.iter().map(|x| x.1.abs()).sum::<f64>() / n;
+        let own = e.iter().map(|x| x.2.abs()).sum::<f64>() / n;
         let worst = e.iter().map(|x| x.0.max(x.1)).fold(f64::MIN, f64::max);
+        let worst_own = e.iter().map(|x| x.2).fold(f64::MIN, f64::max);
         println!(
-            "{share:>3}% {tool:<10} /proc/stat {stat:.2}  precise {precise:.2}  most above the share {worst:+.2}"
+            "{share:>3}% {tool:<10} /proc/stat {stat:.2}  precise {precise:.2}  own {own:.2}  most \
+             above the share: node {worst:+.2}, own {worst_own:+.2}"
         );
     }
 
