@@ -22,12 +22,12 @@ use crate::{
     plan::Plan,
 };
 
-/// Probe results a preflight p99 is taken over when the probes' rate allows it
-/// within `SETTLE_MAX`: with nearest rank, the p99 of fewer than 100 results is
+/// Probe results a preflight p99 is taken over when they arrive within
+/// `SETTLE_MAX`: with nearest rank, the p99 of fewer than 100 results is
 /// the slowest of them, and one stalled request on a busy node would refuse the
 /// experiment (seen in CI: "p99 9.8 ms" against a 3.9 ms baseline's 9.3 ms bound,
 /// over a 3 s window of 60 probes).
-const P99_MIN_PROBES: f64 = 100.0;
+const P99_MIN_PROBES: usize = 100;
 
 /// The longest preflight waits for data before judging.
 const SETTLE_MAX: Duration = Duration::from_secs(10);
@@ -82,17 +82,9 @@ pub async fn run(
     // Then a whole window of data, and enough probe results that their p99 is not
     // the single slowest one: latency_within_baseline reads the probes' p99 over
     // everything since here, the other checks the sliding window.
-    let hz: f64 = monitor.plan.probes.iter().map(|p| p.hz).sum();
-    let for_p99 = if hz > 0.0 {
-        Duration::from_secs_f64(P99_MIN_PROBES / hz)
-    } else {
-        Duration::ZERO
-    };
     let from = std::time::Instant::now();
-    monitor
-        .settle(monitor.plan.window.max(for_p99).min(SETTLE_MAX))
-        .await;
-    let probes_since = |from| {
+    monitor.settle(monitor.plan.window.min(SETTLE_MAX)).await;
+    let probes_since_from = || {
         let s = lock(&monitor.shared);
         http::stats(
             &s.probes,
@@ -100,14 +92,15 @@ pub async fn run(
             std::time::Instant::now() + Duration::from_millis(1),
         )
     };
-    // The rate is a schedule, not a promise: wait out the last few late results.
+    // Then, at the probes' combined rate, until there are enough results.
+    let hz: f64 = monitor.plan.probes.iter().map(|p| p.hz).sum();
     while hz > 0.0
         && from.elapsed() < SETTLE_MAX
-        && probes_since(from).is_some_and(|st| (st.count as f64) < P99_MIN_PROBES)
+        && probes_since_from().is_some_and(|st| st.count < P99_MIN_PROBES)
     {
         tokio::time::sleep(Duration::from_secs_f64(1.0 / hz)).await;
     }
-    let probes = probes_since(from);
+    let probes = probes_since_from();
     let reading = monitor.reading();
     let mut checks = thresholds(plan, monitor, &reading, probes, &required, baseline_p99).await;
     for system in System::ALL {
