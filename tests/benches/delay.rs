@@ -14,6 +14,7 @@ use std::{process::Command, time::Instant};
 use faultline_tests::{
     Agent, Pair, limits_file,
     netns::{IFACE, run_in},
+    node::process_cpu_s,
     rtt::{monotonic_ns, quantile, stamped_stream},
 };
 
@@ -30,15 +31,6 @@ struct Run {
 fn stream(pair: &Pair, pps: u32, count: u32) -> Vec<(u32, f64)> {
     let to = format!("{}:{PORT}", pair.v4(1)).parse().unwrap();
     stamped_stream(&pair.b, &pair.a, to, count, pps, || ()).0
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; after the ")" they are at 11 and 12.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// The agent's process id, from its "armed" event.
@@ -99,14 +91,16 @@ fn measure(pair: &Pair, backend: &str, pps: u32, count: u32) -> Option<Run> {
             agent = Some((a, armed["pid"].as_u64().unwrap_or(0) as u32));
         }
     }
-    let ticks = agent.as_ref().map(|(_, pid)| cpu_ticks(*pid));
+    let cpu0 = agent
+        .as_ref()
+        .map(|(_, pid)| process_cpu_s(*pid).unwrap_or(0.0));
     let started = Instant::now();
     let got = stream(pair, pps, count);
     let elapsed = started.elapsed().as_secs_f64();
-    let agent_cpu_percent = agent.as_ref().zip(ticks).map(|((_, pid), t0)| {
-        let hz = 100.0; // USER_HZ
-        (cpu_ticks(*pid) - t0) as f64 / hz / elapsed * 100.0
-    });
+    let agent_cpu_percent = agent
+        .as_ref()
+        .zip(cpu0)
+        .map(|((_, pid), c0)| (process_cpu_s(*pid).unwrap_or(0.0) - c0) / elapsed * 100.0);
     if let Some((a, _)) = agent {
         a.stop();
     }

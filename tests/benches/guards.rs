@@ -10,7 +10,10 @@
 //!   (10 HTTP probes at 20/s each) plus the PromQL and Alertmanager sources.
 use std::time::Duration;
 
-use faultline_tests::lab::{Lab, SERVICE};
+use faultline_tests::{
+    lab::{Lab, SERVICE},
+    node::process_cpu_s,
+};
 
 fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -39,15 +42,6 @@ fn report(what: &str, v: Vec<f64>) {
     let n = v.len();
     let (p50, p99, max) = quantiles(v);
     println!("  {what:<52} n={n:<3} p50 {p50:7.1} ms  p99 {p99:7.1} ms  max {max:7.1} ms");
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
 fn main() {
@@ -94,9 +88,9 @@ fn main() {
     let mut used = 0.0;
     let run = lab.run_during(&spec, || {
         std::thread::sleep(Duration::from_secs(2));
-        let c0 = cpu_seconds(pid);
+        let c0 = process_cpu_s(pid as u32).unwrap();
         std::thread::sleep(window);
-        used = cpu_seconds(pid) - c0;
+        used = process_cpu_s(pid as u32).unwrap() - c0;
     });
     assert_eq!(run.code, Some(0), "{}", run.outcome);
     println!(

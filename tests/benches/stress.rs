@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use faultline_tests::{
     Agent, Pair, limits_file,
     netns::IFACE,
-    node::{NodeCpu, mem_used_percent, meminfo_kb, node_cpu, wait_quiet},
+    node::{
+        NodeCpu, group_share, mem_used_percent, meminfo_kb, node_cpu, process_cpu_s,
+        processes_cpu_s, wait_quiet,
+    },
 };
 
 const WINDOW: Duration = Duration::from_secs(20);
@@ -35,14 +38,10 @@ fn rounds() -> usize {
         .unwrap_or(ROUNDS)
 }
 
-/// (utime + stime in clock ticks, VmRSS in kB) of a process.
-fn proc_usage(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+/// VmRSS of a process, in kB.
+fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .unwrap()
@@ -50,28 +49,7 @@ fn proc_usage(pid: u32) -> (u64, u64) {
         .trim_end_matches(" kB")
         .trim()
         .parse()
-        .unwrap();
-    (ticks, rss)
-}
-
-/// utime + stime in clock ticks of every process whose name starts with `prefix`
-/// (stress-ng names its workers stress-ng-cpu).
-fn processes_ticks(prefix: &str) -> u64 {
-    let mut ticks = 0;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if !stat[open + 1..close].starts_with(prefix) {
-            continue;
-        }
-        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-    }
-    ticks
+        .unwrap()
 }
 
 fn state() -> faultline_tests::TempPath {
@@ -80,7 +58,6 @@ fn state() -> faultline_tests::TempPath {
 
 fn main() {
     let cpus = std::thread::available_parallelism().unwrap().get() as f64;
-    let ticks_per_s = 100.0; // USER_HZ
     println!(
         "\nCPU stress accuracy on {cpus} CPU(s), faultline and stress-ng side by side, {}s \
          windows, the lower of a baseline before and after subtracted; error = rise - requested, in points of the node",
@@ -147,16 +124,15 @@ fn main() {
                 );
                 let pid = armed["pid"].as_u64().unwrap() as u32;
                 let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
-                let (a0, _) = proc_usage(pid);
+                let a0 = process_cpu_s(pid).unwrap();
                 let start = Instant::now();
                 let NodeCpu {
                     stat,
                     steal,
                     precise: node,
                 } = node_cpu(WINDOW);
-                let (a1, _) = proc_usage(pid);
-                let agent_cpu =
-                    100.0 * (a1 - a0) as f64 / ticks_per_s / start.elapsed().as_secs_f64();
+                let a1 = process_cpu_s(pid).unwrap();
+                let agent_cpu = 100.0 * (a1 - a0) / start.elapsed().as_secs_f64();
                 let mut last = first.clone();
                 while last["elapsed_ms"].as_u64()
                     < first["elapsed_ms"]
@@ -165,14 +141,10 @@ fn main() {
                 {
                     last = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
                 }
-                let us = last["group_cpu_us"].as_u64().unwrap()
-                    - first["group_cpu_us"].as_u64().unwrap();
-                let ms =
-                    last["elapsed_ms"].as_u64().unwrap() - first["elapsed_ms"].as_u64().unwrap();
                 agent.stop();
                 // The burners' own counter (their fence group) above the share is
                 // what pacing costs: wake-ups and clock reads.
-                let group = 100.0 * us as f64 / 1000.0 / ms as f64 / cpus;
+                let group = group_share(&first, &last, cpus);
                 (
                     stat,
                     steal,
@@ -194,15 +166,14 @@ fn main() {
                     .spawn()
                     .expect("stress-ng (apt install stress-ng)");
                 std::thread::sleep(Duration::from_secs(1));
-                let t0 = processes_ticks("stress-ng");
+                let t0 = processes_cpu_s("stress-ng");
                 let start = Instant::now();
                 let NodeCpu {
                     stat,
                     steal,
                     precise: node,
                 } = node_cpu(WINDOW);
-                let own = 100.0 * (processes_ticks("stress-ng") - t0) as f64
-                    / ticks_per_s
+                let own = 100.0 * (processes_cpu_s("stress-ng") - t0)
                     / start.elapsed().as_secs_f64()
                     / cpus;
                 // Its workers are named stress-ng-cpu and outlive a killed parent
@@ -329,13 +300,13 @@ fn main() {
         ],
     );
     let pid = armed["pid"].as_u64().unwrap() as u32;
-    let (c0, _) = proc_usage(pid);
+    let c0 = process_cpu_s(pid).unwrap();
     std::thread::sleep(WINDOW);
-    let (c1, rss) = proc_usage(pid);
+    let (c1, rss) = (process_cpu_s(pid).unwrap(), rss_kb(pid));
     agent.stop();
     println!(
         "agent idle (loss fault armed, 1 Hz counters): {:.3}% of one CPU, RSS {} MiB",
-        100.0 * (c1 - c0) as f64 / ticks_per_s / WINDOW.as_secs_f64(),
+        100.0 * (c1 - c0) / WINDOW.as_secs_f64(),
         rss / 1024
     );
 }

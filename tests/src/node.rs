@@ -75,6 +75,47 @@ pub fn node_cpu(window: std::time::Duration) -> NodeCpu {
     }
 }
 
+/// A process's name and utime + stime in seconds, from its /proc/<pid>/stat text.
+/// The name is in parentheses and may hold spaces or parentheses itself, so the
+/// fields are counted from the last ")": utime and stime are the 12th and 13th after it.
+fn stat_cpu_s(stat: &str) -> Option<(&str, f64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((&stat[open + 1..close], ticks as f64 / hz))
+}
+
+/// utime + stime of process `pid` in seconds; None once it is gone.
+pub fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_s(&stat).map(|(_, s)| s)
+}
+
+/// utime + stime in seconds of every process whose name starts with `prefix`
+/// (stress-ng names its workers stress-ng-cpu).
+pub fn processes_cpu_s(prefix: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            stat_cpu_s(&stat)
+                .filter(|(name, _)| name.starts_with(prefix))
+                .map(|(_, s)| s)
+        })
+        .sum()
+}
+
+/// The stress fence group's share of the whole node between two of the agent's
+/// readings (`group_cpu_us` over `elapsed_ms`), in percent.
+pub fn group_share(a: &serde_json::Value, b: &serde_json::Value, cpus: f64) -> f64 {
+    let us = b["group_cpu_us"].as_u64().unwrap() - a["group_cpu_us"].as_u64().unwrap();
+    let ms = b["elapsed_ms"].as_u64().unwrap() - a["elapsed_ms"].as_u64().unwrap();
+    100.0 * us as f64 / 1000.0 / ms as f64 / cpus
+}
+
 /// A node-wide measurement needs a quiet node: flush dirty pages (a build just
 /// before leaves gigabytes to write back) and wait, up to 20 s, for a second in
 /// which the node is below `busy_below` % by the precise counter (the kernel
@@ -208,5 +249,32 @@ impl Drop for TargetCgroup {
         for d in &self.dirs {
             let _ = std::fs::remove_dir(d);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_reads_utime_and_stime_after_a_name_with_parentheses() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 5 0";
+        let (name, s) = stat_cpu_s(stat).unwrap();
+        assert_eq!(name, "a) b (c)");
+        assert_eq!(s, 300.0 / hz);
+        assert!(stat_cpu_s("42 (cut").is_none());
+        // Some CPU of this process's own, more than a clock tick's worth.
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(100) {
+            std::hint::black_box(t.elapsed());
+        }
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (name, used) = stat_cpu_s(&own).unwrap();
+        assert!(used > 0.0, "{own}");
+        assert!(process_cpu_s(std::process::id()).unwrap() >= used);
+        assert!(processes_cpu_s(name) >= used);
+        assert!(process_cpu_s(u32::MAX).is_none());
     }
 }

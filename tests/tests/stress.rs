@@ -13,7 +13,10 @@ use faultline_tests::{
     Agent, TempPath,
     agent::run_agent,
     limits_file,
-    node::{TargetCgroup, assert_no_stress_cgroups, exited, node_cpu, wait_quiet},
+    node::{
+        TargetCgroup, assert_no_stress_cgroups, exited, group_share, node_cpu, process_cpu_s,
+        wait_quiet,
+    },
     slack,
 };
 
@@ -56,17 +59,6 @@ impl Rise {
     }
 }
 
-/// A process's utime + stime in seconds.
-fn process_cpu_s(pid: u64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
-}
-
 /// Measuring windows one stress may take: a window is measured again only when it
 /// failed and the node's rise held more than `OUTSIDE_NOISE` of CPU that was not
 /// faultline's, so an over-delivery by the burners or the agent fails at once.
@@ -87,7 +79,7 @@ fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> serde_json::Value 
     let mut args = vec!["inject", "cpu", "--percent", share, "--duration", "60s"];
     args.extend(extra);
     let (mut agent, armed) = start(&args);
-    let pid = armed["pid"].as_u64().unwrap();
+    let pid = armed["pid"].as_u64().unwrap() as u32;
     std::thread::sleep(settle);
     let mut failures = Vec::new();
     let mut passed = false;
@@ -100,10 +92,10 @@ fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> serde_json::Value 
         let from = agent
             .wait_event("reading", Duration::from_secs(5))
             .expect("reading");
-        let agent_from = process_cpu_s(pid);
+        let agent_from = process_cpu_s(pid).expect("the agent runs");
         let started = Instant::now();
         let during = node_cpu(WINDOW);
-        let agent_s = process_cpu_s(pid) - agent_from;
+        let agent_s = process_cpu_s(pid).expect("the agent runs") - agent_from;
         let wall = started.elapsed().as_secs_f64();
         let mut reported = Vec::new();
         let mut to = from.clone();
@@ -254,13 +246,6 @@ fn cpu_share_reads_as_requested_after_a_ramp() {
     let _g = serial();
     // cpu_rise judges the windows after the ramp (reads_as).
     cpu_rise("15", &["--ramp", "4s"], Duration::from_secs(5));
-}
-
-/// The group's share of the whole node between two readings, in percent.
-fn group_share(a: &serde_json::Value, b: &serde_json::Value, cpus: f64) -> f64 {
-    let us = b["group_cpu_us"].as_u64().unwrap() - a["group_cpu_us"].as_u64().unwrap();
-    let ms = b["elapsed_ms"].as_u64().unwrap() - a["elapsed_ms"].as_u64().unwrap();
-    100.0 * us as f64 / 1000.0 / ms as f64 / cpus
 }
 
 #[test]
