@@ -31,11 +31,12 @@ const WINDOW: Duration = Duration::from_secs(20);
 const ROUNDS: usize = 3;
 
 fn rounds() -> usize {
-    std::env::var("FAULTLINE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .filter(|&r| r > 0)
-        .unwrap_or(ROUNDS)
+    match std::env::var("FAULTLINE_BENCH_ROUNDS") {
+        Err(_) => ROUNDS,
+        Ok(r) => r.parse().ok().filter(|&r| r > 0).unwrap_or_else(|| {
+            panic!("FAULTLINE_BENCH_ROUNDS={r:?}: expected a whole number of rounds, 1 or more")
+        }),
+    }
 }
 
 /// VmRSS of a process, in kB.
