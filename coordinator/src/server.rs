@@ -194,9 +194,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             Ok(req)
         },
     );
+    // Both ports are bound before the "serving" line, so a port in use stops the
+    // start with its reason, and the line names the addresses really bound (port 0
+    // in --listen or --http picks a free one).
+    let grpc_listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind gRPC {}", args.listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("bind HTTP {}", args.http))?;
+    let http_addr = http.local_addr()?;
     let router = http_router(Http {
         control: control.clone(),
         tokens,
@@ -209,7 +217,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         )?),
         false => None,
     };
-    info!(grpc = %args.listen, http = %args.http, http_tls = args.http_tls, store = %args.store.display(),
+    info!(grpc = %grpc_addr, http = %http_addr, http_tls = args.http_tls, store = %args.store.display(),
           config = %control.config.settings.source, schedule = %control.scheduler.file.source,
           schedules = control.scheduler.file.entries.len(), "coordinator serving");
     let grpc = Server::builder()
@@ -221,7 +229,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(reflection_alpha)
         .add_service(AgentServiceServer::new(Agents(control.clone())))
         .add_service(chaos)
-        .serve_with_shutdown(args.listen, shutdown());
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            shutdown(),
+        );
     let http = async move {
         match https {
             Some(acceptor) => crate::api::https::serve(http, acceptor, router, shutdown()).await,

@@ -19,6 +19,8 @@ pub struct Coordinator {
     pub child: Child,
     pub dir: PathBuf,
     pub url: String,
+    /// The HTTP port's address, `host:port`.
+    pub http: String,
     /// A token of the role asked for at start.
     pub token: String,
 }
@@ -42,13 +44,13 @@ pub fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// Certificates for `agents`, a token of `role`, and `serve <extra>` on free ports,
-/// in `<temp>/fl-coordinator-<pid>-<tag>` (`tag` keeps concurrent users apart).
+/// Certificates for `agents`, a token of `role`, and `serve <extra>` on ports the
+/// coordinator picks itself (port 0), read back from its "coordinator serving" log
+/// line, in `<temp>/fl-coordinator-<pid>-<tag>` (`tag` keeps concurrent users apart).
+///
+/// The ports are not chosen here: a port probed free and then handed over can be
+/// taken in between (by a concurrent test, or by the probe's own connect landing on
+/// it), and a coordinator that then failed to bind looked ready to a connect loop.
 pub fn start(tag: &str, agents: &[String], role: &str, extra: &[&str]) -> Coordinator {
     let dir = std::env::temp_dir().join(format!("fl-coordinator-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -65,10 +67,9 @@ pub fn start(tag: &str, agents: &[String], role: &str, extra: &[&str]) -> Coordi
     let token = run(&[
         "tokens", "add", "--file", &tokens, "--name", "t", "--role", role,
     ]);
-    let (grpc, http) = (free_port(), free_port());
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
         .args([
             "--tls-dir",
             &tls,
@@ -78,21 +79,63 @@ pub fn start(tag: &str, agents: &[String], role: &str, extra: &[&str]) -> Coordi
             &d("db/c.db"),
         ])
         .args(extra)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "error,faultline_coordinator::server=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn coordinator");
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(Instant::now() < until, "coordinator did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (grpc, http) = serving_addresses(&mut child);
     Coordinator {
         child,
         dir,
-        url: format!("https://127.0.0.1:{grpc}"),
+        url: format!("https://{grpc}"),
+        http,
         token,
+    }
+}
+
+/// The gRPC and HTTP addresses in the child's "coordinator serving" line; its later log lines
+/// are passed on to this process's stderr. Panics with what it logged if it exits
+/// first, and after 20 s.
+fn serving_addresses(child: &mut Child) -> (String, String) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut found = false;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if !found && v["message"] == "coordinator serving" {
+                found = true;
+                let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                let _ = tx.send(Ok((field("grpc"), field("http"))));
+            } else if found {
+                eprintln!("{line}");
+            } else {
+                let _ = tx.send(Err(line));
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut logged = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok((grpc, http))) => {
+                assert!(
+                    !grpc.is_empty() && !http.is_empty(),
+                    "no grpc or http field in the serving line"
+                );
+                return (grpc, http);
+            }
+            Ok(Err(line)) => logged.push(line),
+            Err(e) => panic!(
+                "coordinator not serving ({e:?}; exit: {:?}):\n{}",
+                child.try_wait(),
+                logged.join("\n")
+            ),
+        }
     }
 }
 
