@@ -39,6 +39,23 @@ fn rounds() -> usize {
     }
 }
 
+/// The CPU shares measured: 5, 15 and 50 % unless `FAULTLINE_BENCH_SHARES` names
+/// some of them (e.g. `5,15`), to repeat one level with more rounds.
+fn shares() -> Vec<&'static str> {
+    const ALL: [&str; 3] = ["5", "15", "50"];
+    match std::env::var("FAULTLINE_BENCH_SHARES") {
+        Err(_) => ALL.to_vec(),
+        Ok(list) => list
+            .split(',')
+            .map(|p| {
+                ALL.into_iter().find(|a| *a == p.trim()).unwrap_or_else(|| {
+                    panic!("FAULTLINE_BENCH_SHARES={list:?}: {p:?} is not one of {ALL:?}")
+                })
+            })
+            .collect(),
+    }
+}
+
 /// VmRSS of a process, in kB.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -90,8 +107,8 @@ fn main() {
     let _ = std::process::Command::new("sync").status();
     std::thread::sleep(Duration::from_secs(5));
     wait_quiet(1.0);
-    let rounds = rounds();
-    for (round, pct) in (0..rounds).flat_map(|r| ["5", "15", "50"].map(|p| (r, p))) {
+    let (rounds, shares) = (rounds(), shares());
+    for (round, pct) in (0..rounds).flat_map(|r| shares.iter().map(move |&p| (r, p))) {
         let share: f64 = pct.parse().unwrap();
         // Each round starts with the other tool, so neither always measures first.
         let order = if round % 2 == 0 {
