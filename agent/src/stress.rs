@@ -520,9 +520,10 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
     }
 }
 
-/// Mean length of one burner cycle (run, then sleep). Long enough that the wake-up
-/// costs next to nothing (1 ms cycles cost 1.6 points of a 15 % share here), short
-/// against the 1 s CFS period so the group's ceiling is rarely what stops a run.
+/// Mean length of one burner cycle (run, then sleep) while ramping, and what a run
+/// at the full share is sized from. Long enough that the wake-up costs next to
+/// nothing (1 ms cycles cost 1.6 points of a 15 % share here), short against the 1 s
+/// CFS period so the group's ceiling is rarely what stops a run.
 const PACE_CYCLE_NS: f64 = 20e6;
 
 /// CPU time of one batch of work between reads of the CPU clock: short against a
@@ -544,6 +545,75 @@ fn process_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The kernel's tick (1/HZ): the coarse clocks' resolution is one jiffy. None if it
+/// reads as no kernel configures it (HZ 100 to 1000 is 1 to 10 ms).
+fn tick_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    (rc == 0 && (500_000..=20_000_000).contains(&ns)).then_some(ns)
+}
+
+/// How a burner at its full share lays out its runs: each lasts `run_ns`, a whole
+/// number of ticks, somewhere inside its own slot of `run_ns / duty`; the slots
+/// follow each other on a fixed grid.
+///
+/// Tick-sampled accounting charges a run of `m + f` ticks (`0 <= f < 1`) either `m`
+/// or `m + 1` ticks, depending on where it falls against the tick. With a random
+/// place that is right on average, but each run adds `f(1 - f)` tick² of variance:
+/// with 20 ms cycles, ±0.2 points of /proc/stat over a 20 s window, four times
+/// stress-ng's. A run of a whole number of ticks holds exactly that many ticks
+/// wherever it falls, so /proc/stat only sees the runs' µs-sized deviations.
+///
+/// The place inside the slot is still random, so those deviations cannot lock onto
+/// the tick; the grid is fixed rather than a sum of random cycle lengths, so the CPU
+/// used over any span is the share of it within one run (a random walk would drift
+/// a run's worth per few dozen cycles, and the group's quota would clip the excess).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Slots {
+    run_ns: u64,
+    slot_ns: f64,
+}
+
+impl Slots {
+    /// Runs of about `duty × PACE_CYCLE_NS` rounded to whole ticks, at least one.
+    fn new(duty: f64, tick_ns: u64) -> Option<Slots> {
+        if !(duty > 0.0 && duty <= 1.0) || tick_ns == 0 {
+            return None;
+        }
+        let ticks = (duty * PACE_CYCLE_NS / tick_ns as f64).round().max(1.0);
+        let run_ns = ticks as u64 * tick_ns;
+        Some(Slots {
+            run_ns,
+            slot_ns: run_ns as f64 / duty,
+        })
+    }
+
+    /// Where slot `n` after `anchor` begins.
+    fn slot_start(&self, anchor: u64, n: u64) -> u64 {
+        anchor + (n as f64 * self.slot_ns) as u64
+    }
+
+    /// Where the run of slot `n` starts: `place` (0-1) of the way through the
+    /// slot's spare time, so it ends inside its slot.
+    fn run_start(&self, anchor: u64, n: u64, place: f64) -> u64 {
+        let spare = (self.slot_ns - self.run_ns as f64).max(0.0);
+        self.slot_start(anchor, n) + (place.clamp(0.0, 1.0) * spare) as u64
+    }
+}
+
+/// xorshift64: cheap, and only the place against the tick needs randomness.
+fn uniform(rng: &mut u64) -> f64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Runs `duty` of one CPU until `until_ns`, rising linearly over the `ramp_ns`
 /// from `ramp_start` first.
 ///
@@ -552,9 +622,11 @@ fn process_cpu_ns() -> u64 {
 /// throttled burst always ends on a tick that finds the burner running, and
 /// tick-sampled accounting (`/proc/stat`, what node_exporter and `top` show) charges
 /// it an extra half tick per burst: a 15 % share read as 17-20 % there while the
-/// precise counters said 15.0. Here each cycle has a random length (0.5-1.5 × the
-/// mean), so runs start and end at times unrelated to the tick and the chance that a
-/// tick finds the burner running equals its duty cycle.
+/// precise counters said 15.0. Here runs start at times unrelated to the tick, so
+/// the chance that a tick finds the burner running equals its duty cycle; at the
+/// full share they also last whole ticks (`Slots`), so the count is exact too.
+/// While ramping, each cycle has a random length (0.5-1.5 × the mean) and runs its
+/// part of it.
 ///
 /// What a cycle costs is measured on the process's own CPU clock over the whole
 /// cycle, so the sleep's entry and wake-up, the clock reads and the last batch's
@@ -562,26 +634,29 @@ fn process_cpu_ns() -> u64 {
 /// cycle used beyond its plan. Under emulation that cost is a large part of a small
 /// run (it read as +2 points in the middle of a 15 % ramp when only the run itself
 /// was counted). Only surplus is carried: time lost to preemption is not made up,
-/// so the stress never exceeds its share to catch up, and a cycle that overran
-/// starts the next one at once.
+/// so the stress never exceeds its share to catch up, and a run that overran its
+/// slot starts a new grid at once.
 fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
     let duty = duty.clamp(0.0, 1.0);
+    let slots = tick_ns().and_then(|t| Slots::new(duty, t));
     let start = clock::monotonic_ns();
     let mut rng = (u64::from(std::process::id()) << 32) ^ start | 1;
     let mut cycle_end = start;
+    // The full share's grid, once the ramp is over: its anchor and the slot now run.
+    let mut grid: Option<(u64, u64)> = None;
     let mut x: u64 = 0;
     // Multiplications between two clock reads, sized to about BATCH_NS.
     let mut batch: u64 = 64;
-    // CPU used beyond the plan so far, capped at one full cycle's run: when the
-    // fixed cost of a cycle exceeds a tiny early-ramp plan, there is nothing to
-    // give back and the debt must not silence the ramp later.
-    let debt_cap = (PACE_CYCLE_NS * duty) as u64;
+    // CPU used beyond the plan so far, capped at one full run: when the fixed cost
+    // of a cycle exceeds a tiny early-ramp plan, there is nothing to give back and
+    // the debt must not silence the ramp later.
+    let debt_cap = slots.map_or((PACE_CYCLE_NS * duty) as u64, |s| s.run_ns);
     let mut debt: u64 = 0;
     let mut planned: u64 = 0;
     let mut cycle_from = process_cpu_ns();
     loop {
-        let now = clock::monotonic_ns();
-        if now >= until_ns {
+        let woke = clock::monotonic_ns();
+        if woke >= until_ns {
             return;
         }
         let cpu = process_cpu_ns();
@@ -592,15 +667,20 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
         let ramp = if ramp_ns == 0 {
             1.0
         } else {
-            (now.saturating_sub(ramp_start) as f64 / ramp_ns as f64).min(1.0)
+            (woke.saturating_sub(ramp_start) as f64 / ramp_ns as f64).min(1.0)
         };
-        // xorshift64: cheap, and only the phase against the tick needs randomness.
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let uniform = (rng >> 11) as f64 / (1u64 << 53) as f64;
-        let cycle = PACE_CYCLE_NS * (0.5 + uniform);
-        planned = (cycle * duty * ramp) as u64;
+        let full = slots.filter(|_| ramp >= 1.0);
+        let cycle = match full {
+            Some(s) => {
+                planned = s.run_ns;
+                0.0
+            }
+            None => {
+                let cycle = PACE_CYCLE_NS * (0.5 + uniform(&mut rng));
+                planned = (cycle * duty * ramp) as u64;
+                cycle
+            }
+        };
         let target = planned.saturating_sub(debt);
         let mut last = cpu;
         while last - cpu < target {
@@ -617,15 +697,35 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
                 batch = scaled.clamp(batch / 2, batch * 2).clamp(64, 1 << 20);
             }
         }
-        cycle_end += cycle as u64;
         let now = clock::monotonic_ns();
-        if cycle_end <= now {
-            cycle_end = now;
-            continue;
-        }
+        let wake = match full {
+            Some(s) => {
+                // The first run at the full share began this grid's slot 0.
+                let (anchor, n) = grid.get_or_insert((woke, 0));
+                *n += 1;
+                let wake = s.run_start(*anchor, *n, uniform(&mut rng));
+                if wake <= now {
+                    // Late: run at once if the run still fits in its slot, else
+                    // start a new grid here rather than catch up.
+                    if now + s.run_ns > s.slot_start(*anchor, *n + 1) {
+                        (*anchor, *n) = (now, 0);
+                    }
+                    continue;
+                }
+                wake
+            }
+            None => {
+                cycle_end += cycle as u64;
+                if cycle_end <= now {
+                    cycle_end = now;
+                    continue;
+                }
+                cycle_end
+            }
+        };
         let ts = libc::timespec {
-            tv_sec: (cycle_end / 1_000_000_000) as libc::time_t,
-            tv_nsec: (cycle_end % 1_000_000_000) as libc::c_long,
+            tv_sec: (wake / 1_000_000_000) as libc::time_t,
+            tv_nsec: (wake % 1_000_000_000) as libc::c_long,
         };
         // SAFETY: valid timespec; an interrupted sleep just starts the next cycle.
         unsafe {
@@ -636,5 +736,51 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
                 std::ptr::null_mut(),
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_share_runs_are_whole_ticks_in_slots_that_give_the_share() {
+        const TICK: u64 = 4_000_000;
+        for (duty, ticks) in [(0.05, 1), (0.15, 1), (0.5, 3), (0.95, 5), (1.0, 5)] {
+            let s = Slots::new(duty, TICK).unwrap();
+            assert_eq!(s.run_ns, ticks * TICK, "{duty}");
+            assert!((s.run_ns as f64 / s.slot_ns - duty).abs() < 1e-12, "{duty}");
+            // Each run ends inside its own slot wherever it is placed.
+            for place in [0.0, 0.3, 1.0] {
+                let run = s.run_start(1_000, 7, place);
+                assert!(run >= s.slot_start(1_000, 7));
+                assert!(
+                    run + s.run_ns <= s.slot_start(1_000, 8) + 1,
+                    "{duty} {place}"
+                );
+            }
+        }
+        // HZ=1000: 1 ms ticks, so a 5 % run is one tick of a 20 ms slot.
+        assert_eq!(Slots::new(0.05, 1_000_000).unwrap().run_ns, 1_000_000);
+        assert_eq!(Slots::new(0.0, TICK), None);
+        assert_eq!(Slots::new(1.5, TICK), None);
+    }
+
+    #[test]
+    fn the_grid_does_not_drift() {
+        // Slot n begins at n × slot whatever n is: no rounding accumulates.
+        let s = Slots::new(0.15, 4_000_000).unwrap();
+        let n = 1_000_000;
+        let expect = (n as f64 * 4e6 / 0.15) as u64;
+        assert!(s.slot_start(0, n).abs_diff(expect) <= 1);
+    }
+
+    #[test]
+    fn the_tick_reads_as_a_configured_hz() {
+        let t = tick_ns().expect("coarse clock resolution");
+        assert!(
+            [1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&t),
+            "{t}"
+        );
     }
 }
