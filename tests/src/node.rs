@@ -189,6 +189,24 @@ pub fn cgroup_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// CFS periods and throttled periods so far of a stress group, given its directories
+/// (the agent's `armed` event lists them): cpu.stat's nr_periods and nr_throttled,
+/// from the one directory that has it (the cpu controller's, v1 or v2).
+pub fn cpu_throttling(dirs: &[String]) -> (u64, u64) {
+    let Some(stat) = dirs
+        .iter()
+        .find_map(|d| std::fs::read_to_string(Path::new(d).join("cpu.stat")).ok())
+    else {
+        panic!("no cpu.stat in {dirs:?}");
+    };
+    let field = |k: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {k}in cpu.stat of {dirs:?}"))
+    };
+    (field("nr_periods "), field("nr_throttled "))
+}
+
 /// No faultline stress group or parent is left in any hierarchy.
 pub fn assert_no_stress_cgroups() {
     for dir in [
