@@ -8,7 +8,9 @@
 //!   what the tool itself delivered, and `outside`, what the node's precise rise held
 //!   besides it (other processes and kernel work in the window, which no tool
 //!   controls). For faultline the two parts are shown too: the burners above the
-//!   share (the cost of pacing) and the agent.
+//!   share (the cost of pacing) and the agent, and how many of the window's CFS
+//!   periods the quota throttled the burners in (each such clip ends a run on a
+//!   tick, which /proc/stat over-counts).
 //! - Memory share: requested 10 % of MemTotal vs the fence group's usage and the
 //!   node's used memory (excluding free pages parked on per-CPU lists).
 //! - The agent while a fault runs idle: CPU % and RSS of the agent process itself.
@@ -18,12 +20,14 @@ use faultline_tests::{
     Agent, Pair, limits_file,
     netns::IFACE,
     node::{
-        NodeCpu, group_share, mem_used_percent, meminfo_kb, node_cpu, process_cpu_s,
-        processes_cpu_s, wait_quiet,
+        NodeCpu, cpu_throttling, group_share, mem_used_percent, meminfo_kb, node_cpu,
+        process_cpu_s, processes_cpu_s, wait_quiet,
     },
 };
 
 const WINDOW: Duration = Duration::from_secs(20);
+/// Each baseline (one before and one after every window).
+const BASELINE: Duration = Duration::from_secs(5);
 
 /// Each (share, tool) row is measured this many times, interleaved, unless
 /// `FAULTLINE_BENCH_ROUNDS` says otherwise: one 20 s window of tick sampling spreads
@@ -78,11 +82,11 @@ fn main() {
     let cpus = std::thread::available_parallelism().unwrap().get() as f64;
     println!(
         "\nCPU stress accuracy on {cpus} CPU(s), faultline and stress-ng side by side, {}s \
-         windows, the lower of a baseline before and after subtracted; error = rise - requested, in points of the node",
+         windows, the quieter of a baseline before and after (by the precise counter) subtracted; error = rise - requested, in points of the node",
         WINDOW.as_secs()
     );
     println!(
-        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>10} {:>8} {:>9} {:>13} {:>16}",
+        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>10} {:>8} {:>9} {:>13} {:>16} {:>9}",
         "share",
         "tool",
         "/proc/stat",
@@ -94,7 +98,8 @@ fn main() {
         "error",
         "outside",
         "burners' own",
-        "controller"
+        "controller",
+        "throttled"
     );
     // (share, tool) -> errors (/proc/stat, precise, the tool's own CPU) over the rounds.
     #[allow(clippy::type_complexity)]
@@ -121,7 +126,7 @@ fn main() {
             // quiet node (a baseline taken during a burst moves every error).
             std::thread::sleep(Duration::from_secs(3));
             wait_quiet(1.0);
-            let base = node_cpu(Duration::from_secs(3));
+            let base = node_cpu(BASELINE);
             let span = format!("{}s", WINDOW.as_secs() + 5);
             // Each tool's own CPU in percent of the node (faultline: its fence group
             // and the agent; stress-ng: its processes), and faultline's two parts.
@@ -143,6 +148,13 @@ fn main() {
                 let pid = armed["pid"].as_u64().unwrap() as u32;
                 let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
                 let a0 = process_cpu_s(pid).unwrap();
+                let dirs: Vec<String> = armed["cgroup"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_str().unwrap().to_owned())
+                    .collect();
+                let t0 = cpu_throttling(&dirs);
                 let start = Instant::now();
                 let NodeCpu {
                     stat,
@@ -150,6 +162,7 @@ fn main() {
                     precise: node,
                 } = node_cpu(WINDOW);
                 let a1 = process_cpu_s(pid).unwrap();
+                let t1 = cpu_throttling(&dirs);
                 let agent_cpu = 100.0 * (a1 - a0) / start.elapsed().as_secs_f64();
                 let mut last = first.clone();
                 while last["elapsed_ms"].as_u64()
@@ -168,7 +181,7 @@ fn main() {
                     steal,
                     node,
                     group + agent_cpu / cpus,
-                    Some((group, agent_cpu)),
+                    Some((group, agent_cpu, (t1.1 - t0.1, t1.0 - t0.0))),
                 )
             } else {
                 let mut ng = std::process::Command::new("stress-ng")
@@ -211,27 +224,34 @@ fn main() {
                 (stat, steal, node, own, None)
             };
             // A second baseline after the window, on a quiet node again, and the
-            // lower of the two is the node's idle load: other activity only ever adds
+            // quieter of the two is the node's idle load: other activity only ever adds
             // to a baseline. Rows taken after a heavy one read up to 3.3 points low
             // against the baseline before them alone (activity left over from the
-            // load before), while the fence group's own counter was exact.
+            // load before), while the fence group's own counter was exact. The
+            // quieter one is chosen by the precise counter and used for all three
+            // figures: /proc/stat counts in 10 ms units, 0.1 points of a 5 s baseline
+            // on 2 CPUs, and taking its lower reading on its own made every
+            // /proc/stat rise read up to a tenth of a point high.
             std::thread::sleep(Duration::from_secs(3));
             wait_quiet(1.0);
-            let after = node_cpu(Duration::from_secs(3));
-            let (stat, steal, node) = (
-                stat - base.stat.min(after.stat),
-                steal - base.steal.min(after.steal),
-                node - base.precise.min(after.precise),
-            );
+            let after = node_cpu(BASELINE);
+            let quiet = if after.precise < base.precise {
+                after
+            } else {
+                base
+            };
+            let (stat, steal, node) =
+                (stat - quiet.stat, steal - quiet.steal, node - quiet.precise);
             // What the node's rise held besides the tool's own processes: the part
             // of the node-wide error that is not the tool's doing.
             let outside = node - own;
-            let (burners, controller) = match parts {
-                Some((group, agent_cpu)) => (
+            let (burners, controller, throttled) = match parts {
+                Some((group, agent_cpu, (throttled, periods))) => (
                     format!("{:+.2} pp", group - share),
                     format!("{agent_cpu:.2}% of a CPU"),
+                    format!("{throttled}/{periods}"),
                 ),
-                None => ("-".to_owned(), "-".to_owned()),
+                None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
             };
             errors.entry((share as u32, tool)).or_default().push((
                 stat - share,
@@ -239,7 +259,7 @@ fn main() {
                 own - share,
             ));
             println!(
-                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>9.2}% {:>+8.2} {:>+9.2} {:>13} {:>16}  round {}",
+                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>9.2}% {:>+8.2} {:>+9.2} {:>13} {:>16} {:>9}  round {}",
                 format!("{pct}%"),
                 tool,
                 stat,
@@ -252,6 +272,7 @@ fn main() {
                 outside,
                 burners,
                 controller,
+                throttled,
                 round + 1
             );
         }
