@@ -670,15 +670,12 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
             (woke.saturating_sub(ramp_start) as f64 / ramp_ns as f64).min(1.0)
         };
         let full = slots.filter(|_| ramp >= 1.0);
-        let cycle = match full {
-            Some(s) => {
-                planned = s.run_ns;
-                0.0
-            }
+        planned = match full {
+            Some(s) => s.run_ns,
             None => {
                 let cycle = PACE_CYCLE_NS * (0.5 + uniform(&mut rng));
-                planned = (cycle * duty * ramp) as u64;
-                cycle
+                cycle_end += cycle as u64;
+                (cycle * duty * ramp) as u64
             }
         };
         let target = planned.saturating_sub(debt);
@@ -715,7 +712,6 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
                 wake
             }
             None => {
-                cycle_end += cycle as u64;
                 if cycle_end <= now {
                     cycle_end = now;
                     continue;

@@ -20,7 +20,7 @@ use faultline_tests::{
     Agent, Pair, limits_file,
     netns::IFACE,
     node::{
-        NodeCpu, cpu_throttling, group_share, mem_used_percent, meminfo_kb, node_cpu,
+        NodeCpu, cgroup_dirs, cpu_throttling, group_share, mem_used_percent, meminfo_kb, node_cpu,
         process_cpu_s, processes_cpu_s, wait_quiet,
     },
 };
@@ -148,12 +148,7 @@ fn main() {
                 let pid = armed["pid"].as_u64().unwrap() as u32;
                 let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
                 let a0 = process_cpu_s(pid).unwrap();
-                let dirs: Vec<String> = armed["cgroup"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_str().unwrap().to_owned())
-                    .collect();
+                let dirs = cgroup_dirs(&armed);
                 let t0 = cpu_throttling(&dirs);
                 let start = Instant::now();
                 let NodeCpu {

@@ -189,6 +189,16 @@ pub fn cgroup_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// A stress group's directories, as the agent's `armed` event lists them.
+pub fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
+    armed["cgroup"]
+        .as_array()
+        .expect("armed event without cgroup")
+        .iter()
+        .map(|d| d.as_str().expect("cgroup directory").to_owned())
+        .collect()
+}
+
 /// CFS periods and throttled periods so far of a stress group, given its directories
 /// (the agent's `armed` event lists them): cpu.stat's nr_periods and nr_throttled,
 /// from the one directory that has it (the cpu controller's, v1 or v2).

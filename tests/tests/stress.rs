@@ -14,8 +14,8 @@ use faultline_tests::{
     agent::run_agent,
     limits_file,
     node::{
-        TargetCgroup, assert_no_stress_cgroups, cpu_throttling, exited, group_share, node_cpu,
-        process_cpu_s, wait_quiet,
+        TargetCgroup, assert_no_stress_cgroups, cgroup_dirs, cpu_throttling, exited, group_share,
+        node_cpu, process_cpu_s, wait_quiet,
     },
     slack,
 };
@@ -225,15 +225,6 @@ fn reads_as(share: f64, r: &Rise) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
-    armed["cgroup"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn state() -> TempPath {

@@ -10,7 +10,9 @@ use std::{
 
 use faultline_tests::{
     Agent,
-    node::{TargetCgroup, assert_no_stress_cgroups, exited, mem_used_percent, meminfo_kb},
+    node::{
+        TargetCgroup, assert_no_stress_cgroups, cgroup_dirs, exited, mem_used_percent, meminfo_kb,
+    },
 };
 
 /// Used memory once it stops moving.
@@ -113,13 +115,7 @@ fn memory_share_is_allocated_fenced_and_released() {
         "after removal {after:.2}% vs baseline {baseline:.2}%"
     );
     assert_eq!(removed["oom_kills"], 0);
-    for dir in armed["cgroup"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_owned())
-        .collect::<Vec<_>>()
-    {
+    for dir in cgroup_dirs(&armed) {
         assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
     }
     assert_no_stress_cgroups();
