@@ -240,7 +240,10 @@ pub async fn cpu(limits: LimitArgs, args: crate::faults::cpu::CpuArgs) -> Result
     caps.check_cpu(args.percent, args.stress.duration, &source)
         .map_err(|e| UsageError(e.to_string()))?;
     preflight::check_root_for_cgroups()?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The node's CPUs, not the agent's own allowance: under a Kubernetes limit of
+    // 500m (deploy/kubernetes/agent.yaml) or a systemd CPUQuota the standard
+    // library reports one CPU, and a share of the node would be sized on it.
+    let cpus = crate::stress::NodeSample::now(&args.stress.cgroup_root)?.cpus;
     let plan = crate::faults::cpu::plan(&args, cpus);
     crate::stress::run(args.stress, plan).await
 }

@@ -84,6 +84,9 @@ pub struct NodeSample {
     /// Nanoseconds all tasks have run, summed over CPUs (None: no precise counter).
     run_ns: Option<u64>,
     at: Instant,
+    /// CPUs the node's counters cover: the `cpuN` lines of /proc/stat, the online
+    /// CPUs, as node_exporter and `top` count them.
+    pub cpus: usize,
     pub mem_total: u64,
     pub mem_available: u64,
 }
@@ -131,6 +134,7 @@ impl NodeSample {
             total_ticks: busy + idle,
             run_ns,
             at,
+            cpus: stat.cpu_time.len().max(1),
             mem_total: mem.mem_total,
             mem_available: mem.mem_available.unwrap_or(mem.mem_free),
         })
@@ -142,8 +146,7 @@ impl NodeSample {
         let wall = self.at.saturating_duration_since(earlier.at).as_nanos() as f64;
         match (self.run_ns, earlier.run_ns) {
             (Some(b), Some(a)) if wall > 0.0 => {
-                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-                (100.0 * b.saturating_sub(a) as f64 / wall / cpus).min(100.0)
+                (100.0 * b.saturating_sub(a) as f64 / wall / self.cpus as f64).min(100.0)
             }
             _ => self.cpu_busy_ticks_since(earlier),
         }

@@ -69,6 +69,30 @@ impl Agent {
         Self::start_host_event(state_dir, args, "armed")
     }
 
+    /// Like `start_host`, with the agent inside the cgroup directories `dirs` from
+    /// before its first instruction (a shell joins them, then execs the agent), as a
+    /// service manager or a pod would start it.
+    pub fn start_host_in_cgroup(
+        dirs: &[PathBuf],
+        state_dir: &std::path::Path,
+        args: &[&str],
+    ) -> (Self, Value) {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            r#"for d in $FLTEST_JOIN; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$0" "$@""#,
+        ])
+        .arg(agent_binary())
+        .env(
+            "FLTEST_JOIN",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        Self::spawn(cmd, state_dir, args, Stdio::inherit(), "armed")
+    }
+
     /// Like `start_host`, waiting for the first event named `first`.
     pub fn start_host_event(
         state_dir: &std::path::Path,

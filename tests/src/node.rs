@@ -189,6 +189,30 @@ pub fn cgroup_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// The node's CPUs as its counters cover them: the `cpuN` lines of /proc/stat.
+pub fn online_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
+}
+
+/// The CFS quota of a stress group, in µs per period, from its directories as the
+/// `armed` event lists them (v1: the cpu hierarchy's; v2: `cpu.max`).
+pub fn cpu_quota_us(dirs: &[String]) -> u64 {
+    for d in dirs {
+        let d = Path::new(d);
+        if let Ok(q) = std::fs::read_to_string(d.join("cpu.cfs_quota_us")) {
+            return q.trim().parse().unwrap();
+        }
+        if let Ok(max) = std::fs::read_to_string(d.join("cpu.max")) {
+            return max.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("no CPU quota file in {dirs:?}")
+}
+
 /// A stress group's directories, as the agent's `armed` event lists them.
 pub fn cgroup_dirs(armed: &serde_json::Value) -> Vec<String> {
     armed["cgroup"]
@@ -238,7 +262,18 @@ pub struct TargetCgroup {
 }
 
 impl TargetCgroup {
+    /// A group other groups go under (a workload's, for `--target-cgroup`).
     pub fn new(tag: &str) -> Self {
+        let g = Self::leaf(tag);
+        if cgroup_v2() {
+            std::fs::write(g.dirs[0].join("cgroup.subtree_control"), "+cpu +memory").unwrap();
+        }
+        g
+    }
+
+    /// A group processes go into (v2 refuses processes in a group that hands its
+    /// controllers down).
+    pub fn leaf(tag: &str) -> Self {
         let rel = format!("fltest-{tag}-{}", std::process::id());
         let root = PathBuf::from("/sys/fs/cgroup");
         let dirs: Vec<PathBuf> = if cgroup_v2() {
@@ -252,10 +287,26 @@ impl TargetCgroup {
         for d in &dirs {
             std::fs::create_dir(d).unwrap();
         }
-        if cgroup_v2() {
-            std::fs::write(dirs[0].join("cgroup.subtree_control"), "+cpu +memory").unwrap();
-        }
         Self { rel, dirs }
+    }
+
+    /// Sets the group's CFS quota: `quota_us` of CPU time per `period_us`, what a
+    /// Kubernetes CPU limit or a systemd CPUQuota writes.
+    pub fn set_cpu_limit(&self, quota_us: u64, period_us: u64) {
+        if cgroup_v2() {
+            std::fs::write(
+                self.dirs[0].join("cpu.max"),
+                format!("{quota_us} {period_us}"),
+            )
+            .unwrap();
+        } else {
+            std::fs::write(
+                self.dirs[0].join("cpu.cfs_period_us"),
+                period_us.to_string(),
+            )
+            .unwrap();
+            std::fs::write(self.dirs[0].join("cpu.cfs_quota_us"), quota_us.to_string()).unwrap();
+        }
     }
 
     /// Sets the group's hard memory limit.

@@ -14,8 +14,8 @@ use faultline_tests::{
     agent::run_agent,
     limits_file,
     node::{
-        TargetCgroup, assert_no_stress_cgroups, cgroup_dirs, cpu_throttling, exited, group_share,
-        node_cpu, process_cpu_s, wait_quiet,
+        TargetCgroup, assert_no_stress_cgroups, cgroup_dirs, cpu_quota_us, cpu_throttling, exited,
+        group_share, node_cpu, online_cpus, process_cpu_s, wait_quiet,
     },
     slack,
 };
@@ -76,15 +76,42 @@ const OUTSIDE_NOISE: f64 = 0.5;
 /// (`reads_as`), and removal. Panics with every window's figures when none
 /// does.
 fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> serde_json::Value {
+    cpu_rise_in(None, share, extra, settle).0
+}
+
+/// `cpu_rise` with the agent itself started inside `agent_group`; also the fence
+/// group's CFS quota (µs per period) as its files said while it ran.
+fn cpu_rise_in(
+    agent_group: Option<&TargetCgroup>,
+    share: &str,
+    extra: &[&str],
+    settle: Duration,
+) -> (serde_json::Value, u64) {
     let want: f64 = share.parse().unwrap();
     let cpus = std::thread::available_parallelism().unwrap().get() as f64;
     wait_quiet(2.0);
     let base = node_cpu(Duration::from_secs(3));
     let mut args = vec!["inject", "cpu", "--percent", share, "--duration", "60s"];
     args.extend(extra);
-    let (mut agent, armed) = start(&args);
+    let (mut agent, armed) = match agent_group {
+        None => start(&args),
+        Some(g) => {
+            let dir = state();
+            let (mut agent, armed) = Agent::start_host_in_cgroup(&g.dirs, &dir, &args);
+            agent.keep(dir);
+            let pid = armed["pid"].as_u64().unwrap();
+            let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            assert!(
+                own.contains(&format!("/{}\n", g.rel)),
+                "agent {pid} not in {}: {own}",
+                g.rel
+            );
+            (agent, armed)
+        }
+    };
     let pid = armed["pid"].as_u64().unwrap() as u32;
     let dirs = cgroup_dirs(&armed);
+    let quota = cpu_quota_us(&dirs);
     std::thread::sleep(settle);
     let mut failures = Vec::new();
     let mut passed = false;
@@ -169,7 +196,7 @@ fn cpu_rise(share: &str, extra: &[&str], settle: Duration) -> serde_json::Value 
     }
     assert_no_stress_cgroups();
     assert!(passed, "{}", failures.join("\n"));
-    armed
+    (armed, quota)
 }
 
 /// The share as the node's own monitoring reads it: within 1 point of the request by
@@ -540,4 +567,34 @@ fn stress_can_run_inside_a_target_cgroup() {
             d.display()
         );
     }
+}
+
+/// A share is of the node's CPUs even when the agent itself runs under a CPU limit,
+/// as the DaemonSet's 500m (deploy/kubernetes/agent.yaml) or a systemd CPUQuota
+/// puts it: the standard library's count of usable CPUs then says 1, and the
+/// quota and the agent's node readings were sized on it (half the share, and
+/// twice the node's CPU, on 2 CPUs). The burners' fence group is outside the
+/// agent's own, so the stress reads as requested (`reads_as`).
+#[test]
+fn cpu_share_is_of_the_node_when_the_agent_itself_is_cpu_limited() {
+    let _g = serial();
+    let limited = TargetCgroup::leaf("agent-limit");
+    limited.set_cpu_limit(50_000, 100_000);
+    // cpu_rise_in checks the agent ran in the limited group and judges the windows.
+    let (armed, quota) = cpu_rise_in(Some(&limited), "15", &[], Duration::from_secs(1));
+    let cpus = online_cpus();
+    assert_eq!(
+        quota,
+        150_000 * cpus as u64,
+        "fence quota for 15 % of {cpus} CPU(s): {}",
+        armed["fault"]
+    );
+    assert!(
+        armed["fault"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("of {cpus} CPU(s)")),
+        "{}",
+        armed["fault"]
+    );
 }
