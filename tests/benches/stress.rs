@@ -61,6 +61,17 @@ fn shares() -> Vec<&'static str> {
 }
 
 /// VmRSS of a process, in kB.
+/// Mean of `xs` and its standard error (the sample deviation over √n; 0 for one value).
+fn mean_and_error(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let n = xs.clone().count() as f64;
+    let mean = xs.clone().sum::<f64>() / n;
+    if n < 2.0 {
+        return (mean, 0.0);
+    }
+    let var = xs.map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -283,9 +294,15 @@ fn main() {
         let own = e.iter().map(|x| x.2.abs()).sum::<f64>() / n;
         let worst = e.iter().map(|x| x.0.max(x.1)).fold(f64::MIN, f64::max);
         let worst_own = e.iter().map(|x| x.2).fold(f64::MIN, f64::max);
+        // The signed mean with its standard error: a bias shows as a mean several
+        // errors from zero, a window's noise (a 5 s baseline holds /proc/stat in
+        // 10 ms units, 0.1 points on 2 CPUs) as one within them.
+        let (sm, se) = mean_and_error(e.iter().map(|x| x.0));
+        let (pm, pe) = mean_and_error(e.iter().map(|x| x.1));
         println!(
             "{share:>3}% {tool:<10} /proc/stat {stat:.2}  precise {precise:.2}  own {own:.2}  most \
-             above the share: node {worst:+.2}, own {worst_own:+.2}"
+             above the share: node {worst:+.2}, own {worst_own:+.2}  mean error: /proc/stat \
+             {sm:+.2} ± {se:.2}, precise {pm:+.2} ± {pe:.2}"
         );
     }
 
