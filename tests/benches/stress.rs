@@ -21,7 +21,7 @@ use faultline_tests::{
     netns::IFACE,
     node::{
         NodeCpu, cgroup_dirs, cpu_throttling, group_share, mem_used_percent, meminfo_kb, node_cpu,
-        process_cpu_s, processes_cpu_s, wait_quiet,
+        online_cpus, process_cpu_s, processes_cpu_s, wait_quiet,
     },
 };
 
@@ -60,7 +60,6 @@ fn shares() -> Vec<&'static str> {
     }
 }
 
-/// VmRSS of a process, in kB.
 /// Mean of `xs` and its standard error (the sample deviation over √n; 0 for one value).
 fn mean_and_error(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     let n = xs.clone().count() as f64;
@@ -72,6 +71,7 @@ fn mean_and_error(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     (mean, (var / n).sqrt())
 }
 
+/// VmRSS of a process, in kB.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -90,7 +90,7 @@ fn state() -> faultline_tests::TempPath {
 }
 
 fn main() {
-    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let cpus = online_cpus() as f64;
     println!(
         "\nCPU stress accuracy on {cpus} CPU(s), faultline and stress-ng side by side, {}s \
          windows, the quieter of a baseline before and after (by the precise counter) subtracted; error = rise - requested, in points of the node",

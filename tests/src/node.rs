@@ -59,7 +59,7 @@ pub struct NodeCpu {
 
 /// The node's CPU over `window` (slept through), in percent of all CPUs.
 pub fn node_cpu(window: std::time::Duration) -> NodeCpu {
-    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let cpus = online_cpus() as f64;
     let s0 = proc_stat();
     let n0 = node_cpu_ns();
     let start = std::time::Instant::now();

@@ -88,7 +88,7 @@ fn cpu_rise_in(
     settle: Duration,
 ) -> (serde_json::Value, u64) {
     let want: f64 = share.parse().unwrap();
-    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let cpus = online_cpus() as f64;
     wait_quiet(2.0);
     let base = node_cpu(Duration::from_secs(3));
     let mut args = vec!["inject", "cpu", "--percent", share, "--duration", "60s"];
@@ -290,7 +290,7 @@ fn cpu_share_reads_as_requested_after_a_ramp() {
 #[test]
 fn ramp_reaches_the_share_gradually() {
     let _g = serial();
-    let cpus = std::thread::available_parallelism().unwrap().get() as f64;
+    let cpus = online_cpus() as f64;
     const RAMP_S: f64 = 8.0;
     let (mut agent, _) = start(&[
         "inject",
