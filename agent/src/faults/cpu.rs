@@ -8,7 +8,7 @@ use faultline_proto::limits::Percent;
 use crate::{
     cgroup::CPU_PERIOD_US,
     faults::loss::parse_percent,
-    stress::{StressArgs, StressPlan},
+    stress::{self, StressArgs, StressPlan},
 };
 
 #[derive(Args, Clone, Debug)]
@@ -25,28 +25,31 @@ pub fn quota_us(share: Percent, cpus: usize) -> u64 {
     ((share.value() / 100.0) * cpus as f64 * CPU_PERIOD_US as f64).round() as u64
 }
 
-/// Quota one period may carry over from earlier ones, per burner: about one run.
-const BURST_PER_CPU_US: u64 = 20_000;
+/// Quota one period may carry over from earlier ones, per burner, at least: the
+/// kernel hands out runtime per CPU 5 ms at a time, and a short run that misses the
+/// end of a period leaves its slice unused on the other CPU.
+const MIN_BURST_PER_CPU_US: u64 = 20_000;
 
-/// The CFS burst of a group with `quota_us`: unused quota a period may spend on top
-/// of its own, at most one run per burner and never more than the quota (the
-/// kernel's own bound).
+/// The CFS burst of a group with `quota_us` whose burners run `run_us` at a time:
+/// unused quota a period may spend on top of its own, one run per burner (at least
+/// `MIN_BURST_PER_CPU_US`) and never more than the quota (the kernel's own bound).
 ///
-/// The burners deliver exactly the quota on average, so without a burst every
-/// period whose share of runs came out a run long, or whose last slice sat unused
-/// on the other CPU (the kernel hands out runtime per CPU, 5 ms at a time), was
-/// throttled at a tick: 17 of 21 periods at 5 % here, each reading up to a tick
-/// high in /proc/stat (+0.2 points over the precise counter). A burst only holds
-/// quota left unused before, so over any span the group still uses at most its
-/// share of it plus the burst.
-pub fn burst_us(quota_us: u64, cpus: usize) -> u64 {
-    (BURST_PER_CPU_US * cpus as u64).min(quota_us)
+/// The burners deliver exactly the quota on average, but a period holds a whole
+/// number of runs on each CPU, one more than its share or one less depending on
+/// where the grid falls; without a burst every period that came out a run long, or
+/// whose last slice sat unused on the other CPU, was throttled at a tick: 17 of 21
+/// periods at 5 % here, each reading up to a tick high in /proc/stat (+0.2 points
+/// over the precise counter). A burst only holds quota left unused before, so over
+/// any span the group still uses at most its share of it plus the burst.
+pub fn burst_us(quota_us: u64, cpus: usize, run_us: u64) -> u64 {
+    (run_us.max(MIN_BURST_PER_CPU_US) * cpus as u64).min(quota_us)
 }
 
 pub fn plan(args: &CpuArgs, cpus: usize) -> StressPlan {
     // A zero quota is invalid; 1 ms per period is the smallest the kernel takes.
     let full = quota_us(args.percent, cpus).max(1000);
-    let burst = burst_us(full, cpus);
+    let duty = args.percent.value() / 100.0;
+    let burst = burst_us(full, cpus, stress::run_ns(duty) / 1000);
     StressPlan {
         kind: "cpu",
         summary: format!(
@@ -56,10 +59,7 @@ pub fn plan(args: &CpuArgs, cpus: usize) -> StressPlan {
         // One burner per CPU, each running the node share of its own CPU: uniform
         // pressure on the node, and together exactly the quota.
         workers: cpus,
-        worker_args: vec![
-            "cpu".into(),
-            format!("--duty={}", args.percent.value() / 100.0),
-        ],
+        worker_args: vec!["cpu".into(), format!("--duty={duty}")],
         apply: Box::new(move |fs, group| fs.set_cpu_quota(group, full, burst)),
         oom_first: false,
     }
@@ -78,9 +78,12 @@ mod tests {
 
     #[test]
     fn burst_is_a_run_per_burner_within_the_quota() {
-        assert_eq!(burst_us(300_000, 2), 40_000);
-        assert_eq!(burst_us(2_000_000, 64), 1_280_000);
+        // 15 % of 2 CPUs, 16 ms runs: one run each.
+        assert_eq!(burst_us(300_000, 2, 16_000), 40_000);
+        // 50 % of 2 CPUs, 52 ms runs.
+        assert_eq!(burst_us(1_000_000, 2, 52_000), 104_000);
+        assert_eq!(burst_us(2_000_000, 64, 20_000), 1_280_000);
         // 1 % of one CPU: the burst never exceeds the quota.
-        assert_eq!(burst_us(10_000, 1), 10_000);
+        assert_eq!(burst_us(10_000, 1, 4_000), 10_000);
     }
 }
