@@ -541,10 +541,9 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
 /// CFS period, with a burst of a run per burner (`run_ns`).
 const PACE_CYCLE_NS: f64 = 100e6;
 
-/// CPU time of one batch of work between reads of the CPU clock: short against a
-/// run (16 ms at 15 % here, less early in a ramp), long against the read itself. The read is a system call
-/// (~0.3 µs natively); reading it every few dozen multiplications made half the
-/// stress system time in `top`.
+/// Wall time of one batch of work between two reads of the monotonic clock: short
+/// against a run (16 ms at 15 % here, less early in a ramp), long against the read
+/// itself (about 20 ns through the vDSO).
 const BATCH_NS: f64 = 20e3;
 
 /// CPU time this process has been charged, in nanoseconds: every thread, its
@@ -637,6 +636,64 @@ fn uniform(rng: &mut u64) -> f64 {
     (*rng >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The burner's work: multiplications in batches of about `BATCH_NS`.
+struct Work {
+    x: u64,
+    /// Multiplications per batch.
+    batch: u64,
+}
+
+impl Default for Work {
+    fn default() -> Self {
+        Self { x: 0, batch: 64 }
+    }
+}
+
+impl Work {
+    /// One batch; returns the monotonic time at its end.
+    fn batch(&mut self, began: u64) -> u64 {
+        for _ in 0..self.batch {
+            self.x = std::hint::black_box(self.x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let now = clock::monotonic_ns();
+        let took = now.saturating_sub(began);
+        if took > 0 {
+            // At most doubling or halving per batch: one batch stretched by an
+            // interrupt or a preemption must not size the next one far off.
+            let scaled = (self.batch as f64 * BATCH_NS / took as f64) as u64;
+            self.batch = scaled
+                .clamp(self.batch / 2, self.batch * 2)
+                .clamp(64, 1 << 20);
+        }
+        now
+    }
+}
+
+/// Works until `cpu_clock` (the process's CPU clock, in ns) has advanced `target`
+/// beyond `from`, its reading when the run began; returns how many times it read it.
+///
+/// The process's CPU clock is a system call (190 ns here); read after every 20 µs
+/// batch it put 1 % of the burners' time in the kernel, 0.56 points of the node in
+/// `top`'s `sy` at 50 % against stress-ng's 0.10. Wall time is read through the
+/// vDSO (18 ns) and bounds the CPU time from above: the stressor's other thread only
+/// sleeps, so the process cannot have used more CPU than the wall time since the run
+/// began. So the CPU clock is read only once the wall time says the run could be
+/// over: once per run, plus once per preemption that made it fall short.
+fn burn(cpu_clock: impl Fn() -> u64, from: u64, target: u64, work: &mut Work) -> u32 {
+    let mut reads = 0;
+    let mut used = 0;
+    while used < target {
+        let began = clock::monotonic_ns();
+        let mut now = began;
+        while now - began < target - used {
+            now = work.batch(now);
+        }
+        used = cpu_clock().saturating_sub(from);
+        reads += 1;
+    }
+    reads
+}
+
 /// Runs `duty` of one CPU until `until_ns`, rising linearly over the `ramp_ns`
 /// from `ramp_start` first.
 ///
@@ -667,9 +724,7 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
     let mut cycle_end = start;
     // The full share's grid, once the ramp is over: its anchor and the slot now run.
     let mut grid: Option<(u64, u64)> = None;
-    let mut x: u64 = 0;
-    // Multiplications between two clock reads, sized to about BATCH_NS.
-    let mut batch: u64 = 64;
+    let mut work = Work::default();
     // CPU used beyond the plan so far, capped at one full run: when the fixed cost
     // of a cycle exceeds a tiny early-ramp plan, there is nothing to give back and
     // the debt must not silence the ramp later.
@@ -701,22 +756,7 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
                 (cycle * duty * ramp) as u64
             }
         };
-        let target = planned.saturating_sub(debt);
-        let mut last = cpu;
-        while last - cpu < target {
-            for _ in 0..batch {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
-            let read = process_cpu_ns();
-            let took = read - last;
-            last = read;
-            if took > 0 {
-                // At most doubling or halving per batch: one batch stretched by an
-                // interrupt or a preemption must not size the next one far off.
-                let scaled = (batch as f64 * BATCH_NS / took as f64) as u64;
-                batch = scaled.clamp(batch / 2, batch * 2).clamp(64, 1 << 20);
-            }
-        }
+        burn(process_cpu_ns, cpu, planned.saturating_sub(debt), &mut work);
         let now = clock::monotonic_ns();
         let wake = match full {
             Some(s) => {
@@ -792,6 +832,36 @@ mod tests {
         let n = 1_000_000;
         let expect = (n as f64 * 16e6 / 0.15) as u64;
         assert!(s.slot_start(0, n).abs_diff(expect) <= 1);
+    }
+
+    /// CPU time of the calling thread: the test harness runs other tests in this
+    /// process at the same time, so its process clock would run ahead of the burner.
+    fn thread_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid out-pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    #[test]
+    fn a_run_uses_its_cpu_time_and_reads_the_cpu_clock_once_per_stretch() {
+        let mut work = Work::default();
+        for target in [0, 300_000, 5_000_000, 20_000_000] {
+            let from = thread_cpu_ns();
+            let reads = burn(thread_cpu_ns, from, target, &mut work);
+            let used = thread_cpu_ns() - from;
+            // Never short; over by at most the last batch (about 20 µs of work) and
+            // the clock reads, bounded here by a generous 1 ms.
+            assert!(used >= target, "{target}: used {used}");
+            assert!(used < target + 1_000_000, "{target}: used {used}");
+            // Once per stretch of wall time, and a stretch ends early only when the
+            // thread was preempted: a read per 20 µs batch would be 1000 for 20 ms.
+            let most = if target == 0 { 0 } else { 25 };
+            assert!(reads <= most, "{target}: {reads} reads of the CPU clock");
+        }
     }
 
     #[test]
