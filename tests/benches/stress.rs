@@ -3,14 +3,17 @@
 //! - CPU share: requested vs measured over 20 s at 5 %, 15 % and 50 % of the node,
 //!   side by side with stress-ng (`--cpu-load`), by the kernel's precise node-wide
 //!   counter (root cgroup) and by /proc/stat (tick-sampled, what node_exporter and
-//!   `top` show); and each tool's own CPU (faultline: its fence group's counter plus
-//!   the agent process; stress-ng: utime + stime of its processes), whose error is
-//!   what the tool itself delivered, and `outside`, what the node's precise rise held
-//!   besides it (other processes and kernel work in the window, which no tool
-//!   controls). For faultline the two parts are shown too: the burners above the
-//!   share (the cost of pacing) and the agent, and how many of the window's CFS
-//!   periods the quota throttled the burners in (each such clip ends a run on a
-//!   tick, which /proc/stat over-counts).
+//!   `top` show). Each window also reads the tool's own processes by the scheduler's
+//!   nanosecond counter (faultline: its burners and the agent; stress-ng: all its
+//!   processes): `outside` is what the node's precise rise held besides them, other
+//!   processes and kernel work that no tool controls. The summary gives each tool's
+//!   error twice: as the node's counters showed it, and the tool's own part, with
+//!   `outside` taken out of both counters (in /proc/stat that leaves the tool's
+//!   delivery plus the tick-sampling difference it caused). Also per tool: its
+//!   kernel time (`top`'s `sy`, the cost of its clock reads and sleeps), its sleeps
+//!   (wake-ups) per second, and for faultline the agent's CPU and how many of the
+//!   window's CFS periods the quota throttled the burners in (each such clip ends a
+//!   run on a tick, which /proc/stat over-counts).
 //! - Memory share: requested 10 % of MemTotal vs the fence group's usage and the
 //!   node's used memory (excluding free pages parked on per-CPU lists).
 //! - The agent while a fault runs idle: CPU % and RSS of the agent process itself.
@@ -20,8 +23,8 @@ use faultline_tests::{
     Agent, Pair, limits_file,
     netns::IFACE,
     node::{
-        NodeCpu, cgroup_dirs, cpu_throttling, group_share, mem_used_percent, meminfo_kb, node_cpu,
-        online_cpus, process_cpu_s, processes_cpu_s, wait_quiet,
+        NodeCpu, Usage, cgroup_dirs, cpu_throttling, mem_used_percent, meminfo_kb, node_cpu,
+        online_cpus, pids_named, usage, wait_quiet,
     },
 };
 
@@ -61,13 +64,13 @@ fn shares() -> Vec<&'static str> {
 }
 
 /// Mean of `xs` and its standard error (the sample deviation over √n; 0 for one value).
-fn mean_and_error(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
-    let n = xs.clone().count() as f64;
-    let mean = xs.clone().sum::<f64>() / n;
+fn mean_and_error(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
     if n < 2.0 {
         return (mean, 0.0);
     }
-    let var = xs.map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
     (mean, (var / n).sqrt())
 }
 
@@ -89,15 +92,161 @@ fn state() -> faultline_tests::TempPath {
     faultline_tests::TempPath::dir("fl-bench-state")
 }
 
+/// One window of one tool at one share, baselines subtracted, in points of the node
+/// unless named otherwise.
+struct Row {
+    /// The node's rise by /proc/stat and by the precise counter, and steal's.
+    stat: f64,
+    precise: f64,
+    steal: f64,
+    /// The tool's own processes by their precise counters.
+    own: f64,
+    /// Their kernel time, and their sleeps per second (all processes together).
+    system: f64,
+    sleeps_per_s: f64,
+    /// faultline only: the agent in % of one CPU, and (throttled, periods).
+    agent: Option<(f64, (u64, u64))>,
+}
+
+impl Row {
+    /// What the node's precise rise held besides the tool's own processes.
+    fn outside(&self) -> f64 {
+        self.precise - self.own
+    }
+
+    /// The errors (/proc/stat, precise) as the node's counters showed them.
+    fn shown(&self, share: f64) -> [f64; 2] {
+        [self.stat - share, self.precise - share]
+    }
+
+    /// The tool's own part of those errors: `outside` taken out of both counters.
+    fn tools(&self, share: f64) -> [f64; 2] {
+        [self.stat - self.outside() - share, self.own - share]
+    }
+}
+
+/// The tool's own processes between two readings, in points of the node.
+fn own_share(d: &Usage, wall: Duration, cpus: f64) -> f64 {
+    100.0 * d.run_ns as f64 / wall.as_nanos() as f64 / cpus
+}
+
+/// A faultline CPU stress of `pct` for one window.
+fn faultline_window(pct: &str, cpus: f64) -> Measured {
+    let span = format!("{}s", WINDOW.as_secs() + 5);
+    let st = state();
+    let (mut agent, armed) = Agent::start_host(
+        &st,
+        &[
+            "--profile",
+            "staging",
+            "inject",
+            "cpu",
+            "--percent",
+            pct,
+            "--duration",
+            &span,
+        ],
+    );
+    let pid = armed["pid"].as_u64().unwrap() as u32;
+    agent.wait_event("reading", Duration::from_secs(5)).unwrap();
+    let mut pids: Vec<u32> = armed["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    pids.push(pid);
+    let dirs = cgroup_dirs(&armed);
+    let (all0, agent0, t0) = (usage(&pids), usage(&[pid]), cpu_throttling(&dirs));
+    let start = Instant::now();
+    let node = node_cpu(WINDOW);
+    let (all1, agent1, t1) = (usage(&pids), usage(&[pid]), cpu_throttling(&dirs));
+    let wall = start.elapsed();
+    agent.stop();
+    let agent_cpu = own_share(&agent1.since(&agent0), wall, 1.0);
+    Measured {
+        node,
+        own: all1.since(&all0),
+        wall,
+        agent: Some((agent_cpu, (t1.1 - t0.1, t1.0 - t0.0))),
+        cpus,
+    }
+}
+
+/// stress-ng at `pct` on every CPU for one window.
+fn stress_ng_window(pct: &str, cpus: f64) -> Measured {
+    let span = format!("{}s", WINDOW.as_secs() + 5);
+    let mut ng = std::process::Command::new("stress-ng")
+        .args([
+            "--cpu",
+            &cpus.to_string(),
+            "--cpu-load",
+            pct,
+            "--timeout",
+            &span,
+            "--quiet",
+        ])
+        .spawn()
+        .expect("stress-ng (apt install stress-ng)");
+    std::thread::sleep(Duration::from_secs(1));
+    let pids = pids_named("stress-ng");
+    let u0 = usage(&pids);
+    let start = Instant::now();
+    let node = node_cpu(WINDOW);
+    let u1 = usage(&pids);
+    let wall = start.elapsed();
+    // Its workers are named stress-ng-cpu and outlive a killed parent until their
+    // timeout: stop them all before the next baseline.
+    let _ = std::process::Command::new("pkill")
+        .args(["-TERM", "-f", "^stress-ng"])
+        .status();
+    let _ = ng.wait();
+    while !pids_named("stress-ng").is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Measured {
+        node,
+        own: u1.since(&u0),
+        wall,
+        agent: None,
+        cpus,
+    }
+}
+
+/// One tool's window as measured, before a baseline is subtracted.
+struct Measured {
+    node: NodeCpu,
+    own: Usage,
+    wall: Duration,
+    agent: Option<(f64, (u64, u64))>,
+    cpus: f64,
+}
+
+impl Measured {
+    fn row(&self, quiet: &NodeCpu) -> Row {
+        let secs = self.wall.as_secs_f64();
+        Row {
+            stat: self.node.stat - quiet.stat,
+            precise: self.node.precise - quiet.precise,
+            steal: self.node.steal - quiet.steal,
+            own: own_share(&self.own, self.wall, self.cpus),
+            system: 100.0 * self.own.system_s / secs / self.cpus,
+            sleeps_per_s: self.own.sleeps as f64 / secs,
+            agent: self.agent,
+        }
+    }
+}
+
 fn main() {
     let cpus = online_cpus() as f64;
     println!(
         "\nCPU stress accuracy on {cpus} CPU(s), faultline and stress-ng side by side, {}s \
-         windows, the quieter of a baseline before and after (by the precise counter) subtracted; error = rise - requested, in points of the node",
+         windows, the quieter of a baseline before and after (by the precise counter) \
+         subtracted; error = rise - requested, in points of the node",
         WINDOW.as_secs()
     );
     println!(
-        "{:<6} {:<10} {:>12} {:>8} {:>13} {:>8} {:>8} {:>10} {:>8} {:>9} {:>13} {:>16} {:>9}",
+        "{:<6} {:<10} {:>11} {:>7} {:>11} {:>7} {:>7} {:>10} {:>7} {:>8} {:>7} {:>8} {:>12} {:>9}",
         "share",
         "tool",
         "/proc/stat",
@@ -108,14 +257,12 @@ fn main() {
         "tool's own",
         "error",
         "outside",
-        "burners' own",
-        "controller",
+        "sys",
+        "wakeups/s",
+        "agent",
         "throttled"
     );
-    // (share, tool) -> errors (/proc/stat, precise, the tool's own CPU) over the rounds.
-    #[allow(clippy::type_complexity)]
-    let mut errors: std::collections::BTreeMap<(u32, &str), Vec<(f64, f64, f64)>> =
-        Default::default();
+    let mut rows: std::collections::BTreeMap<(u32, &str), Vec<Row>> = Default::default();
     // The build that started this benchmark leaves dirty pages behind; their
     // writeback (kernel time, in /proc/stat and the precise counter alike) landed in
     // the first row's baseline: 5 % read 3.3 points low there while the fence group's
@@ -138,96 +285,10 @@ fn main() {
             std::thread::sleep(Duration::from_secs(3));
             wait_quiet(1.0);
             let base = node_cpu(BASELINE);
-            let span = format!("{}s", WINDOW.as_secs() + 5);
-            // Each tool's own CPU in percent of the node (faultline: its fence group
-            // and the agent; stress-ng: its processes), and faultline's two parts.
-            let (stat, steal, node, own, parts) = if tool == "faultline" {
-                let st = state();
-                let (mut agent, armed) = Agent::start_host(
-                    &st,
-                    &[
-                        "--profile",
-                        "staging",
-                        "inject",
-                        "cpu",
-                        "--percent",
-                        pct,
-                        "--duration",
-                        &span,
-                    ],
-                );
-                let pid = armed["pid"].as_u64().unwrap() as u32;
-                let first = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
-                let a0 = process_cpu_s(pid).unwrap();
-                let dirs = cgroup_dirs(&armed);
-                let t0 = cpu_throttling(&dirs);
-                let start = Instant::now();
-                let NodeCpu {
-                    stat,
-                    steal,
-                    precise: node,
-                } = node_cpu(WINDOW);
-                let a1 = process_cpu_s(pid).unwrap();
-                let t1 = cpu_throttling(&dirs);
-                let agent_cpu = 100.0 * (a1 - a0) / start.elapsed().as_secs_f64();
-                let mut last = first.clone();
-                while last["elapsed_ms"].as_u64()
-                    < first["elapsed_ms"]
-                        .as_u64()
-                        .map(|t| t + WINDOW.as_millis() as u64)
-                {
-                    last = agent.wait_event("reading", Duration::from_secs(5)).unwrap();
-                }
-                agent.stop();
-                // The burners' own counter (their fence group) above the share is
-                // what pacing costs: wake-ups and clock reads.
-                let group = group_share(&first, &last, cpus);
-                (
-                    stat,
-                    steal,
-                    node,
-                    group + agent_cpu / cpus,
-                    Some((group, agent_cpu, (t1.1 - t0.1, t1.0 - t0.0))),
-                )
+            let window = if tool == "faultline" {
+                faultline_window(pct, cpus)
             } else {
-                let mut ng = std::process::Command::new("stress-ng")
-                    .args([
-                        "--cpu",
-                        &cpus.to_string(),
-                        "--cpu-load",
-                        pct,
-                        "--timeout",
-                        &span,
-                        "--quiet",
-                    ])
-                    .spawn()
-                    .expect("stress-ng (apt install stress-ng)");
-                std::thread::sleep(Duration::from_secs(1));
-                let t0 = processes_cpu_s("stress-ng");
-                let start = Instant::now();
-                let NodeCpu {
-                    stat,
-                    steal,
-                    precise: node,
-                } = node_cpu(WINDOW);
-                let own = 100.0 * (processes_cpu_s("stress-ng") - t0)
-                    / start.elapsed().as_secs_f64()
-                    / cpus;
-                // Its workers are named stress-ng-cpu and outlive a killed parent
-                // until their timeout: stop them all before the next baseline.
-                let _ = std::process::Command::new("pkill")
-                    .args(["-TERM", "-f", "^stress-ng"])
-                    .status();
-                let _ = ng.wait();
-                while std::process::Command::new("pgrep")
-                    .args(["-f", "^stress-ng"])
-                    .stdout(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                (stat, steal, node, own, None)
+                stress_ng_window(pct, cpus)
             };
             // A second baseline after the window, on a quiet node again, and the
             // quieter of the two is the node's idle load: other activity only ever adds
@@ -246,66 +307,36 @@ fn main() {
             } else {
                 base
             };
-            let (stat, steal, node) =
-                (stat - quiet.stat, steal - quiet.steal, node - quiet.precise);
-            // What the node's rise held besides the tool's own processes: the part
-            // of the node-wide error that is not the tool's doing.
-            let outside = node - own;
-            let (burners, controller, throttled) = match parts {
-                Some((group, agent_cpu, (throttled, periods))) => (
-                    format!("{:+.2} pp", group - share),
-                    format!("{agent_cpu:.2}% of a CPU"),
-                    format!("{throttled}/{periods}"),
-                ),
-                None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            let row = window.row(&quiet);
+            let (agent, throttled) = match row.agent {
+                Some((cpu, (throttled, periods))) => {
+                    (format!("{cpu:.3}% CPU"), format!("{throttled}/{periods}"))
+                }
+                None => ("-".to_owned(), "-".to_owned()),
             };
-            errors.entry((share as u32, tool)).or_default().push((
-                stat - share,
-                node - share,
-                own - share,
-            ));
+            let [stat_error, precise_error] = row.shown(share);
             println!(
-                "{:<6} {:<10} {:>11.2}% {:>+8.2} {:>12.2}% {:>+8.2} {:>+8.2} {:>9.2}% {:>+8.2} {:>+9.2} {:>13} {:>16} {:>9}  round {}",
+                "{:<6} {:<10} {:>10.2}% {:>+7.2} {:>10.2}% {:>+7.2} {:>+7.2} {:>9.2}% {:>+7.2} {:>+8.2} {:>6.2}% {:>9.1} {:>12} {:>9}  round {}",
                 format!("{pct}%"),
                 tool,
-                stat,
-                stat - share,
-                node,
-                node - share,
-                steal,
-                own,
-                own - share,
-                outside,
-                burners,
-                controller,
+                row.stat,
+                stat_error,
+                row.precise,
+                precise_error,
+                row.steal,
+                row.own,
+                row.own - share,
+                row.outside(),
+                row.system,
+                row.sleeps_per_s,
+                agent,
                 throttled,
                 round + 1
             );
+            rows.entry((share as u32, tool)).or_default().push(row);
         }
     }
-    println!(
-        "\nmean |error| over {rounds} rounds, points (/proc/stat, precise, the tool's own \
-         processes):"
-    );
-    for ((share, tool), e) in &errors {
-        let n = e.len() as f64;
-        let stat = e.iter().map(|x| x.0.abs()).sum::<f64>() / n;
-        let precise = e.iter().map(|x| x.1.abs()).sum::<f64>() / n;
-        let own = e.iter().map(|x| x.2.abs()).sum::<f64>() / n;
-        let worst = e.iter().map(|x| x.0.max(x.1)).fold(f64::MIN, f64::max);
-        let worst_own = e.iter().map(|x| x.2).fold(f64::MIN, f64::max);
-        // The signed mean with its standard error: a bias shows as a mean several
-        // errors from zero, a window's noise (a 5 s baseline holds /proc/stat in
-        // 10 ms units, 0.1 points on 2 CPUs) as one within them.
-        let (sm, se) = mean_and_error(e.iter().map(|x| x.0));
-        let (pm, pe) = mean_and_error(e.iter().map(|x| x.1));
-        println!(
-            "{share:>3}% {tool:<10} /proc/stat {stat:.2}  precise {precise:.2}  own {own:.2}  most \
-             above the share: node {worst:+.2}, own {worst_own:+.2}  mean error: /proc/stat \
-             {sm:+.2} ± {se:.2}, precise {pm:+.2} ± {pe:.2}"
-        );
-    }
-
+    summary(&rows, rounds);
     std::thread::sleep(Duration::from_secs(3));
     let base = mem_used_percent();
     let st = state();
@@ -351,13 +382,110 @@ fn main() {
         ],
     );
     let pid = armed["pid"].as_u64().unwrap() as u32;
-    let c0 = process_cpu_s(pid).unwrap();
+    let (c0, start) = (usage(&[pid]), Instant::now());
     std::thread::sleep(WINDOW);
-    let (c1, rss) = (process_cpu_s(pid).unwrap(), rss_kb(pid));
+    let (c1, rss) = (usage(&[pid]), rss_kb(pid));
+    let wall = start.elapsed();
     agent.stop();
     println!(
         "agent idle (loss fault armed, 1 Hz counters): {:.3}% of one CPU, RSS {} MiB",
-        100.0 * (c1 - c0) / WINDOW.as_secs_f64(),
+        own_share(&c1.since(&c0), wall, 1.0),
         rss / 1024
     );
+}
+
+/// The errors of one (share, tool) over its rounds: [as shown, the tool's part] ×
+/// [/proc/stat, precise].
+fn errors(rs: &[Row], share: f64) -> [[Vec<f64>; 2]; 2] {
+    let pick = |f: fn(&Row, f64) -> [f64; 2], i: usize| -> Vec<f64> {
+        rs.iter().map(|r| f(r, share)[i]).collect()
+    };
+    [
+        [pick(Row::shown, 0), pick(Row::shown, 1)],
+        [pick(Row::tools, 0), pick(Row::tools, 1)],
+    ]
+}
+
+/// Mean |error| with its standard error.
+fn mean_abs(e: &[f64]) -> (f64, f64) {
+    mean_and_error(&e.iter().map(|x| x.abs()).collect::<Vec<_>>())
+}
+
+/// Per level and tool, each error's mean size over the rounds and its signed mean
+/// (a bias shows as a signed mean several standard errors from zero, a window's
+/// noise as one within them); then, per level and figure, faultline beside
+/// stress-ng.
+fn summary(rows: &std::collections::BTreeMap<(u32, &str), Vec<Row>>, rounds: usize) {
+    const FIGURES: [&str; 4] = [
+        "/proc/stat as shown",
+        "precise as shown",
+        "/proc/stat, tool's part",
+        "precise, tool's part",
+    ];
+    println!(
+        "\nover {rounds} rounds, in points of the node: mean |error| ± its standard error \
+         (signed mean ± standard error); the tool's part is the error with `outside` taken out; \
+         sys and wakeups/s are the tool's own, `most above` the most either counter showed \
+         above the share in a window"
+    );
+    println!(
+        "{:<5} {:<10} {:>24} {:>24} {:>24} {:>24} {:>6} {:>9} {:>10}",
+        "share",
+        "tool",
+        FIGURES[0],
+        FIGURES[1],
+        FIGURES[2],
+        FIGURES[3],
+        "sys",
+        "wakeups/s",
+        "most above"
+    );
+    for ((share, tool), rs) in rows {
+        let e = errors(rs, f64::from(*share));
+        let cells: Vec<String> = [&e[0][0], &e[0][1], &e[1][0], &e[1][1]]
+            .iter()
+            .map(|x| {
+                let ((m, me), (s, se)) = (mean_abs(x), mean_and_error(x));
+                format!("{:>24}", format!("{m:.2}±{me:.2} ({s:+.2}±{se:.2})"))
+            })
+            .collect();
+        let n = rs.len() as f64;
+        let sys = rs.iter().map(|r| r.system).sum::<f64>() / n;
+        let sleeps = rs.iter().map(|r| r.sleeps_per_s).sum::<f64>() / n;
+        let above = rs
+            .iter()
+            .flat_map(|r| r.shown(f64::from(*share)))
+            .fold(f64::MIN, f64::max);
+        println!(
+            "{:<5} {tool:<10} {} {sys:>5.2}% {sleeps:>9.1} {above:>+10.2}",
+            format!("{share}%"),
+            cells.join(" ")
+        );
+    }
+    println!(
+        "\nfaultline beside stress-ng, mean |error| in points (where larger, the difference's \
+         standard error in brackets):"
+    );
+    let levels: std::collections::BTreeSet<u32> = rows.keys().map(|k| k.0).collect();
+    for share in levels {
+        let (Some(fl), Some(ng)) = (
+            rows.get(&(share, "faultline")),
+            rows.get(&(share, "stress-ng")),
+        ) else {
+            continue;
+        };
+        let (fl, ng) = (errors(fl, f64::from(share)), errors(ng, f64::from(share)));
+        for (i, figure) in FIGURES.iter().enumerate() {
+            let ((a, ae), (b, be)) = (mean_abs(&fl[i / 2][i % 2]), mean_abs(&ng[i / 2][i % 2]));
+            let verdict = if a <= b {
+                "no larger".to_owned()
+            } else {
+                format!("larger by {:.2} [{:.2}]", a - b, ae.hypot(be))
+            };
+            println!(
+                "{:<5} {figure:<24} faultline {a:.2}  stress-ng {b:.2}  {verdict}",
+                format!("{share}%")
+            );
+        }
+    }
 }

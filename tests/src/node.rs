@@ -93,19 +93,92 @@ pub fn process_cpu_s(pid: u32) -> Option<f64> {
     stat_cpu_s(&stat).map(|(_, s)| s)
 }
 
-/// utime + stime in seconds of every process whose name starts with `prefix`
-/// (stress-ng names its workers stress-ng-cpu).
-pub fn processes_cpu_s(prefix: &str) -> f64 {
+/// The processes whose name starts with `prefix` (stress-ng names its workers
+/// stress-ng-cpu).
+pub fn pids_named(prefix: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|stat| {
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
             stat_cpu_s(&stat)
-                .filter(|(name, _)| name.starts_with(prefix))
-                .map(|(_, s)| s)
+                .is_some_and(|(name, _)| name.starts_with(prefix))
+                .then_some(pid)
         })
-        .sum()
+        .collect()
+}
+
+/// What a set of processes used, summed over their threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// Run time by the scheduler's nanosecond counter (each thread's schedstat): the
+    /// time the precise node counters hold for them, without the 10 ms steps of
+    /// utime + stime.
+    pub run_ns: u64,
+    /// Kernel time, stime (what `top` shows as `sy`), in seconds.
+    pub system_s: f64,
+    /// Voluntary context switches: each one a sleep, so a wake-up to come.
+    pub sleeps: u64,
+}
+
+impl Usage {
+    /// The difference since `earlier`, of threads alive at both readings.
+    pub fn since(&self, earlier: &Usage) -> Usage {
+        Usage {
+            run_ns: self.run_ns.saturating_sub(earlier.run_ns),
+            system_s: (self.system_s - earlier.system_s).max(0.0),
+            sleeps: self.sleeps.saturating_sub(earlier.sleeps),
+        }
+    }
+}
+
+/// stime in seconds from a /proc/<pid>/stat text (the 13th field after the name).
+fn stat_system_s(stat: &str) -> Option<f64> {
+    let close = stat.rfind(')')?;
+    let ticks: u64 = stat
+        .get(close + 2..)?
+        .split_whitespace()
+        .nth(12)?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    Some(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// `Usage` of the processes `pids` now; those gone count nothing.
+pub fn usage(pids: &[u32]) -> Usage {
+    let mut u = Usage::default();
+    for pid in pids {
+        if let Some(s) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| stat_system_s(&s))
+        {
+            u.system_s += s;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            if let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            {
+                u.run_ns += ns;
+            }
+            if let Some(n) = std::fs::read_to_string(t.path().join("status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+            {
+                u.sleeps += n;
+            }
+        }
+    }
+    u
 }
 
 /// The stress fence group's share of the whole node between two of the agent's
@@ -353,7 +426,26 @@ mod tests {
         let (name, used) = stat_cpu_s(&own).unwrap();
         assert!(used > 0.0, "{own}");
         assert!(process_cpu_s(std::process::id()).unwrap() >= used);
-        assert!(processes_cpu_s(name) >= used);
+        assert!(pids_named(name).contains(&std::process::id()));
         assert!(process_cpu_s(u32::MAX).is_none());
+        assert_eq!(stat_system_s(stat), Some(50.0 / hz));
+    }
+
+    #[test]
+    fn usage_counts_run_time_in_nanoseconds_and_sleeps() {
+        let me = [std::process::id()];
+        let a = usage(&me);
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(t.elapsed());
+        }
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let d = usage(&me).since(&a);
+        // 30 ms of spinning on this thread alone, whatever else the test harness runs.
+        assert!(d.run_ns >= 30_000_000, "{d:?}");
+        assert!(d.sleeps >= 5, "{d:?}");
+        assert_eq!(usage(&[u32::MAX]), Usage::default());
     }
 }

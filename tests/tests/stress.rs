@@ -15,7 +15,7 @@ use faultline_tests::{
     limits_file,
     node::{
         TargetCgroup, assert_no_stress_cgroups, cgroup_dirs, cpu_quota_us, cpu_throttling, exited,
-        group_share, node_cpu, online_cpus, process_cpu_s, wait_quiet,
+        group_share, node_cpu, online_cpus, usage, wait_quiet,
     },
     slack,
 };
@@ -124,11 +124,11 @@ fn cpu_rise_in(
         let from = agent
             .wait_event("reading", Duration::from_secs(5))
             .expect("reading");
-        let agent_from = process_cpu_s(pid).expect("the agent runs");
+        let agent_from = usage(&[pid]);
         let throttling_from = cpu_throttling(&dirs);
         let started = Instant::now();
         let during = node_cpu(WINDOW);
-        let agent_s = process_cpu_s(pid).expect("the agent runs") - agent_from;
+        let agent_ns = usage(&[pid]).since(&agent_from).run_ns;
         let throttling = cpu_throttling(&dirs);
         let wall = started.elapsed().as_secs_f64();
         let mut reported = Vec::new();
@@ -151,7 +151,7 @@ fn cpu_rise_in(
             during: during.precise,
             agent_reported: reported.iter().sum::<f64>() / reported.len().max(1) as f64,
             fence: group_share(&from, &to, cpus),
-            agent: 100.0 * agent_s / wall / cpus,
+            agent: 100.0 * agent_ns as f64 / 1e9 / wall / cpus,
             periods: throttling.0 - throttling_from.0,
             throttled: throttling.1 - throttling_from.1,
         };
