@@ -826,6 +826,38 @@ mod tests {
     }
 
     #[test]
+    fn node_cpu_is_the_precise_counter_over_the_online_cpus_with_ticks_alongside() {
+        let at = Instant::now();
+        let a = NodeSample {
+            busy_ticks: 1_000,
+            total_ticks: 10_000,
+            run_ns: Some(5_000_000_000),
+            at,
+            cpus: 2,
+            mem_total: 100,
+            mem_available: 50,
+        };
+        // 0.3 s of task run time in 1 s on 2 CPUs is 15 %; the ticks say 20 %.
+        let b = NodeSample {
+            busy_ticks: 1_040,
+            total_ticks: 10_200,
+            run_ns: Some(5_300_000_000),
+            at: at + Duration::from_secs(1),
+            ..a
+        };
+        assert!((b.cpu_busy_since(&a) - 15.0).abs() < 1e-9);
+        assert!((b.cpu_busy_ticks_since(&a) - 20.0).abs() < 1e-9);
+        assert!(b.precise());
+        // Without a precise counter the share is the ticks', and says so.
+        let (a, b) = (
+            NodeSample { run_ns: None, ..a },
+            NodeSample { run_ns: None, ..b },
+        );
+        assert!((b.cpu_busy_since(&a) - 20.0).abs() < 1e-9);
+        assert!(!b.precise());
+    }
+
+    #[test]
     fn the_grid_does_not_drift() {
         // Slot n begins at n × slot whatever n is: no rounding accumulates.
         let s = Slots::new(0.15, 4_000_000).unwrap();

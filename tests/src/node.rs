@@ -75,6 +75,71 @@ pub fn node_cpu(window: std::time::Duration) -> NodeCpu {
     }
 }
 
+/// The node's CPU counters read every few milliseconds on a thread of their own,
+/// each reading stamped with the wall clock, so that the node's share can be had
+/// afterwards over any span that others timed with the wall clock (an agent's
+/// samples), to within the reading interval at each end.
+pub struct NodeTrace {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(std::time::SystemTime, ProcStat, u64)>>>,
+}
+
+impl NodeTrace {
+    pub fn start(every: std::time::Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut readings = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                readings.push((std::time::SystemTime::now(), proc_stat(), node_cpu_ns()));
+                std::thread::sleep(every);
+            }
+            readings
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the readings; what they say between two wall-clock times.
+    pub fn finish(mut self) -> NodeTraced {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        NodeTraced(self.thread.take().unwrap().join().unwrap())
+    }
+}
+
+/// The readings of a `NodeTrace`.
+pub struct NodeTraced(Vec<(std::time::SystemTime, ProcStat, u64)>);
+
+impl NodeTraced {
+    /// The node's CPU from the reading nearest `from` to the one nearest `to`, or
+    /// None if either is more than `within` away from every reading.
+    pub fn between(
+        &self,
+        from: std::time::SystemTime,
+        to: std::time::SystemTime,
+        within: std::time::Duration,
+    ) -> Option<NodeCpu> {
+        let nearest = |t: std::time::SystemTime| {
+            let gap = |r: &&(std::time::SystemTime, ProcStat, u64)| {
+                r.0.duration_since(t)
+                    .or_else(|_| t.duration_since(r.0))
+                    .unwrap_or_default()
+            };
+            self.0.iter().min_by_key(gap).filter(|r| gap(r) <= within)
+        };
+        let (a, b) = (nearest(from)?, nearest(to)?);
+        let wall = b.0.duration_since(a.0).ok()?.as_nanos() as f64;
+        let (stat, steal) = b.1.shares_since(&a.1);
+        Some(NodeCpu {
+            stat,
+            steal,
+            precise: 100.0 * b.2.saturating_sub(a.2) as f64 / wall / online_cpus() as f64,
+        })
+    }
+}
+
 /// A process's name and utime + stime in seconds, from its /proc/<pid>/stat text.
 /// The name is in parentheses and may hold spaces or parentheses itself, so the
 /// fields are counted from the last ")": utime and stime are the 12th and 13th after it.

@@ -19,6 +19,7 @@ use faultline_tests::{
     checks::faultline_leftovers,
     fleet::{Fleet, NODE_IFACE, Role},
     limits_file,
+    node::NodeTrace,
     rtt::{EchoServer, median, udp_rtts},
     slack,
     traffic::{collect, receiver, send, sender},
@@ -593,15 +594,24 @@ fn cpu_before_during(e: &Value) -> (f64, f64) {
     )
 }
 
+/// A sample's wall-clock time.
+fn sample_at(s: &Value) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(s["at_ms"].as_u64().expect("at_ms"))
+}
+
 #[test]
 fn a_cpu_stress_experiment_runs_under_the_lease_and_the_node_recovers() {
     let fleet = Fleet::new(1, &[], &[]);
-    let out = fleet.cli_line(
+    let mut run = fleet.watch_run(
         Role::Operator,
-        "run --node node-1 --fault cpu --percent 15 --duration 4s --baseline 2s --recovery 10s \
-         --wait -o json",
+        "run --node node-1 --fault cpu --percent 15 --duration 6s --baseline 2s --recovery 10s",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The node's own counters, read by the test every 5 ms while the fault runs.
+    run.until(|e| e["phase"] == "fault");
+    let trace = NodeTrace::start(Duration::from_millis(5));
+    let (code, events) = run.finish();
+    let traced = trace.finish();
+    assert_eq!(code, Some(0), "{:?}", events.last());
     let id = "exp-000001";
     let e = fleet.experiment(id);
     assert_eq!(e["phase"], "completed", "{e}");
@@ -614,6 +624,51 @@ fn a_cpu_stress_experiment_runs_under_the_lease_and_the_node_recovers() {
         "cpu {before}% -> {during}%: {e}"
     );
     assert!(e["recovery_s"].as_f64().is_some(), "{e}");
+
+    // The samples the agent streamed while the fault ran say the node's CPU by the
+    // precise counter, with /proc/stat's figure alongside: over the span of the
+    // fault's samples, their time-weighted means are what the test read from the
+    // same node's counters over the same span.
+    let samples: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["phase"] == "fault" && e["sample"].is_object())
+        .map(|e| &e["sample"])
+        .collect();
+    assert!(samples.len() >= 30, "{} fault samples", samples.len());
+    let (mut weighted, mut ticks_weighted, mut span) = (0.0, 0.0, 0.0);
+    for w in samples.windows(2) {
+        let s = w[1];
+        assert_eq!(s["cpu_precise"], true, "{s}");
+        let dt = sample_at(s)
+            .duration_since(sample_at(w[0]))
+            .unwrap()
+            .as_secs_f64();
+        weighted += s["cpu_busy_percent"].as_f64().unwrap() * dt;
+        ticks_weighted += s["cpu_busy_tick_percent"].as_f64().unwrap() * dt;
+        span += dt;
+    }
+    let (from, to) = (sample_at(samples[0]), sample_at(samples[samples.len() - 1]));
+    // A sample's wall time is taken within a few milliseconds of its counters.
+    let node = traced
+        .between(from, to, Duration::from_millis(15))
+        .expect("the test's readings cover the fault's samples");
+    let (agent, agent_ticks) = (weighted / span, ticks_weighted / span);
+    eprintln!(
+        "over {span:.2} s of the fault: the agent streamed {agent:.2} % (/proc/stat {agent_ticks:.2} %), \
+         the node's counters read {:.2} % (/proc/stat {:.2} %)",
+        node.precise, node.stat
+    );
+    assert!(
+        (agent - node.precise).abs() <= slack(1.0, 3.0),
+        "the agent streamed {agent:.2} % while the precise counter read {:.2} %",
+        node.precise
+    );
+    // /proc/stat moves in 10 ms steps of each CPU, a tenth of a sample's span.
+    assert!(
+        (agent_ticks - node.stat).abs() <= slack(2.0, 5.0),
+        "the agent streamed {agent_ticks:.2} % for /proc/stat while it read {:.2} %",
+        node.stat
+    );
     // The stress cgroup went with the fault.
     let left: Vec<_> = ["/sys/fs/cgroup/cpu/faultline", "/sys/fs/cgroup/faultline"]
         .iter()
