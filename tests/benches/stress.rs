@@ -106,6 +106,8 @@ struct Row {
     sleeps_per_s: f64,
     /// faultline only: the agent in % of one CPU, and (throttled, periods).
     agent: Option<(f64, (u64, u64))>,
+    /// /proc/stat minus the precise counter over the window itself (no baseline).
+    window_gap: f64,
 }
 
 impl Row {
@@ -120,8 +122,16 @@ impl Row {
     }
 
     /// The tool's own part of those errors: `outside` taken out of both counters.
-    fn tools(&self, share: f64) -> [f64; 2] {
-        [self.stat - self.outside() - share, self.own - share]
+    /// In /proc/stat that is the tool's delivery plus the difference between the
+    /// counters it caused: the window's, less the idle node's (`idle_gap`). The idle
+    /// node's difference is taken over every baseline of the run rather than the
+    /// row's own: a 5 s baseline holds /proc/stat in 10 ms steps, 0.1 points on 2
+    /// CPUs, as much as the differences compared.
+    fn tools(&self, share: f64, idle_gap: f64) -> [f64; 2] {
+        [
+            self.window_gap - idle_gap + self.own - share,
+            self.own - share,
+        ]
     }
 }
 
@@ -233,6 +243,7 @@ impl Measured {
             system: 100.0 * self.own.system_s / secs / self.cpus,
             sleeps_per_s: self.own.sleeps as f64 / secs,
             agent: self.agent,
+            window_gap: self.node.stat - self.node.precise,
         }
     }
 }
@@ -263,6 +274,8 @@ fn main() {
         "throttled"
     );
     let mut rows: std::collections::BTreeMap<(u32, &str), Vec<Row>> = Default::default();
+    // /proc/stat minus the precise counter of every baseline: the idle node's.
+    let mut idle_gaps = Vec::new();
     // The build that started this benchmark leaves dirty pages behind; their
     // writeback (kernel time, in /proc/stat and the precise counter alike) landed in
     // the first row's baseline: 5 % read 3.3 points low there while the fence group's
@@ -302,6 +315,7 @@ fn main() {
             std::thread::sleep(Duration::from_secs(3));
             wait_quiet(1.0);
             let after = node_cpu(BASELINE);
+            idle_gaps.extend([base.stat - base.precise, after.stat - after.precise]);
             let quiet = if after.precise < base.precise {
                 after
             } else {
@@ -336,7 +350,7 @@ fn main() {
             rows.entry((share as u32, tool)).or_default().push(row);
         }
     }
-    summary(&rows, rounds);
+    summary(&rows, rounds, &idle_gaps);
     std::thread::sleep(Duration::from_secs(3));
     let base = mem_used_percent();
     let st = state();
@@ -396,14 +410,10 @@ fn main() {
 
 /// The errors of one (share, tool) over its rounds: [as shown, the tool's part] ×
 /// [/proc/stat, precise].
-fn errors(rs: &[Row], share: f64) -> [[Vec<f64>; 2]; 2] {
-    let pick = |f: fn(&Row, f64) -> [f64; 2], i: usize| -> Vec<f64> {
-        rs.iter().map(|r| f(r, share)[i]).collect()
-    };
-    [
-        [pick(Row::shown, 0), pick(Row::shown, 1)],
-        [pick(Row::tools, 0), pick(Row::tools, 1)],
-    ]
+fn errors(rs: &[Row], share: f64, idle_gap: f64) -> [[Vec<f64>; 2]; 2] {
+    let shown = |i: usize| -> Vec<f64> { rs.iter().map(|r| r.shown(share)[i]).collect() };
+    let tools = |i: usize| -> Vec<f64> { rs.iter().map(|r| r.tools(share, idle_gap)[i]).collect() };
+    [[shown(0), shown(1)], [tools(0), tools(1)]]
 }
 
 /// Mean |error| with its standard error.
@@ -415,7 +425,12 @@ fn mean_abs(e: &[f64]) -> (f64, f64) {
 /// (a bias shows as a signed mean several standard errors from zero, a window's
 /// noise as one within them); then, per level and figure, faultline beside
 /// stress-ng.
-fn summary(rows: &std::collections::BTreeMap<(u32, &str), Vec<Row>>, rounds: usize) {
+fn summary(
+    rows: &std::collections::BTreeMap<(u32, &str), Vec<Row>>,
+    rounds: usize,
+    idle_gaps: &[f64],
+) {
+    let (idle_gap, idle_gap_error) = mean_and_error(idle_gaps);
     const FIGURES: [&str; 4] = [
         "/proc/stat as shown",
         "precise as shown",
@@ -426,7 +441,9 @@ fn summary(rows: &std::collections::BTreeMap<(u32, &str), Vec<Row>>, rounds: usi
         "\nover {rounds} rounds, in points of the node: mean |error| ± its standard error \
          (signed mean ± standard error); the tool's part is the error with `outside` taken out; \
          sys and wakeups/s are the tool's own, `most above` the most either counter showed \
-         above the share in a window"
+         above the share in a window. The idle node's /proc/stat minus precise, over the \
+         run's {} baselines: {idle_gap:+.3} ± {idle_gap_error:.3}",
+        idle_gaps.len()
     );
     println!(
         "{:<5} {:<10} {:>24} {:>24} {:>24} {:>24} {:>6} {:>9} {:>10}",
@@ -441,7 +458,7 @@ fn summary(rows: &std::collections::BTreeMap<(u32, &str), Vec<Row>>, rounds: usi
         "most above"
     );
     for ((share, tool), rs) in rows {
-        let e = errors(rs, f64::from(*share));
+        let e = errors(rs, f64::from(*share), idle_gap);
         let cells: Vec<String> = [&e[0][0], &e[0][1], &e[1][0], &e[1][1]]
             .iter()
             .map(|x| {
@@ -474,7 +491,10 @@ fn summary(rows: &std::collections::BTreeMap<(u32, &str), Vec<Row>>, rounds: usi
         ) else {
             continue;
         };
-        let (fl, ng) = (errors(fl, f64::from(share)), errors(ng, f64::from(share)));
+        let (fl, ng) = (
+            errors(fl, f64::from(share), idle_gap),
+            errors(ng, f64::from(share), idle_gap),
+        );
         for (i, figure) in FIGURES.iter().enumerate() {
             let ((a, ae), (b, be)) = (mean_abs(&fl[i / 2][i % 2]), mean_abs(&ng[i / 2][i % 2]));
             let verdict = if a <= b {
