@@ -113,6 +113,11 @@ impl NodeTrace {
 pub struct NodeTraced(Vec<(std::time::SystemTime, ProcStat, u64)>);
 
 impl NodeTraced {
+    /// The wall-clock span from the first reading to the last.
+    pub fn span(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        Some((self.0.first()?.0, self.0.last()?.0))
+    }
+
     /// The node's CPU from the reading nearest `from` to the one nearest `to`, or
     /// None if either is more than `within` away from every reading.
     pub fn between(
