@@ -523,26 +523,42 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
     }
 }
 
-/// Mean length of one burner cycle (run, then sleep) while ramping, and what a run
-/// at the full share is sized from.
+/// How long a burner runs at a time: 32 ms of CPU, the length of stress-ng's own
+/// busy slices, whatever the share; its cycle (run, then sleep) is the run ÷ the
+/// share, so a CPU wakes from idle at the share's rate and no faster.
 ///
 /// Each wake-up from a sleep long enough for the idle CPU to stop its tick costs the
 /// kernel a tick restart and its softirq work, run by the idle task before the burner
 /// is switched in: /proc/stat charges the ticks that land there as busy (softirq),
-/// while the precise counter, which counts tasks, does not. At 15 % on 2 CPUs, six
-/// 20 s windows each in one run: with 20 ms cycles (75 wake-ups a second)
-/// /proc/stat minus the precise counter was 0.11 points more than stress-ng's,
-/// softirq 0.17 % of the node against its 0.04 %; with 100 ms cycles (19 a second)
-/// 0.03 more, softirq 0.07 %. At 50 % the sleeps are short enough that the tick
-/// keeps running, and neither cycle showed a gap. Runs of whole ticks keep the tick count exact however
-/// long they are (`Slots`); the cost of a longer cycle is that one second's reading
-/// of the group holds one run more or less (a run is 52 ms at 50 %), which windows
-/// of ten seconds, as monitoring reads them, average out. Still short against the 1 s
-/// CFS period, with a burst of a run per burner (`run_ns`).
-const PACE_CYCLE_NS: f64 = 100e6;
+/// while the precise counter, which counts tasks, does not. With 100 ms cycles, 4 ms
+/// runs at 5 % woke the CPUs 25 times a second against stress-ng's 3, and /proc/stat
+/// read 0.07 points over the share (stress-ng -0.04) in the bench's 8 rounds; with
+/// 20 ms cycles at 15 % (75 wake-ups a second) it was 0.11 points more than
+/// stress-ng's, softirq 0.17 % of the node against its 0.04 %. Shorter runs than
+/// this buy nothing in the tick count: runs of whole ticks keep it exact however long
+/// they are (`Slots`). Longer ones cost the readings over short windows, which cut a
+/// run at each end: with 52 ms runs at 50 % the burners' own share over 20 s windows
+/// was 0.04 points off on average, against stress-ng's 0.02.
+const RUN_NS: f64 = 32e6;
+
+/// The run at `duty`: `RUN_NS`, or half of one burner's quota per CFS period where
+/// that is less (below 6.4 %), so that a period holding a run more than its share
+/// stays within its quota and the burst (`faults::cpu::burst_us`).
+fn run_target_ns(duty: f64) -> f64 {
+    RUN_NS.min(duty * (crate::cgroup::CPU_PERIOD_US * 1000) as f64 / 2.0)
+}
+
+/// Mean length of one cycle at `duty` while ramping: the full share's slot.
+fn cycle_ns(duty: f64) -> f64 {
+    if duty > 0.0 {
+        run_target_ns(duty) / duty
+    } else {
+        RUN_NS
+    }
+}
 
 /// Wall time of one batch of work between two reads of the monotonic clock: short
-/// against a run (16 ms at 15 % here, less early in a ramp), long against the read
+/// against a run (32 ms here, less early in a ramp), long against the read
 /// itself (about 20 ns through the vDSO).
 const BATCH_NS: f64 = 20e3;
 
@@ -564,7 +580,7 @@ fn process_cpu_ns() -> u64 {
 pub fn run_ns(duty: f64) -> u64 {
     tick_ns()
         .and_then(|t| Slots::new(duty, t))
-        .map_or((PACE_CYCLE_NS * duty.clamp(0.0, 1.0)) as u64, |s| s.run_ns)
+        .map_or(run_target_ns(duty.clamp(0.0, 1.0)) as u64, |s| s.run_ns)
 }
 
 /// The kernel's tick (1/HZ): the coarse clocks' resolution is one jiffy. None if it
@@ -602,12 +618,12 @@ struct Slots {
 }
 
 impl Slots {
-    /// Runs of about `duty × PACE_CYCLE_NS` rounded to whole ticks, at least one.
+    /// Runs of about `run_target_ns(duty)` rounded to whole ticks, at least one.
     fn new(duty: f64, tick_ns: u64) -> Option<Slots> {
         if !(duty > 0.0 && duty <= 1.0) || tick_ns == 0 {
             return None;
         }
-        let ticks = (duty * PACE_CYCLE_NS / tick_ns as f64).round().max(1.0);
+        let ticks = (run_target_ns(duty) / tick_ns as f64).round().max(1.0);
         let run_ns = ticks as u64 * tick_ns;
         Some(Slots {
             run_ns,
@@ -751,7 +767,7 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
         planned = match full {
             Some(s) => s.run_ns,
             None => {
-                let cycle = PACE_CYCLE_NS * (0.5 + uniform(&mut rng));
+                let cycle = cycle_ns(duty) * (0.5 + uniform(&mut rng));
                 cycle_end += cycle as u64;
                 (cycle * duty * ramp) as u64
             }
@@ -805,7 +821,15 @@ mod tests {
     #[test]
     fn full_share_runs_are_whole_ticks_in_slots_that_give_the_share() {
         const TICK: u64 = 4_000_000;
-        for (duty, ticks) in [(0.05, 1), (0.15, 4), (0.5, 13), (0.95, 24), (1.0, 25)] {
+        // 32 ms runs (8 ticks), or half a burner's quota per 1 s period below 6.4 %.
+        for (duty, ticks) in [
+            (0.01, 1),
+            (0.05, 6),
+            (0.15, 8),
+            (0.5, 8),
+            (0.95, 8),
+            (1.0, 8),
+        ] {
             let s = Slots::new(duty, TICK).unwrap();
             assert_eq!(s.run_ns, ticks * TICK, "{duty}");
             assert!((s.run_ns as f64 / s.slot_ns - duty).abs() < 1e-12, "{duty}");
@@ -819,8 +843,8 @@ mod tests {
                 );
             }
         }
-        // HZ=1000: 1 ms ticks, so a 5 % run is five ticks of a 100 ms slot.
-        assert_eq!(Slots::new(0.05, 1_000_000).unwrap().run_ns, 5_000_000);
+        // HZ=1000: 1 ms ticks, so a 5 % run is 25 ticks of a 500 ms slot.
+        assert_eq!(Slots::new(0.05, 1_000_000).unwrap().run_ns, 25_000_000);
         assert_eq!(Slots::new(0.0, TICK), None);
         assert_eq!(Slots::new(1.5, TICK), None);
     }
@@ -862,7 +886,7 @@ mod tests {
         // Slot n begins at n × slot whatever n is: no rounding accumulates.
         let s = Slots::new(0.15, 4_000_000).unwrap();
         let n = 1_000_000;
-        let expect = (n as f64 * 16e6 / 0.15) as u64;
+        let expect = (n as f64 * 32e6 / 0.15) as u64;
         assert!(s.slot_start(0, n).abs_diff(expect) <= 1);
     }
 

@@ -206,7 +206,9 @@ fn cpu_rise_in(
 /// Emulation (the VM lane) steals delivery below the share and makes tick sampling
 /// noisy, so there the floor is lower and /proc/stat's ceiling 3 points. The fence
 /// group's own counter is held to the share as well: the node-wide bounds allow for
-/// a window's noise, the burners' own figure does not need to.
+/// a window's noise, the burners' own figure does not need to. It is off only by
+/// the runs the window cuts at its ends, at most a 32 ms run per burner: 0.21
+/// points of a 15 s window on 2 CPUs.
 fn reads_as(share: f64, r: &Rise) -> Result<(), String> {
     if !(r.precise <= share + slack(1.0, 1.5) && r.precise >= share - slack(1.0, 6.0)) {
         return Err(format!(
@@ -227,7 +229,7 @@ fn reads_as(share: f64, r: &Rise) -> Result<(), String> {
             r.stat, r.steal
         ));
     }
-    if !(r.fence <= share + slack(0.2, 1.0) && r.fence >= share - slack(0.5, 6.0)) {
+    if !(r.fence <= share + slack(0.25, 1.0) && r.fence >= share - slack(0.5, 6.0)) {
         return Err(format!(
             "the fence group used {:.2} % for {share} %",
             r.fence

@@ -78,10 +78,12 @@ mod tests {
 
     #[test]
     fn burst_is_a_run_per_burner_within_the_quota() {
-        // 15 % of 2 CPUs, 16 ms runs: one run each.
+        // 15 % of 2 CPUs, 32 ms runs: one run each.
+        assert_eq!(burst_us(300_000, 2, 32_000), 64_000);
+        // 5 % of 2 CPUs: 24 ms runs (half a burner's quota per period).
+        assert_eq!(burst_us(100_000, 2, 24_000), 48_000);
+        // Runs shorter than 20 ms still leave each CPU 20 ms.
         assert_eq!(burst_us(300_000, 2, 16_000), 40_000);
-        // 50 % of 2 CPUs, 52 ms runs.
-        assert_eq!(burst_us(1_000_000, 2, 52_000), 104_000);
         assert_eq!(burst_us(2_000_000, 64, 20_000), 1_280_000);
         // 1 % of one CPU: the burst never exceeds the quota.
         assert_eq!(burst_us(10_000, 1, 4_000), 10_000);
