@@ -531,7 +531,8 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
 /// kernel a tick restart and its softirq work, run by the idle task before the burner
 /// is switched in: /proc/stat charges the ticks that land there as busy (softirq),
 /// while the precise counter, which counts tasks, does not. With 100 ms cycles, 4 ms
-/// runs at 5 % woke the CPUs 25 times a second against stress-ng's 3, and /proc/stat
+/// runs at 5 % faultline's processes (the agent's included) woke 29 times a second
+/// against stress-ng's 3, and /proc/stat
 /// read 0.07 points over the share (stress-ng -0.04) in the bench's 8 rounds; with
 /// 20 ms cycles at 15 % (75 wake-ups a second) it was 0.11 points more than
 /// stress-ng's, softirq 0.17 % of the node against its 0.04 %. Shorter runs than
