@@ -22,3 +22,22 @@ pub fn deadline_after(d: Duration) -> u64 {
 pub fn deadline_from(from_ns: u64, d: Duration) -> u64 {
     from_ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
+
+/// Sleeps until the monotonic time `wake_ns` (an absolute deadline, so a late
+/// wake-up does not push the next one later). Returns early only if a signal
+/// interrupts the sleep; callers that must not wake early loop on the clock.
+pub fn sleep_until_ns(wake_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (wake_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (wake_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: valid timespec, no remainder pointer (absolute sleeps need none).
+    unsafe {
+        libc::clock_nanosleep(
+            libc::CLOCK_MONOTONIC,
+            libc::TIMER_ABSTIME,
+            &ts,
+            std::ptr::null_mut(),
+        )
+    };
+}

@@ -10,6 +10,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -193,7 +194,7 @@ pub struct StressPlan {
 }
 
 struct Running {
-    fs: Box<dyn CgroupFs>,
+    fs: Arc<dyn CgroupFs>,
     group: Group,
     children: Vec<Child>,
 }
@@ -266,7 +267,8 @@ fn spawn_worker(group: &Group, args: &[String], oom_first: bool) -> Result<Child
 
 pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     let mut signals = crate::signals::Signals::install()?;
-    let fs = cgroup::detect(&args.cgroup_root, args.target_cgroup.as_deref())?;
+    let fs: Arc<dyn CgroupFs> =
+        cgroup::detect(&args.cgroup_root, args.target_cgroup.as_deref())?.into();
     let mut out = StressPrinter {
         format: args.output,
     };
@@ -290,6 +292,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     }
     let baseline = NodeSample::now(&args.cgroup_root)?;
     let started = Instant::now();
+    let started_ns = clock::monotonic_ns();
     out.emit(
         json!({
             "event": "armed", "kind": plan.kind, "cgroup": running.group.dirs,
@@ -312,16 +315,28 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     );
 
     let deadline = tokio::time::Instant::from_std(started + args.duration);
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::from_std(started + args.interval),
-        args.interval,
-    );
-    let mut last = baseline;
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let readings = Readings::start(ReadingPlan {
+        fs: running.fs.clone(),
+        group: running.group.clone(),
+        cgroup_root: args.cgroup_root.clone(),
+        out,
+        started,
+        started_ns,
+        interval: args.interval,
+        baseline,
+        failed: failed_tx,
+    });
     let mut not_working = running.children.len();
+    let mut failure = None;
     let reason = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break "deadline",
             name = signals.recv() => break name,
+            Some(e) = failed_rx.recv() => {
+                failure = Some(e);
+                break "reading failed";
+            }
             Some(()) = working_rx.recv(), if not_working > 0 => {
                 not_working -= 1;
                 if not_working == 0 {
@@ -335,14 +350,9 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
                     );
                 }
             }
-            _ = tick.tick() => {
-                let elapsed = started.elapsed();
-                let now = NodeSample::now(&args.cgroup_root)?;
-                out.reading(&running, elapsed, &now, &last);
-                last = now;
-            }
         }
     };
+    readings.stop();
     let ooms = running.fs.oom_kills(&running.group).unwrap_or(0);
     running.remove()?;
     out.emit(
@@ -354,7 +364,95 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
             if ooms > 0 { format!("; its fence OOM-killed {ooms} stressor(s)") } else { String::new() }
         ),
     );
-    Ok(())
+    match failure {
+        Some(e) => Err(e.context("reading the node during the stress")),
+        None => Ok(()),
+    }
+}
+
+/// What the reading thread needs: its own handles on the group and the node.
+struct ReadingPlan {
+    fs: Arc<dyn CgroupFs>,
+    group: Group,
+    cgroup_root: PathBuf,
+    out: StressPrinter,
+    started: Instant,
+    /// `started` on CLOCK_MONOTONIC: readings fall at whole intervals after it.
+    started_ns: u64,
+    interval: Duration,
+    baseline: NodeSample,
+    /// Where a failed reading goes: the experiment loop removes the stress on it.
+    failed: tokio::sync::mpsc::UnboundedSender<anyhow::Error>,
+}
+
+/// The periodic readings, on a thread of their own that sleeps to absolute times.
+///
+/// Why not a tokio interval: the runtime's timer wheel wakes its worker at the start
+/// of the coarse slot that holds a 1 s timer and again at the deadline, and then the
+/// worker wakes the thread that runs the experiment loop: three or four wake-ups
+/// from idle per reading. The node's monitoring counts each one against the stress,
+/// on top of the share asked for, and on a VM a wake-up from a long idle costs
+/// hundreds of microseconds. A thread sleeping with `clock_nanosleep` to the next
+/// reading time wakes once per reading, and the experiment loop not at all.
+///
+/// Invariant: once `stop` has returned no reading is printed, so "removed" is the
+/// last line and nothing reads the group after it is gone.
+struct Readings {
+    stopped: Arc<Mutex<bool>>,
+}
+
+impl Readings {
+    fn start(plan: ReadingPlan) -> Self {
+        let stopped = Arc::new(Mutex::new(false));
+        let flag = stopped.clone();
+        std::thread::spawn(move || plan.run(&flag));
+        Self { stopped }
+    }
+
+    fn stop(self) {
+        // Taken while no reading is in flight: the thread checks it under the lock.
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+impl ReadingPlan {
+    fn run(mut self, stopped: &Mutex<bool>) {
+        let every = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
+        let mut last = self.baseline;
+        let mut n: u64 = 1;
+        loop {
+            let wake = self.started_ns.saturating_add(every.saturating_mul(n));
+            while clock::monotonic_ns() < wake {
+                clock::sleep_until_ns(wake);
+            }
+            let guard = stopped.lock().unwrap_or_else(|e| e.into_inner());
+            if *guard {
+                return;
+            }
+            match NodeSample::now(&self.cgroup_root) {
+                Ok(now) => {
+                    self.out.reading(
+                        self.fs.as_ref(),
+                        &self.group,
+                        self.started.elapsed(),
+                        &now,
+                        &last,
+                    );
+                    last = now;
+                }
+                Err(e) => {
+                    let _ = self.failed.send(e);
+                    return;
+                }
+            }
+            drop(guard);
+            // A reading that came late (the agent was stopped or starved) does not
+            // start a burst of catch-up readings: the next falls on the next whole
+            // interval still ahead.
+            let since = clock::monotonic_ns().saturating_sub(self.started_ns);
+            n = (n + 1).max(since / every.max(1) + 1);
+        }
+    }
 }
 
 /// Starts the stressors. Each reports on `working` once it has begun its work.
@@ -411,6 +509,7 @@ fn report_working() {
     let _ = writeln!(out, "{WORKING}").and_then(|()| out.flush());
 }
 
+#[derive(Clone, Copy)]
 struct StressPrinter {
     format: Output,
 }
@@ -420,11 +519,18 @@ impl StressPrinter {
         crate::output::emit(self.format, value, &text);
     }
 
-    fn reading(&mut self, r: &Running, elapsed: Duration, now: &NodeSample, last: &NodeSample) {
+    fn reading(
+        &mut self,
+        fs: &dyn CgroupFs,
+        group: &Group,
+        elapsed: Duration,
+        now: &NodeSample,
+        last: &NodeSample,
+    ) {
         let cpu = now.cpu_busy_since(last);
         let ticks = now.cpu_busy_ticks_since(last);
-        let group_cpu = r.fs.cpu_usage_us(&r.group).unwrap_or(0);
-        let group_mem = r.fs.memory_current(&r.group).unwrap_or(0);
+        let group_cpu = fs.cpu_usage_us(group).unwrap_or(0);
+        let group_mem = fs.memory_current(group).unwrap_or(0);
         self.emit(
             json!({"event": "reading", "elapsed_ms": elapsed.as_millis() as u64,
                    "node_cpu_percent": cpu, "node_cpu_tick_percent": ticks,
@@ -799,19 +905,8 @@ fn pace(duty: f64, ramp_start: u64, ramp_ns: u64, until_ns: u64) {
                 cycle_end
             }
         };
-        let ts = libc::timespec {
-            tv_sec: (wake / 1_000_000_000) as libc::time_t,
-            tv_nsec: (wake % 1_000_000_000) as libc::c_long,
-        };
-        // SAFETY: valid timespec; an interrupted sleep just starts the next cycle.
-        unsafe {
-            libc::clock_nanosleep(
-                libc::CLOCK_MONOTONIC,
-                libc::TIMER_ABSTIME,
-                &ts,
-                std::ptr::null_mut(),
-            )
-        };
+        // An interrupted sleep just starts the next cycle.
+        clock::sleep_until_ns(wake);
     }
 }
 

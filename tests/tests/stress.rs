@@ -289,6 +289,41 @@ fn cpu_share_reads_as_requested_after_a_ramp() {
     cpu_rise("15", &["--ramp", "4s"], Duration::from_secs(5));
 }
 
+/// Every time the agent wakes from idle, the node's monitoring charges the CPU that
+/// costs to the stress, on top of the share asked for (and on a VM a wake-up after a
+/// long sleep costs hundreds of microseconds). So while a stress runs the agent
+/// sleeps until its next reading and wakes once for it: one thread sleeping to
+/// absolute times, not a runtime timer that wakes a worker at the start of its
+/// coarse slot, again at the deadline, and then the thread that prints.
+#[test]
+fn the_agent_wakes_once_per_reading_while_a_stress_runs() {
+    let _g = serial();
+    let (mut agent, armed) = start(&["inject", "cpu", "--percent", "5", "--duration", "60s"]);
+    let pid = armed["pid"].as_u64().unwrap() as u32;
+    agent
+        .wait_event("reading", Duration::from_secs(5))
+        .expect("first reading");
+    let from = usage(&[pid]);
+    let mut readings = 0;
+    while readings < 6 {
+        agent
+            .wait_event("reading", Duration::from_secs(3))
+            .expect("a reading every second");
+        readings += 1;
+    }
+    let sleeps = usage(&[pid]).since(&from).sleeps;
+    agent.stop();
+    assert_no_stress_cgroups();
+    // Both counts are taken just after a reading is printed, when the reading
+    // thread may or may not be back asleep: the window holds the sleeps before
+    // `readings` wake-ups, give or take the one at each end. Nothing else in the
+    // agent is due in it (the 60 s deadline's timer fires near its end).
+    assert!(
+        sleeps + 1 >= readings && sleeps <= readings + 1,
+        "the agent woke {sleeps} times for {readings} readings"
+    );
+}
+
 #[test]
 fn ramp_reaches_the_share_gradually() {
     let _g = serial();
