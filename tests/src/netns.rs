@@ -36,6 +36,8 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_dead_owners);
         let name = format!(
             "fl{}-{}{tag}",
             std::process::id(),
@@ -84,6 +86,74 @@ impl Netns {
         std::fs::create_dir_all(&dir).expect("state dir");
         dir
     }
+}
+
+/// The pid in a name this crate made (`fl<pid>-<n><tag>`, `<prefix>-<pid>-<n>`),
+/// if that pid no longer runs. A test process that was killed (a timeout, Ctrl-C
+/// on the whole process group) never ran its drops; its namespaces, the processes
+/// left inside them and its temp paths are removed by the next test process.
+fn dead_owner(pid: &str) -> bool {
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && pid != std::process::id().to_string()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn sweep_dead_owners() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("fl").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !name.contains('-') || !dead_owner(pid) {
+            continue;
+        }
+        let pids = run_in_quiet(&["netns", "pids", &name]);
+        for p in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2); the process is inside a namespace only tests create.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{name}-state")));
+        eprintln!("removed network namespace {name} left by dead test process {pid}");
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("faultline-") || name.starts_with("fl-")) {
+            continue;
+        }
+        // `<prefix>-<pid>-<n>`: the pid is the second-to-last part.
+        let mut parts = name.rsplit('-');
+        let (Some(n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || !dead_owner(pid) {
+            continue;
+        }
+        let path = e.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}
+
+fn run_in_quiet(args: &[&str]) -> String {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for Netns {
