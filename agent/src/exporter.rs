@@ -103,7 +103,7 @@ pub struct AgentMetrics {
     loop_tick_ns: AtomicU64,
 }
 
-/// A loop that has not ticked for this long is stuck (it ticks every 50 ms).
+/// A loop that has not ticked for this long is stuck (its heartbeat alone ticks it every second).
 const LIVENESS_NS: u64 = 5_000_000_000;
 
 impl Default for AgentMetrics {
@@ -275,7 +275,8 @@ impl AgentMetrics {
             .set(share);
     }
 
-    /// The daemon's loop is alive (called on every watchdog tick).
+    /// The daemon's loop is alive (called after every event it handles, and its
+    /// heartbeat is one every second).
     pub fn tick(&self) {
         self.loop_tick_ns
             .store(crate::clock::monotonic_ns(), Ordering::Relaxed);
