@@ -356,11 +356,16 @@ fn a_dark_prometheus_aborts_after_the_grace() {
 #[test]
 fn the_agent_side_guard_removes_the_fault_while_the_coordinator_is_frozen() {
     let _g = serial();
-    // The lease outlives the freeze, so only the agent's own guard can end it.
+    // The lease outlives the freeze, so only the agent's own guard can end it. The
+    // coordinator's latency guard is set above the freeze: a probe of its own that
+    // was in flight when it was stopped measures the freeze as the service's
+    // latency (246 ms over a 235 ms freeze in one CI run), and on waking it could
+    // act on that before it reads the agent's report.
     let lab = Lab::new(&[], &["--lease-ttl", "20s"]);
     let spec = cpu(
         "40s",
-        "baseline: 1s\nagent_guard:\n  http: {url: 'http://127.0.0.1:8080/api/item', rate: 20/s}\n  \
+        "baseline: 1s\nabort_conditions: {latency_p99_above: 20s}\nagent_guard:\n  \
+         http: {url: 'http://127.0.0.1:8080/api/item', rate: 20/s}\n  \
          error_rate_above: 20%\n  window: 1s\n",
     );
     let stress = || {
