@@ -300,9 +300,15 @@ fn the_agent_wakes_once_per_reading_while_a_stress_runs() {
     let _g = serial();
     let (mut agent, armed) = start(&["inject", "cpu", "--percent", "5", "--duration", "60s"]);
     let pid = armed["pid"].as_u64().unwrap() as u32;
+    // Each stressor reports once that it has begun, and the agent wakes to read
+    // that: under emulation (the VM lane) those reports come after the first
+    // readings, so the count starts once all of them are in.
+    agent
+        .wait_event("working", Duration::from_secs(slack(5, 30)))
+        .expect("stressors working");
     agent
         .wait_event("reading", Duration::from_secs(5))
-        .expect("first reading");
+        .expect("a reading after the stressors began");
     let from = usage(&[pid]);
     let mut readings = 0;
     while readings < 6 {
