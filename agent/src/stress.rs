@@ -321,7 +321,6 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         group: running.group.clone(),
         cgroup_root: args.cgroup_root.clone(),
         out,
-        started,
         started_ns,
         interval: args.interval,
         baseline,
@@ -376,8 +375,8 @@ struct ReadingPlan {
     group: Group,
     cgroup_root: PathBuf,
     out: StressPrinter,
-    started: Instant,
-    /// `started` on CLOCK_MONOTONIC: readings fall at whole intervals after it.
+    /// When the stress was armed (CLOCK_MONOTONIC, the clock `Instant` reads):
+    /// readings fall at whole intervals after it and report their time since it.
     started_ns: u64,
     interval: Duration,
     baseline: NodeSample,
@@ -431,10 +430,11 @@ impl ReadingPlan {
             }
             match NodeSample::now(&self.cgroup_root) {
                 Ok(now) => {
+                    let elapsed = clock::monotonic_ns().saturating_sub(self.started_ns);
                     self.out.reading(
                         self.fs.as_ref(),
                         &self.group,
-                        self.started.elapsed(),
+                        Duration::from_nanos(elapsed),
                         &now,
                         &last,
                     );

@@ -82,10 +82,15 @@ impl std::ops::Deref for TempPath {
 
 impl Drop for TempPath {
     fn drop(&mut self) {
-        if self.0.is_dir() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            let _ = std::fs::remove_file(&self.0);
-        }
+        remove_path(&self.0);
     }
+}
+
+/// Removes `path`, a file or a directory tree; one that is already gone is fine.
+pub(crate) fn remove_path(path: &std::path::Path) {
+    let _ = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
 }

@@ -119,8 +119,7 @@ fn sweep_dead_owners() {
             // SAFETY: kill(2); the process is inside a namespace only tests create.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{name}-state")));
+        delete(&name);
         eprintln!("removed network namespace {name} left by dead test process {pid}");
     }
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -139,12 +138,7 @@ fn sweep_dead_owners() {
         if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || !dead_owner(pid) {
             continue;
         }
-        let path = e.path();
-        let _ = if path.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
+        crate::remove_path(&e.path());
     }
 }
 
@@ -156,12 +150,15 @@ fn run_in_quiet(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// Deletes the namespace `name` and its agent state directory (see `state_dir`).
+fn delete(name: &str) {
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{name}-state")));
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{}-state", self.name)));
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        delete(&self.name);
     }
 }
 
