@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::UsageError;
+use crate::{
+    UsageError,
+    node::{KernelFile, keyed_in},
+};
 
 const PARENT: &str = "faultline";
 const PREFIX: &str = "stress-";
@@ -39,11 +42,85 @@ pub trait CgroupFs: Send + Sync {
     /// which have no burst).
     fn set_cpu_quota(&self, group: &Group, quota_us: u64, burst_us: u64) -> Result<()>;
     fn set_memory_max(&self, group: &Group, bytes: u64) -> Result<()>;
-    /// CPU time the group has used, in microseconds.
-    fn cpu_usage_us(&self, group: &Group) -> Result<u64>;
-    fn memory_current(&self, group: &Group) -> Result<u64>;
+    /// Where the group's CPU time and memory in use are read.
+    fn usage(&self, group: &Group) -> Usage;
     /// How many processes the memory fence OOM-killed.
     fn oom_kills(&self, group: &Group) -> Result<u64>;
+}
+
+/// One usage counter of a group: the number a file holds, or the number after a
+/// key in it, in the file's unit divided by `per`.
+#[derive(Clone, Debug)]
+pub struct Counter {
+    path: PathBuf,
+    key: Option<&'static str>,
+    per: u64,
+}
+
+impl Counter {
+    fn number(path: PathBuf, per: u64) -> Self {
+        Self {
+            path,
+            key: None,
+            per,
+        }
+    }
+
+    fn keyed(path: PathBuf, key: &'static str) -> Self {
+        Self {
+            path,
+            key: Some(key),
+            per: 1,
+        }
+    }
+
+    fn open(self) -> Result<(Counter, KernelFile)> {
+        let file = KernelFile::open(&self.path)?;
+        Ok((self, file))
+    }
+
+    fn read(&self, file: &mut KernelFile) -> Result<u64> {
+        let n = match self.key {
+            Some(key) => file.keyed(key)?,
+            None => file.number()?,
+        };
+        Ok(n / self.per)
+    }
+}
+
+/// Where a group's usage is read: CPU time in microseconds, memory in bytes.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    pub cpu_us: Counter,
+    pub memory: Counter,
+}
+
+/// A group's usage files, open for as long as its readings are taken (see
+/// `crate::node` for why they are not opened per reading).
+pub struct GroupCounters {
+    cpu_us: (Counter, KernelFile),
+    memory: (Counter, KernelFile),
+}
+
+impl GroupCounters {
+    pub fn open(usage: Usage) -> Result<Self> {
+        Ok(Self {
+            cpu_us: usage.cpu_us.open()?,
+            memory: usage.memory.open()?,
+        })
+    }
+
+    /// CPU time the group has used, in microseconds.
+    pub fn cpu_us(&mut self) -> Result<u64> {
+        let (c, f) = &mut self.cpu_us;
+        c.read(f)
+    }
+
+    /// Memory the group holds, in bytes.
+    pub fn memory(&mut self) -> Result<u64> {
+        let (c, f) = &mut self.memory;
+        c.read(f)
+    }
 }
 
 /// A group the agent created: one directory per hierarchy (v1) or one (v2).
@@ -75,9 +152,7 @@ fn write_if_present(path: &Path, value: &str) -> Result<()> {
 /// as memory.stat or cpu.stat.
 pub fn keyed(path: &Path, key: &str) -> Result<u64> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
-        .with_context(|| format!("no {key} in {}", path.display()))
+    keyed_in(&text, key).with_context(|| format!("no {key} in {}", path.display()))
 }
 
 impl Group {
@@ -189,17 +264,17 @@ impl CgroupFs for V1 {
     fn set_memory_max(&self, g: &Group, bytes: u64) -> Result<()> {
         write(&g.dirs[1].join("memory.limit_in_bytes"), &bytes.to_string())
     }
-    fn cpu_usage_us(&self, g: &Group) -> Result<u64> {
+    fn usage(&self, g: &Group) -> Usage {
         // v1 counts usage in cpuacct: co-mounted with cpu, or its own hierarchy.
         let dir = if self.cpuacct.is_some() {
             &g.dirs[2]
         } else {
             &g.dirs[0]
         };
-        Ok(read_u64(&dir.join("cpuacct.usage"))? / 1000)
-    }
-    fn memory_current(&self, g: &Group) -> Result<u64> {
-        read_u64(&g.dirs[1].join("memory.usage_in_bytes"))
+        Usage {
+            cpu_us: Counter::number(dir.join("cpuacct.usage"), 1000),
+            memory: Counter::number(g.dirs[1].join("memory.usage_in_bytes"), 1),
+        }
     }
     fn oom_kills(&self, g: &Group) -> Result<u64> {
         keyed(&g.dirs[1].join("memory.oom_control"), "oom_kill ")
@@ -232,11 +307,11 @@ impl CgroupFs for V2 {
     fn set_memory_max(&self, g: &Group, bytes: u64) -> Result<()> {
         write(&g.dirs[0].join("memory.max"), &bytes.to_string())
     }
-    fn cpu_usage_us(&self, g: &Group) -> Result<u64> {
-        keyed(&g.dirs[0].join("cpu.stat"), "usage_usec ")
-    }
-    fn memory_current(&self, g: &Group) -> Result<u64> {
-        read_u64(&g.dirs[0].join("memory.current"))
+    fn usage(&self, g: &Group) -> Usage {
+        Usage {
+            cpu_us: Counter::keyed(g.dirs[0].join("cpu.stat"), "usage_usec "),
+            memory: Counter::number(g.dirs[0].join("memory.current"), 1),
+        }
     }
     fn oom_kills(&self, g: &Group) -> Result<u64> {
         keyed(&g.dirs[0].join("memory.events"), "oom_kill ")

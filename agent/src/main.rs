@@ -13,6 +13,7 @@ mod guard;
 mod inject;
 mod journal;
 mod metrics;
+mod node;
 mod orders;
 mod output;
 mod preflight;

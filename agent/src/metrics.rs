@@ -8,7 +8,7 @@ use std::{collections::HashMap, path::Path, time::SystemTime};
 use faultline_proto::v1::{FaultCounters, MetricSample};
 use procfs::Current;
 
-use crate::stress::NodeSample;
+use crate::node::{NodeCounters, NodeSample};
 
 pub struct Sampler {
     /// The previous sample, for the precise share (meaningful at any rate).
@@ -18,17 +18,37 @@ pub struct Sampler {
     tick_from: Option<NodeSample>,
     cpu_ticks: f64,
     cgroup_root: std::path::PathBuf,
+    /// The node's counter files, kept open between samples; reopened on the next
+    /// sample after one could not be read.
+    counters: Option<NodeCounters>,
 }
 
 impl Sampler {
     pub fn new(cgroup_root: &Path) -> Self {
-        let now = NodeSample::now(cgroup_root).ok();
-        Self {
-            last: now,
-            tick_from: now,
+        let mut sampler = Self {
+            last: None,
+            tick_from: None,
             cpu_ticks: 0.0,
             cgroup_root: cgroup_root.to_owned(),
+            counters: None,
+        };
+        let now = sampler.node();
+        (sampler.last, sampler.tick_from) = (now, now);
+        sampler
+    }
+
+    fn node(&mut self) -> Option<NodeSample> {
+        let counters = match &mut self.counters {
+            Some(c) => c,
+            None => self
+                .counters
+                .insert(NodeCounters::open(&self.cgroup_root).ok()?),
+        };
+        let now = counters.sample().ok();
+        if now.is_none() {
+            self.counters = None;
         }
+        now
     }
 
     /// One sample; fields the kernel does not offer (PSI disabled, ...) stay zero.
@@ -39,7 +59,7 @@ impl Sampler {
         egress: FaultCounters,
         fault: HashMap<String, f64>,
     ) -> MetricSample {
-        let now = NodeSample::now(&self.cgroup_root).ok();
+        let now = self.node();
         // Tick deltas need a few ticks to mean anything; until then keep the last.
         match (self.tick_from, now) {
             (Some(a), Some(b)) if b.ticks_since(&a) >= 10 => {

@@ -8,7 +8,7 @@
 use std::{
     ffi::CString,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -16,13 +16,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use procfs::{Current, CurrentSI};
 use serde_json::json;
 
 use crate::{
     UsageError,
-    cgroup::{self, CgroupFs, Group},
+    cgroup::{self, CgroupFs, Group, GroupCounters},
     clock,
+    node::{NodeCounters, NodeSample},
     output::Output,
 };
 
@@ -67,113 +67,6 @@ impl StressArgs {
             )));
         }
         Ok(())
-    }
-}
-
-/// Node-wide readings: CPU two ways, and memory.
-///
-/// CPU busy time is read from the kernel's precise counter of task run time (the
-/// root cgroup's `cpuacct.usage` on v1 or `cpu.stat usage_usec` on v2, else the
-/// per-CPU run time in `/proc/schedstat`) and from the tick-sampled `/proc/stat`
-/// that node_exporter, `top` and most dashboards read. The two agree for ordinary
-/// workloads; they differ when runs line up with the timer tick, which is why the
-/// agent reports both.
-#[derive(Clone, Copy, Debug)]
-pub struct NodeSample {
-    busy_ticks: u64,
-    total_ticks: u64,
-    /// Nanoseconds all tasks have run, summed over CPUs (None: no precise counter).
-    run_ns: Option<u64>,
-    at: Instant,
-    /// CPUs the node's counters cover: the `cpuN` lines of /proc/stat, the online
-    /// CPUs, as node_exporter and `top` count them.
-    pub cpus: usize,
-    pub mem_total: u64,
-    pub mem_available: u64,
-}
-
-/// Task run time of the whole node in nanoseconds, from the most precise counter the
-/// kernel offers under `cgroup_root`.
-fn node_run_ns(cgroup_root: &Path) -> Option<u64> {
-    let read = |rel: &str| std::fs::read_to_string(cgroup_root.join(rel)).ok();
-    for v1 in ["cpuacct/cpuacct.usage", "cpu,cpuacct/cpuacct.usage"] {
-        if let Some(ns) = read(v1).and_then(|v| v.trim().parse().ok()) {
-            return Some(ns);
-        }
-    }
-    if let Some(us) = read("cpu.stat").and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    }) {
-        return Some(us * 1000);
-    }
-    // Field 7 of each cpuN line: time tasks spent running on that CPU (ns).
-    let schedstat = std::fs::read_to_string("/proc/schedstat").ok()?;
-    let per_cpu: Vec<u64> = schedstat
-        .lines()
-        .filter(|l| l.starts_with("cpu"))
-        .filter_map(|l| l.split_whitespace().nth(7)?.parse().ok())
-        .collect();
-    (!per_cpu.is_empty()).then(|| per_cpu.iter().sum())
-}
-
-impl NodeSample {
-    pub fn now(cgroup_root: &Path) -> Result<Self> {
-        let run_ns = node_run_ns(cgroup_root);
-        let at = Instant::now();
-        let stat = procfs::KernelStats::current().context("reading /proc/stat")?;
-        let c = stat.total;
-        // Busy is what the node's own tasks used (top's us+ni+sy+hi+si). Steal is
-        // the hypervisor running other guests: in the total, never in busy, so a
-        // noisy host does not read as faultline exceeding its share.
-        let idle = c.idle + c.iowait.unwrap_or(0) + c.steal.unwrap_or(0);
-        let busy = c.user + c.nice + c.system + c.irq.unwrap_or(0) + c.softirq.unwrap_or(0);
-        let mem = procfs::Meminfo::current().context("reading /proc/meminfo")?;
-        Ok(Self {
-            busy_ticks: busy,
-            total_ticks: busy + idle,
-            run_ns,
-            at,
-            cpus: stat.cpu_time.len().max(1),
-            mem_total: mem.mem_total,
-            mem_available: mem.mem_available.unwrap_or(mem.mem_free),
-        })
-    }
-
-    /// Node CPU busy share between two samples, in percent of all CPUs, by the
-    /// precise counter (by ticks where the kernel has none).
-    pub fn cpu_busy_since(&self, earlier: &NodeSample) -> f64 {
-        let wall = self.at.saturating_duration_since(earlier.at).as_nanos() as f64;
-        match (self.run_ns, earlier.run_ns) {
-            (Some(b), Some(a)) if wall > 0.0 => {
-                (100.0 * b.saturating_sub(a) as f64 / wall / self.cpus as f64).min(100.0)
-            }
-            _ => self.cpu_busy_ticks_since(earlier),
-        }
-    }
-
-    /// The same share as `/proc/stat` tells it (tick-sampled; steal is not busy).
-    pub fn cpu_busy_ticks_since(&self, earlier: &NodeSample) -> f64 {
-        let total = self.total_ticks.saturating_sub(earlier.total_ticks);
-        if total == 0 {
-            return 0.0;
-        }
-        100.0 * self.busy_ticks.saturating_sub(earlier.busy_ticks) as f64 / total as f64
-    }
-
-    /// Whether CPU shares come from the precise counter.
-    pub fn precise(&self) -> bool {
-        self.run_ns.is_some()
-    }
-
-    /// CPU ticks (all CPUs) between two samples.
-    pub fn ticks_since(&self, earlier: &NodeSample) -> u64 {
-        self.total_ticks.saturating_sub(earlier.total_ticks)
-    }
-
-    pub fn mem_used_percent(&self) -> f64 {
-        100.0 * (self.mem_total - self.mem_available) as f64 / self.mem_total as f64
     }
 }
 
@@ -285,12 +178,21 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         children: Vec::new(),
     };
     let (working_tx, mut working_rx) = tokio::sync::mpsc::unbounded_channel();
-    let started_ok = start(&mut running, &args, &plan, working_tx);
-    if let Err(e) = started_ok {
-        running.remove()?;
-        return Err(e);
-    }
-    let baseline = NodeSample::now(&args.cgroup_root)?;
+    // The reading thread's files are opened before anything runs, so a node
+    // without them is refused with nothing applied.
+    let counters = NodeCounters::open(&args.cgroup_root);
+    let started_ok = counters.and_then(|mut counters| {
+        start(&mut running, &args, &plan, working_tx)?;
+        let baseline = counters.sample()?;
+        Ok((counters, baseline))
+    });
+    let (counters, baseline) = match started_ok {
+        Ok(ok) => ok,
+        Err(e) => {
+            running.remove()?;
+            return Err(e);
+        }
+    };
     let started = Instant::now();
     let started_ns = clock::monotonic_ns();
     out.emit(
@@ -317,9 +219,10 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     let deadline = tokio::time::Instant::from_std(started + args.duration);
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
     let readings = Readings::start(ReadingPlan {
-        fs: running.fs.clone(),
-        group: running.group.clone(),
-        cgroup_root: args.cgroup_root.clone(),
+        // Without them (a v1 cpu hierarchy with no cpuacct) the group's figures
+        // read 0 while the node's are still shown.
+        group: GroupCounters::open(running.fs.usage(&running.group)).ok(),
+        counters,
         out,
         started_ns,
         interval: args.interval,
@@ -371,9 +274,8 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
 
 /// What the reading thread needs: its own handles on the group and the node.
 struct ReadingPlan {
-    fs: Arc<dyn CgroupFs>,
-    group: Group,
-    cgroup_root: PathBuf,
+    counters: NodeCounters,
+    group: Option<GroupCounters>,
     out: StressPrinter,
     /// When the stress was armed (CLOCK_MONOTONIC, the clock `Instant` reads):
     /// readings fall at whole intervals after it and report their time since it.
@@ -428,12 +330,11 @@ impl ReadingPlan {
             if *guard {
                 return;
             }
-            match NodeSample::now(&self.cgroup_root) {
+            match self.counters.sample() {
                 Ok(now) => {
                     let elapsed = clock::monotonic_ns().saturating_sub(self.started_ns);
                     self.out.reading(
-                        self.fs.as_ref(),
-                        &self.group,
+                        self.group.as_mut(),
                         Duration::from_nanos(elapsed),
                         &now,
                         &last,
@@ -521,16 +422,16 @@ impl StressPrinter {
 
     fn reading(
         &mut self,
-        fs: &dyn CgroupFs,
-        group: &Group,
+        group: Option<&mut GroupCounters>,
         elapsed: Duration,
         now: &NodeSample,
         last: &NodeSample,
     ) {
         let cpu = now.cpu_busy_since(last);
         let ticks = now.cpu_busy_ticks_since(last);
-        let group_cpu = fs.cpu_usage_us(group).unwrap_or(0);
-        let group_mem = fs.memory_current(group).unwrap_or(0);
+        let (group_cpu, group_mem) = group.map_or((0, 0), |g| {
+            (g.cpu_us().unwrap_or(0), g.memory().unwrap_or(0))
+        });
         self.emit(
             json!({"event": "reading", "elapsed_ms": elapsed.as_millis() as u64,
                    "node_cpu_percent": cpu, "node_cpu_tick_percent": ticks,
@@ -943,38 +844,6 @@ mod tests {
         assert_eq!(Slots::new(0.05, 1_000_000).unwrap().run_ns, 25_000_000);
         assert_eq!(Slots::new(0.0, TICK), None);
         assert_eq!(Slots::new(1.5, TICK), None);
-    }
-
-    #[test]
-    fn node_cpu_is_the_precise_counter_over_the_online_cpus_with_ticks_alongside() {
-        let at = Instant::now();
-        let a = NodeSample {
-            busy_ticks: 1_000,
-            total_ticks: 10_000,
-            run_ns: Some(5_000_000_000),
-            at,
-            cpus: 2,
-            mem_total: 100,
-            mem_available: 50,
-        };
-        // 0.3 s of task run time in 1 s on 2 CPUs is 15 %; the ticks say 20 %.
-        let b = NodeSample {
-            busy_ticks: 1_040,
-            total_ticks: 10_200,
-            run_ns: Some(5_300_000_000),
-            at: at + Duration::from_secs(1),
-            ..a
-        };
-        assert!((b.cpu_busy_since(&a) - 15.0).abs() < 1e-9);
-        assert!((b.cpu_busy_ticks_since(&a) - 20.0).abs() < 1e-9);
-        assert!(b.precise());
-        // Without a precise counter the share is the ticks', and says so.
-        let (a, b) = (
-            NodeSample { run_ns: None, ..a },
-            NodeSample { run_ns: None, ..b },
-        );
-        assert!((b.cpu_busy_since(&a) - 20.0).abs() < 1e-9);
-        assert!(!b.precise());
     }
 
     #[test]

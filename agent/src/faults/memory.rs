@@ -8,7 +8,8 @@ use faultline_proto::limits::Percent;
 use crate::{
     UsageError,
     faults::loss::parse_percent,
-    stress::{NodeSample, StressArgs, StressPlan},
+    node::NodeSample,
+    stress::{StressArgs, StressPlan},
 };
 
 /// Room for the stressor's own pages (binary, stack, allocator) above the block.
