@@ -550,8 +550,8 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
 const RUN_NS: f64 = 32e6;
 
 /// The run at `duty`: `RUN_NS`, or half of one burner's quota per CFS period where
-/// that is less (below 6.4 %), so that a period holding a run more than its share
-/// stays within its quota and the burst (`faults::cpu::burst_us`).
+/// that is less (below 6.4 %), so that the burst, two runs per burner
+/// (`faults::cpu::burst_us`), fits under the kernel's bound on it, the quota.
 fn run_target_ns(duty: f64) -> f64 {
     RUN_NS.min(duty * (crate::cgroup::CPU_PERIOD_US * 1000) as f64 / 2.0)
 }
