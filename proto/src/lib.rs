@@ -9,9 +9,10 @@
 //!
 //! `spec` is the experiment spec document (the report's scenario blocks plus
 //! faultline's fields); `endpoint` is the one rule for what an agent may be ordered
-//! to call.
+//! to call; `filter` the rules of traffic filters, cgroup paths and loss resolution.
 pub mod endpoint;
 pub mod exposition;
+pub mod filter;
 pub mod jitter;
 pub mod limits;
 #[cfg(feature = "logging")]

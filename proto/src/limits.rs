@@ -321,6 +321,8 @@ impl ChaosLimits {
 
     /// Parses a document whose top-level key is `chaos_limits`.
     pub fn from_yaml(text: &str) -> Result<Self, serde_yaml_ng::Error> {
+        // An editor's byte-order mark would read as a second document.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         serde_yaml_ng::from_str::<LimitsDocument>(text).map(|d| d.chaos_limits)
     }
 

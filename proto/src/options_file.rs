@@ -139,8 +139,8 @@ fn label(path: &std::path::Path, section: Option<&str>) -> String {
 pub fn read(path: &std::path::Path, section: Option<&str>) -> Result<Mapping, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let doc: Value =
-        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: Value = serde_yaml_ng::from_str(text.strip_prefix('\u{feff}').unwrap_or(&text))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let doc = match section {
         Some(s) => doc.get(s).cloned().unwrap_or(Value::Null),
         None => doc,

@@ -486,9 +486,86 @@ impl Spec {
     }
 }
 
+/// The most bytes a YAML document (spec, overrides, config, schedule, limits) may
+/// have: the largest real one is a few KiB.
+pub const MAX_YAML_BYTES: usize = 256 * 1024;
+/// The deepest nesting a YAML document may have (block indentation, sequence
+/// markers and flow brackets together): real specs nest 6 deep. The YAML parser's
+/// time grows with the square of the depth, so it is bounded before parsing.
+pub const MAX_YAML_DEPTH: usize = 32;
+
+/// A YAML text as the parser should see it, or why it is refused before parsing:
+/// a leading UTF-8 byte-order mark is dropped (editors write one; the parser would
+/// read the rest as a second document), and the size and nesting bounds are
+/// checked in one linear pass, so no input can make parsing slow.
+pub fn bounded_yaml(text: &str) -> Result<&str, SpecError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.len() > MAX_YAML_BYTES {
+        return Err(SpecError {
+            field: String::new(),
+            line: None,
+            message: format!(
+                "the document has {} bytes; at most {MAX_YAML_BYTES} are accepted",
+                text.len()
+            ),
+        });
+    }
+    let too_deep = |line: usize, depth: usize| SpecError {
+        field: String::new(),
+        line: Some(line),
+        message: format!("nested {depth} levels deep; at most {MAX_YAML_DEPTH} are accepted"),
+    };
+    // Open flow collections ([ and {), and the indentation of each open block level.
+    let mut flow = 0usize;
+    let mut blocks: Vec<usize> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let content = line.trim_start_matches(' ');
+        if flow == 0 && !content.is_empty() && !content.starts_with('#') {
+            let indent = line.len() - content.len();
+            while blocks.last().is_some_and(|&i| i >= indent) {
+                blocks.pop();
+            }
+            blocks.push(indent);
+            // `- - - x` opens a level per marker on one line.
+            let markers = content
+                .split_inclusive(' ')
+                .take_while(|w| matches!(w.trim_end(), "-" | "?"))
+                .count();
+            let depth = blocks.len() + markers;
+            if depth > MAX_YAML_DEPTH {
+                return Err(too_deep(n + 1, depth));
+            }
+        }
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for ch in line.chars() {
+            match (quote, ch) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '#') if prev == ' ' || prev == '\t' => break,
+                (None, '\'' | '"') if matches!(prev, ' ' | '\t' | '[' | '{' | ',' | ':') => {
+                    quote = Some(ch)
+                }
+                (None, '[' | '{') => {
+                    flow += 1;
+                    let depth = blocks.len() + flow;
+                    if depth > MAX_YAML_DEPTH {
+                        return Err(too_deep(n + 1, depth));
+                    }
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            prev = ch;
+        }
+    }
+    Ok(text)
+}
+
 /// Parses a YAML document into `T`, naming the field (as a dotted path) and its
 /// line on a mistake. The coordinator's config file is read the same way.
 pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SpecError> {
+    let text = bounded_yaml(text)?;
     let de = serde_yaml_ng::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         // `health.http[0].url` -> `health.http.0.url`; "." is the document.
@@ -596,6 +673,40 @@ fn check_health(h: &Health, text: &str) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_or_large_documents_are_refused_before_parsing_and_a_bom_is_dropped() {
+        let spec =
+            "\u{feff}scenario: cpu_stress\ntarget_node: node-6\ncpu_stress: 15%\nduration: 60s\n";
+        assert_eq!(Spec::parse(spec).unwrap().duration.unwrap().0.as_secs(), 60);
+        let flow = format!("scenario: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let e = Spec::parse(&flow).unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("nested 33 levels deep"), "{e}");
+        let mut block = String::from("health:\n");
+        for i in 1..40 {
+            block.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
+        }
+        let e = Spec::parse(&block).unwrap_err();
+        assert_eq!(e.line, Some(33), "{e}");
+        let markers = format!("components:\n  {}x\n", "- ".repeat(40));
+        assert!(
+            Spec::parse(&markers)
+                .unwrap_err()
+                .message
+                .contains("levels deep")
+        );
+        let big = format!("scenario: cpu_stress\n# {}\n", "x".repeat(MAX_YAML_BYTES));
+        assert!(
+            Spec::parse(&big)
+                .unwrap_err()
+                .message
+                .contains("bytes; at most")
+        );
+        // Brackets in quotes, comments and PromQL do not count as nesting.
+        let fine = "health:\n  prometheus:\n    url: http://p:9090\n    queries:\n      error_rate: 'sum(rate(x{a=\"[[[[\"}[1m]))' # [[[[[[[[[[\n";
+        bounded_yaml(fine).unwrap();
+    }
 
     #[test]
     fn the_reports_scenario_blocks_are_specs_as_they_stand() {
