@@ -319,14 +319,13 @@ impl CgroupFs for V2 {
 }
 
 /// A `--target-cgroup` must stay inside the cgroup filesystem.
+/// (An empty path is the root itself: no target.)
 pub fn check_relative(rel: &Path) -> Result<(), UsageError> {
-    if rel.is_absolute() || rel.components().any(|c| c.as_os_str() == "..") {
-        return Err(UsageError(format!(
-            "--target-cgroup {} must be relative to the cgroup root, without '..'",
-            rel.display()
-        )));
+    if rel.as_os_str().is_empty() {
+        return Ok(());
     }
-    Ok(())
+    faultline_proto::filter::check_cgroup_path(&rel.to_string_lossy())
+        .map_err(|e| UsageError(format!("--target-cgroup {e}")))
 }
 
 /// Finds the cgroup hierarchy of this host. `under` places faultline's groups below
@@ -435,4 +434,19 @@ pub fn reconcile(fs_: &dyn CgroupFs) -> Result<Vec<String>> {
         ));
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_target_is_the_root_and_a_target_stays_below_it() {
+        check_relative(Path::new("")).unwrap();
+        check_relative(Path::new("system.slice/app.service")).unwrap();
+        for bad in ["/sys/fs/cgroup/x", "a/../../etc"] {
+            let e = check_relative(Path::new(bad)).unwrap_err().0;
+            assert!(e.starts_with("--target-cgroup "), "{e}");
+        }
+    }
 }

@@ -1,7 +1,5 @@
 //! The traffic filter as operators write it (`--src 10.0.0.0/8 --proto udp --port
 //! 53`), validated and encoded into the kernel ABI.
-use std::{fmt, net::IpAddr, str::FromStr};
-
 use clap::Args;
 use faultline_common::{
     FAMILY_ANY, FAMILY_V4, FAMILY_V6, Filter, PORT_MATCH_DST, PORT_MATCH_EITHER, PORT_MATCH_NONE,
@@ -11,77 +9,7 @@ use ipnet::IpNet;
 
 use crate::UsageError;
 
-/// An inclusive port range, `N` or `N-M`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub lo: u16,
-    pub hi: u16,
-}
-
-impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let port = |p: &str| -> Result<u16, String> {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("'{p}' is not a port number (0-65535)"))
-        };
-        let (lo, hi) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => (port(s)?, port(s)?),
-        };
-        if lo > hi {
-            return Err(format!(
-                "port range '{s}' is reversed (start {lo} > end {hi})"
-            ));
-        }
-        Ok(Self { lo, hi })
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lo == self.hi {
-            write!(f, "{}", self.lo)
-        } else {
-            write!(f, "{}-{}", self.lo, self.hi)
-        }
-    }
-}
-
-/// An IP protocol by name or number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Proto(pub u8);
-
-impl FromStr for Proto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(Self(match s {
-            "tcp" => 6,
-            "udp" => 17,
-            "icmp" => 1,
-            "icmpv6" => 58,
-            "sctp" => 132,
-            other => other
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n != 0)
-                .ok_or_else(|| {
-                    format!("unknown protocol '{other}' (tcp, udp, icmp, icmpv6, sctp or 1-255)")
-                })?,
-        }))
-    }
-}
-
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    // A bare address means the host itself (/32 or /128).
-    if let Ok(addr) = s.parse::<IpAddr>() {
-        return Ok(IpNet::from(addr));
-    }
-    s.parse::<IpNet>()
-        .map(|n| n.trunc())
-        .map_err(|_| format!("'{s}' is not a CIDR (expected e.g. 10.0.0.0/8 or 2001:db8::/32)"))
-}
+pub use faultline_proto::filter::{PortRange, Proto, parse_cidr};
 
 #[derive(Args, Clone, Debug, Default)]
 pub struct FilterArgs {
@@ -129,17 +57,27 @@ fn family(net: &IpNet) -> u8 {
 impl FilterArgs {
     /// Validates combinations and encodes the filter for the kernel.
     pub fn to_kernel(&self) -> Result<Filter, UsageError> {
+        // The rules between fields are the coordinator's too (`faultline_proto::filter`).
+        faultline_proto::filter::Filter {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            port: self.port,
+            sport: self.sport,
+            dport: self.dport,
+        }
+        .check()
+        .map_err(|e| {
+            let flag = match e.field {
+                "filter.protocol" => "--proto".to_owned(),
+                f => f.replace("filter.", "--"),
+            };
+            UsageError(format!("{flag}: {}", e.message))
+        })?;
         let mut f = Filter {
             family: FAMILY_ANY,
             ..Default::default()
         };
-        if let (Some(s), Some(d)) = (&self.src, &self.dst)
-            && family(s) != family(d)
-        {
-            return Err(UsageError(format!(
-                "--src {s} and --dst {d} are of different IP families; a packet cannot match both"
-            )));
-        }
         if let Some(net) = &self.src {
             f.family = family(net);
             f.has_src = 1;
@@ -165,21 +103,6 @@ impl FilterArgs {
                 f.port_lo = r.lo;
                 f.port_hi = r.hi;
             }
-        }
-        if f.port_match != PORT_MATCH_NONE {
-            match self.proto {
-                Some(Proto(6 | 17 | 132 | 136)) | None => {}
-                Some(Proto(p)) => {
-                    return Err(UsageError(format!(
-                        "a port filter needs a protocol with ports (tcp, udp, sctp), not protocol {p}"
-                    )));
-                }
-            }
-        }
-        if self.proto == Some(Proto(1)) && f.family == FAMILY_V6 {
-            return Err(UsageError(
-                "--proto icmp is IPv4's ICMP; use --proto icmpv6 with IPv6 addresses".into(),
-            ));
         }
         Ok(f)
     }
@@ -215,22 +138,6 @@ impl FilterArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn port_ranges_parse_and_reversed_ranges_are_refused() {
-        assert_eq!(
-            "53".parse::<PortRange>().unwrap(),
-            PortRange { lo: 53, hi: 53 }
-        );
-        assert_eq!(
-            "1000-2000".parse::<PortRange>().unwrap(),
-            PortRange { lo: 1000, hi: 2000 }
-        );
-        let e = "2000-1000".parse::<PortRange>().unwrap_err();
-        assert!(e.contains("reversed"), "{e}");
-        assert!("70000".parse::<PortRange>().is_err());
-        assert!("a-b".parse::<PortRange>().is_err());
-    }
 
     #[test]
     fn cidrs_are_encoded_as_network_order_words() {

@@ -25,11 +25,7 @@ pub async fn run(spec: ProbeSpec, results: mpsc::UnboundedSender<ProbeResult>) {
     } else {
         10.0
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::faults::hooks::http_agent(timeout);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
     // A slow endpoint must not turn into a burst once it answers again.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -150,11 +150,13 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
             .trim()
             .to_owned(),
     };
+    // One daemon per state directory, decided before anything is touched: a second
+    // one's clean-up would remove the first one's effects.
+    let _pid = PidFile::write(&state_dir)?;
     // What a previous, killed agent left in this namespace goes before anything else.
     for line in crate::cleanup(state_dir.clone(), args.cgroup_root.clone()).await? {
         warn!("left by an earlier agent: {line}");
     }
-    let _pid = PidFile::write(&state_dir)?;
     let caps = crate::capabilities::detect(&args.cgroup_root).await;
     let register = AgentMessage {
         body: Some(Out::Register(Register {
@@ -301,10 +303,32 @@ async fn link(
     inbox: mpsc::Sender<Inbound>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    // The same failure again (the coordinator down, this node's session held by
+    // another agent) is logged once, not at every retry.
+    let mut last = String::new();
     loop {
-        match session(&endpoint, &register, &mut outbox, &inbox, &mut backoff).await {
-            Ok(()) => warn!("session closed by the coordinator; reconnecting"),
-            Err(e) => warn!("session: {e:#}; reconnecting in {backoff:?}"),
+        let mut connected = false;
+        let ended = session(
+            &endpoint,
+            &register,
+            &mut outbox,
+            &inbox,
+            &mut backoff,
+            &mut connected,
+        )
+        .await;
+        let why = match ended {
+            Ok(()) => "session closed by the coordinator".to_owned(),
+            Err(e) => format!("session: {e:#}"),
+        };
+        if connected {
+            last.clear();
+        }
+        if why != last {
+            warn!(
+                "{why}; reconnecting (retried every {backoff:?} to 2s; logged again when the reason changes)"
+            );
+            last = why;
         }
         let _ = inbox.send(Inbound::Disconnected).await;
         let until = Instant::now() + backoff;
@@ -320,6 +344,7 @@ async fn session(
     outbox: &mut mpsc::Receiver<AgentMessage>,
     inbox: &mpsc::Sender<Inbound>,
     backoff: &mut Duration,
+    connected: &mut bool,
 ) -> Result<()> {
     let channel = endpoint.connect().await.context("connect")?;
     let mut client = AgentServiceClient::new(channel);
@@ -331,6 +356,7 @@ async fn session(
         .context("open session")?
         .into_inner();
     *backoff = Duration::from_millis(100);
+    *connected = true;
     let _ = inbox.send(Inbound::Connected).await;
     loop {
         tokio::select! {
@@ -702,22 +728,56 @@ fn dead_man(st: &mut State) {
 }
 
 /// `<state dir>/agent.pid` while the daemon runs: how `faultline-agent stop` (a
-/// Kubernetes preStop hook, an operator) finds it. Removed when the daemon returns.
-struct PidFile(PathBuf);
+/// Kubernetes preStop hook, an operator) finds it. The daemon holds an exclusive
+/// lock on it for its whole life, so a second daemon on the same state directory is
+/// refused before it touches anything; only the holder removes the file.
+struct PidFile {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
 
 impl PidFile {
     fn write(state_dir: &std::path::Path) -> Result<Self> {
+        use std::{
+            io::{Read, Seek, Write},
+            os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+        };
         let path = state_dir.join("agent.pid");
         std::fs::create_dir_all(state_dir)
-            .and_then(|()| std::fs::write(&path, format!("{}\n", std::process::id())))
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o644)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock(2) on a descriptor `file` owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(UsageError(format!(
+                "another faultline-agent daemon (pid {}) runs with state directory {}; one \
+                 daemon per state directory (stop it with `faultline-agent stop`)",
+                holder.trim(),
+                state_dir.display()
+            ))
+            .into());
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self(path))
+        Ok(Self { path, _lock: file })
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        // Removed while the lock is still held, so it is never another daemon's file.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

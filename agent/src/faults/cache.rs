@@ -221,8 +221,16 @@ pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
     );
 
     // Each component's own cache, by its hook; one failing does not stop the rest,
-    // and each outcome is reported by name.
+    // and each outcome is reported by name. A hook that failed means the fault did
+    // not happen as ordered: the run fails at once, naming it, instead of watching a
+    // rebuild that was never caused (and passing).
     let failed = crate::faults::hooks::report(&crate::faults::hooks::call_all(&args.hooks), print);
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "cache invalidation did not happen as ordered: hook(s) failed: {}",
+            failed.join(", ")
+        );
+    }
 
     let started = Instant::now();
     while started.elapsed() < args.observe {
@@ -245,12 +253,6 @@ pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
                     .map(|b| format!(", cgroup file cache {} MiB", b >> 20))
                     .unwrap_or_default()
             ),
-        );
-    }
-    if !failed.is_empty() {
-        anyhow::bail!(
-            "cache invalidation done, but hook(s) failed: {} (see above)",
-            failed.join(", ")
         );
     }
     Ok(())

@@ -199,7 +199,12 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
         args.interval,
     );
     let mut peak_psi: f64 = 0.0;
+    // A hook that failed means the collection it asks for did not happen: the
+    // squeeze ends at once and the run fails, naming it.
     let reason = loop {
+        if !failed.is_empty() {
+            break "a hook failed";
+        }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break "deadline",
             name = signals.recv() => break name,
@@ -234,7 +239,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     );
     if !failed.is_empty() {
         anyhow::bail!(
-            "gc pressure done and restored, but hook(s) failed: {}",
+            "gc pressure ended at once and was restored: hook(s) failed: {}",
             failed.join(", ")
         );
     }

@@ -48,21 +48,41 @@ pub struct HookResult {
     pub elapsed_ms: u64,
 }
 
+/// The agent's one HTTP client shape (hooks, node-side probes, the guard's probe):
+/// a request goes to the URL that was checked against the endpoint policy and
+/// nowhere else. A redirect is an answer (a failure), never followed: following it
+/// would let a node-local endpoint send the agent to an address its allow-list
+/// refuses.
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// "HTTP <status>", with where a redirect pointed (it is not followed).
+pub fn status_text(resp: &ureq::http::Response<ureq::Body>) -> String {
+    let status = resp.status();
+    match resp.headers().get("location").and_then(|l| l.to_str().ok()) {
+        Some(to) if status.is_redirection() => {
+            format!("HTTP {status}: redirect to {to} not followed")
+        }
+        _ => format!("HTTP {status}"),
+    }
+}
+
 /// POSTs to every hook (each with a 5 s budget) and reports each one; a failing hook
 /// does not stop the others.
 pub fn call_all(hooks: &[Hook]) -> Vec<HookResult> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = http_agent(Duration::from_secs(5));
     hooks
         .iter()
         .map(|h| {
             let started = std::time::Instant::now();
             let (ok, detail) = match agent.post(&h.url).send_empty() {
-                Ok(resp) if resp.status().is_success() => (true, format!("HTTP {}", resp.status())),
-                Ok(resp) => (false, format!("HTTP {}", resp.status())),
+                Ok(resp) => (resp.status().is_success(), status_text(&resp)),
                 Err(e) => (false, e.to_string()),
             };
             HookResult {
@@ -75,7 +95,8 @@ pub fn call_all(hooks: &[Hook]) -> Vec<HookResult> {
         .collect()
 }
 
-/// Prints each result through `print(json, text)` and returns the names that failed.
+/// Prints each result through `print(json, text)` and returns the hooks that failed,
+/// each as `name (what happened)`.
 pub fn report(results: &[HookResult], print: impl Fn(serde_json::Value, String)) -> Vec<String> {
     for r in results {
         print(
@@ -92,7 +113,7 @@ pub fn report(results: &[HookResult], print: impl Fn(serde_json::Value, String))
     results
         .iter()
         .filter(|r| !r.ok)
-        .map(|r| r.name.clone())
+        .map(|r| format!("{} ({})", r.name, r.detail))
         .collect()
 }
 

@@ -37,9 +37,14 @@ pub struct LossArgs {
     pub ge_good_loss: Option<Percent>,
 }
 
+/// A loss probability in percent: between 0 and 100, and 0 or at least the data
+/// path's resolution (a smaller one would be applied as no loss at all).
 pub fn parse_percent(s: &str) -> Result<Percent, String> {
-    s.parse::<Percent>()
-        .map_err(|e| format!("{e} (percent must be between 0 and 100)"))
+    let p = s
+        .parse::<Percent>()
+        .map_err(|e| format!("{e} (percent must be between 0 and 100)"))?;
+    faultline_proto::filter::check_loss_resolution(p)?;
+    Ok(p)
 }
 
 /// Fixed-point probability for the data path (see `faultline_common::PROB_ONE`).
