@@ -15,14 +15,34 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::control::{Control, NodeEntry};
+use crate::control::{Control, NodeEntry, Session};
 
 pub struct Agents(pub Arc<Control>);
 
-fn certificate_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+/// The node name an agent certificate carries (its CN), or why the certificate is
+/// not an agent's: only a subject with OU `faultline-agent` names a node, so a
+/// client certificate issued for a tool cannot register as one.
+fn agent_identity(der: &[u8]) -> Result<String, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or("the client certificate has no common name")?
+        .to_owned();
+    let agent = subject
+        .iter_organizational_unit()
+        .any(|ou| ou.as_str().ok() == Some(crate::certs::AGENT_UNIT));
+    if !agent {
+        return Err(format!(
+            "certificate '{cn}' is not an agent certificate (its subject needs OU={}); \
+             client certificates of tools cannot register as nodes",
+            crate::certs::AGENT_UNIT
+        ));
+    }
+    Ok(cn)
 }
 
 #[tonic::async_trait]
@@ -35,12 +55,16 @@ impl AgentService for Agents {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let identity = request
             .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| certificate_name(c)))
+            .and_then(|certs| certs.first().map(|c| agent_identity(c)))
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "agents must present a client certificate signed by the faultline CA",
                 )
-            })?;
+            })?
+            .map_err(Status::permission_denied)?;
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
             Some(AgentMessage {
@@ -59,32 +83,41 @@ impl AgentService for Agents {
             )));
         }
         let c = self.0.clone();
+        if *c.closing.borrow() {
+            return Err(Status::unavailable("the coordinator is shutting down"));
+        }
         let node = register.node_name.clone();
         let session = c.next_id();
         let (tx, rx) = mpsc::channel(256);
-        let replaced = c.nodes().insert(
-            node.clone(),
-            NodeEntry {
-                info: register,
-                session: Some((session, tx.clone())),
-                last_heartbeat: SystemTime::now(),
-                last_sample: None,
+        attach(
+            &c,
+            register,
+            Session {
+                id: session,
+                tx: tx.clone(),
+                peer: peer.clone(),
+                last_seen: Instant::now(),
             },
-        );
-        if replaced.is_some_and(|e| e.session.is_some()) {
-            warn!(%node, "a new session replaces the node's previous one");
-        }
-        info!(%node, session, "agent registered");
+        )?;
+        info!(%node, session, %peer, "agent registered");
+        let mut closing = c.closing.subscribe();
         tokio::spawn(async move {
             loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(%node, "session error: {e}");
-                        break;
-                    }
+                let msg = tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(%node, "session error: {e}");
+                            break;
+                        }
+                    },
+                    _ = closing.wait_for(|c| *c) => break,
                 };
+                // A session that was replaced (it had gone silent) hears nothing more.
+                if !seen(&c, &node, session) {
+                    break;
+                }
                 match msg.body {
                     Some(From::Heartbeat(h)) => heartbeat(&c, &node, &tx, h.lease_ids),
                     Some(From::Ack(a)) => {
@@ -109,13 +142,70 @@ impl AgentService for Agents {
             }
             let mut nodes = c.nodes();
             if let Some(e) = nodes.get_mut(&node)
-                && e.session.as_ref().is_some_and(|(id, _)| *id == session)
+                && e.session.as_ref().is_some_and(|s| s.id == session)
             {
                 e.session = None;
             }
             info!(%node, session, "agent disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Makes `session` the node's. While the node's current session is live (it spoke
+/// within `Session::STALE`), a second agent presenting the same identity is refused:
+/// the agent that holds the node's effects keeps its session, whatever a copy of its
+/// certificate does elsewhere. A stale session (its agent restarted behind a
+/// half-open connection, or the network cut it) is replaced, and told so.
+fn attach(
+    c: &Control,
+    info: faultline_proto::v1::Register,
+    session: Session,
+) -> Result<(), Status> {
+    let node = info.node_name.clone();
+    let mut nodes = c.nodes();
+    let old = nodes.get_mut(&node).and_then(|e| e.session.take());
+    if let Some(old) = old {
+        let silent = old.last_seen.elapsed();
+        if silent < Session::STALE {
+            let refused = format!(
+                "node {node} already has a live agent session (from {}, last heard {} ms ago); \
+                 a second agent with {node}'s certificate is refused",
+                old.peer,
+                silent.as_millis()
+            );
+            nodes.get_mut(&node).expect("taken from it").session = Some(old);
+            warn!(%node, peer = %session.peer, "{refused}");
+            return Err(Status::already_exists(refused));
+        }
+        warn!(%node, old = %old.peer, new = %session.peer, silent_ms = silent.as_millis() as u64,
+              "a new session replaces the node's silent one");
+        let _ = old.tx.try_send(Err(Status::aborted(format!(
+            "this session was silent for {} ms and is replaced by a new session of {node} from {}",
+            silent.as_millis(),
+            session.peer
+        ))));
+    }
+    nodes.insert(
+        node,
+        NodeEntry {
+            info,
+            session: Some(session),
+            last_heartbeat: SystemTime::now(),
+            last_sample: None,
+        },
+    );
+    Ok(())
+}
+
+/// Notes that session `id` of `node` spoke; false if it is no longer the node's.
+fn seen(c: &Control, node: &str, id: u64) -> bool {
+    match c.nodes().get_mut(node).and_then(|e| e.session.as_mut()) {
+        Some(s) if s.id == id => {
+            s.last_seen = Instant::now();
+            true
+        }
+        _ => false,
     }
 }
 

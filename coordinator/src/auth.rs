@@ -158,6 +158,93 @@ impl TokenFile {
     }
 }
 
+/// The tokens file as the coordinator serves it: re-read whenever the file changes
+/// (its size, modification time or inode; checked at every request, a `stat`), and
+/// on SIGHUP, so a removed token stops working at once, without a restart. A file
+/// that no longer parses refuses every token until it is fixed (fail closed: a
+/// revoked token must not keep working because of a typo next to it).
+pub struct Tokens {
+    path: std::path::PathBuf,
+    live: std::sync::RwLock<Live>,
+}
+
+struct Live {
+    file: TokenFile,
+    stamp: Option<Stamp>,
+    /// Why the current file is refused, if it is.
+    broken: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        inode: m.ino(),
+    })
+}
+
+impl Tokens {
+    /// Loads the file; a bad one stops the start.
+    pub fn load(path: &Path) -> Result<Self> {
+        let stamp = stamp(path);
+        let file = TokenFile::load(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            live: std::sync::RwLock::new(Live {
+                file,
+                stamp,
+                broken: None,
+            }),
+        })
+    }
+
+    /// Re-reads the file if it changed since it was read (or always, with `force`).
+    pub fn refresh(&self, force: bool) {
+        let now = stamp(&self.path);
+        let current = self.live.read().unwrap_or_else(|p| p.into_inner()).stamp;
+        if !force && now == current {
+            return;
+        }
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        live.stamp = now;
+        match TokenFile::load(&self.path) {
+            Ok(file) => {
+                tracing::info!(path = %self.path.display(), tokens = file.tokens.len(), "tokens file re-read");
+                live.file = file;
+                live.broken = None;
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::error!(path = %self.path.display(), "tokens file unusable, every token is refused until it is fixed: {why}");
+                live.file = TokenFile::default();
+                live.broken = Some(why);
+            }
+        }
+    }
+
+    /// The caller behind an `Authorization: Bearer <token>` header value, by the
+    /// tokens file as it is now.
+    pub fn authorize(&self, header: Option<&str>) -> Result<Caller, Status> {
+        self.refresh(false);
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = &live.broken {
+            return Err(Status::unauthenticated(format!(
+                "the coordinator's tokens file is unusable ({why}); every token is refused"
+            )));
+        }
+        live.file.authorize(header)
+    }
+}
+
 impl Caller {
     /// Whether this caller's role may do `action`, which needs `role`.
     pub fn allow(&self, role: Role, action: &str) -> Result<(), Status> {
@@ -217,6 +304,34 @@ mod tests {
         let e = require(&req, Role::Operator, "abort").unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(e.message().contains("abort needs operator"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_token_removed_from_the_file_stops_working_without_a_restart() {
+        let path = std::env::temp_dir().join(format!("fl-tokens-live-{}.yaml", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let ci = TokenFile::add(&path, "ci", Role::Operator).unwrap();
+        let sre = TokenFile::add(&path, "sre", Role::Admin).unwrap();
+        let tokens = Tokens::load(&path).unwrap();
+        let bearer = |t: &str| format!("Bearer {t}");
+        assert_eq!(tokens.authorize(Some(&bearer(&ci))).unwrap().name, "ci");
+        // Remove "ci" (a rewrite, as an editor or `sed -i` does).
+        let mut file = TokenFile::load(&path).unwrap();
+        file.tokens.retain(|t| t.name != "ci");
+        std::fs::write(&path, serde_yaml_ng::to_string(&file).unwrap()).unwrap();
+        assert_eq!(
+            tokens.authorize(Some(&bearer(&ci))).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(tokens.authorize(Some(&bearer(&sre))).unwrap().name, "sre");
+        // A broken file refuses everyone until it is fixed.
+        std::fs::write(&path, "tokens: [oops").unwrap();
+        let e = tokens.authorize(Some(&bearer(&sre))).unwrap_err();
+        assert!(e.message().contains("unusable"), "{e}");
+        std::fs::write(&path, serde_yaml_ng::to_string(&file).unwrap()).unwrap();
+        tokens.refresh(true);
+        assert_eq!(tokens.authorize(Some(&bearer(&sre))).unwrap().name, "sre");
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -6,6 +6,12 @@
 //! `ca.pem`, `ca.key` (keep it off the nodes), `coordinator.pem`/`.key` (server),
 //! `<node>.pem`/`.key` per agent (client), `cli.pem`/`.key` (not needed by the CLI,
 //! which authenticates with a bearer token; present for tools that want mTLS).
+//!
+//! An agent's certificate says what it is: its subject's organizational unit is
+//! `faultline-agent` (`AGENT_UNIT`), and the coordinator accepts only such
+//! certificates as agent identities, so a client certificate issued for a tool
+//! (`cli.pem`, OU `faultline-cli`) cannot register as a node. A PKI of your own
+//! issues agent certificates with the node name as CN and OU `faultline-agent`.
 use std::{
     fs,
     io::Write,
@@ -22,6 +28,10 @@ use time::{Duration, OffsetDateTime};
 
 /// The DNS name always present in the coordinator's certificate.
 pub const COORDINATOR_NAME: &str = "faultline-coordinator";
+/// The organizational unit of every agent certificate (and of no other).
+pub const AGENT_UNIT: &str = "faultline-agent";
+/// The organizational unit of a tool's client certificate (`cli.pem`).
+pub const CLI_UNIT: &str = "faultline-cli";
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<()> {
     let mut f = fs::OpenOptions::new()
@@ -90,9 +100,10 @@ pub fn init(dir: &Path, sans: &[String], agents: &[String], days: i64) -> Result
     write(&dir.join("coordinator.pem"), &cert.pem(), false)?;
     write(&dir.join("coordinator.key"), &key.serialize_pem(), true)?;
 
-    for name in agents.iter().chain(std::iter::once(&"cli".to_owned())) {
-        client(dir, &issuer, name, days, false)?;
+    for name in agents {
+        client(dir, &issuer, name, AGENT_UNIT, days, false)?;
     }
+    client(dir, &issuer, "cli", CLI_UNIT, days, false)?;
     Ok(())
 }
 
@@ -100,6 +111,7 @@ fn client(
     dir: &Path,
     issuer: &Issuer<'_, KeyPair>,
     name: &str,
+    unit: &str,
     days: i64,
     expired: bool,
 ) -> Result<PathBuf> {
@@ -107,6 +119,9 @@ fn client(
         bail!("'{name}' is not a usable node name for a certificate file");
     }
     let mut params = named(name, vec![name.to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, unit);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut params, days, expired);
     let key = KeyPair::generate()?;
@@ -124,7 +139,7 @@ pub fn agent(dir: &Path, name: &str, days: i64, expired: bool) -> Result<PathBuf
     };
     let key = KeyPair::from_pem(&read("ca.key")?).context("ca.key")?;
     let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, key).context("ca.pem")?;
-    client(dir, &issuer, name, days, expired)
+    client(dir, &issuer, name, AGENT_UNIT, days, expired)
 }
 
 #[cfg(test)]

@@ -42,19 +42,62 @@ pub struct Config {
 
 pub type AgentTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
+/// One agent's live stream.
+pub struct Session {
+    pub id: u64,
+    pub tx: AgentTx,
+    /// The agent's address, for the messages that name a session.
+    pub peer: String,
+    /// When the agent last sent anything on this stream (heartbeats come every
+    /// second): a session silent for `Session::STALE` may be replaced.
+    pub last_seen: Instant,
+}
+
+impl Session {
+    /// How long a session may be silent and still count as its agent's: three
+    /// missed heartbeats. A second agent with the same identity is refused while
+    /// the first one's session is live, and takes over once it is stale.
+    pub const STALE: Duration = Duration::from_secs(3);
+}
+
 pub struct NodeEntry {
     pub info: Register,
-    pub session: Option<(u64, AgentTx)>,
+    pub session: Option<Session>,
     pub last_heartbeat: SystemTime,
     pub last_sample: Option<MetricSample>,
+}
+
+/// Why a running experiment is asked to end before its time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// A person's abort, a blackout window, a game day's close: it ends `aborted`.
+    Abort(String),
+    /// The coordinator is shutting down: it ends `interrupted`.
+    Shutdown(String),
+}
+
+impl Halt {
+    pub fn reason(&self) -> &str {
+        match self {
+            Halt::Abort(why) | Halt::Shutdown(why) => why,
+        }
+    }
+
+    pub fn verdict(&self) -> faultline_proto::v1::Verdict {
+        match self {
+            Halt::Abort(_) => faultline_proto::v1::Verdict::Aborted,
+            Halt::Shutdown(_) => faultline_proto::v1::Verdict::Interrupted,
+        }
+    }
 }
 
 /// An experiment between lease grant and its end.
 pub struct Running {
     pub lease_id: String,
     pub nodes: Vec<String>,
-    /// Set by an abort (with its reason); the experiment ends as `aborted`.
-    pub abort: watch::Sender<Option<String>>,
+    /// Set by an abort or a shutdown (with its reason); the experiment ends as the
+    /// halt's verdict says.
+    pub abort: watch::Sender<Option<Halt>>,
     /// Becomes true once the experiment has recorded its end.
     pub done: watch::Receiver<bool>,
     /// The schedule entry that started it ("" for a person or CI).
@@ -76,6 +119,8 @@ pub struct Control {
     pub samples: broadcast::Sender<(String, MetricSample)>,
     /// Signalled whenever a lease is released (queued requests retry).
     pub lease_freed: Notify,
+    /// Becomes true when the coordinator shuts down: every agent stream ends.
+    pub closing: watch::Sender<bool>,
     next_experiment: AtomicU64,
     next_id: AtomicU64,
 }
@@ -104,6 +149,18 @@ pub struct ProbeSubscription {
     pub rx: mpsc::UnboundedReceiver<ProbeResults>,
 }
 
+/// What a shutdown did.
+#[derive(Debug)]
+pub struct ShutdownReport {
+    /// The experiments that were running, each ended `interrupted`.
+    pub interrupted: Vec<String>,
+    /// Connected nodes that did not confirm the removal of their effects in time
+    /// (their dead-man switch and the in-kernel deadline still end them).
+    pub unconfirmed: Vec<String>,
+    /// Agent streams ended.
+    pub sessions: usize,
+}
+
 pub struct AbortOutcome {
     pub experiment_ids: Vec<String>,
     pub took: Duration,
@@ -117,10 +174,17 @@ impl Control {
         let last = store.last_seq()?;
         let scheduler =
             crate::schedule::Scheduler::load(config.schedule.clone(), &store, chrono::Utc::now())?;
+        // The kill switch outlives the process: engaged before a restart (or a crash),
+        // it stays engaged until an admin clears it.
+        let leases = LeaseTable::new(config.limits.blast_radius.clone());
+        if let Some(reason) = store.kill_switch()? {
+            warn!(%reason, "the kill switch is engaged (recorded in the store); no experiment starts until an admin clears it");
+            leases.engage_kill_switch(&reason);
+        }
         Ok(Arc::new(Self {
             metrics: crate::metrics::Metrics::new(),
             scheduler,
-            leases: LeaseTable::new(config.limits.blast_radius.clone()),
+            leases,
             config,
             store,
             nodes: Mutex::default(),
@@ -129,6 +193,7 @@ impl Control {
             probes: Mutex::default(),
             samples: broadcast::channel(4096).0,
             lease_freed: Notify::new(),
+            closing: watch::channel(false).0,
             next_experiment: AtomicU64::new(last + 1),
             next_id: AtomicU64::new(1),
         }))
@@ -191,6 +256,21 @@ impl Control {
         }
     }
 
+    /// Appends to the audit log, now or as soon as the store can write: for what
+    /// happens whatever the store does (an abort, the scheduler's and the clock's
+    /// actions). A person's other actions use `Store::audited` and are refused when
+    /// they cannot be recorded.
+    pub fn audit(&self, who: &str, peer: &str, action: &str, target: &str, detail: &str) {
+        info!(who, peer, action, target, detail, "audit");
+        self.store.audit_or_defer(crate::store::Audit {
+            who: who.to_owned(),
+            peer: peer.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail: detail.to_owned(),
+        });
+    }
+
     /// Stores a guard report from an agent on the experiment that holds its lease.
     pub fn record_guard_report(&self, node: &str, g: &faultline_proto::v1::GuardReport) {
         if let Err(e) = self.store.record_guard_report(node, g) {
@@ -240,10 +320,16 @@ impl Control {
                 "node {node}'s agent is not connected"
             ))),
             Some(NodeEntry {
-                session: Some((_, tx)),
-                ..
-            }) => Ok(tx.clone()),
+                session: Some(s), ..
+            }) => Ok(s.tx.clone()),
         }
+    }
+
+    /// The id of the node's current session, if its agent is connected.
+    pub fn session_id(&self, node: &str) -> Option<u64> {
+        self.nodes()
+            .get(node)
+            .and_then(|e| e.session.as_ref().map(|s| s.id))
     }
 
     /// Sends one message to a node's agent; an error names why it cannot be sent.
@@ -336,7 +422,7 @@ impl Control {
     pub fn end_experiments(&self, ids: &[String], reason: &str) {
         for id in ids {
             if let Some(r) = self.running().get(id) {
-                let _ = r.abort.send(Some(reason.to_owned()));
+                let _ = r.abort.send(Some(Halt::Abort(reason.to_owned())));
             }
         }
     }
@@ -427,6 +513,73 @@ impl Control {
         missing
     }
 
+    /// Engages the kill switch at once, and records it so that a restart finds it
+    /// engaged (written later if the store cannot write now: the switch is in force
+    /// either way).
+    pub fn engage_kill_switch(&self, why: &str) {
+        self.leases.engage_kill_switch(why);
+        self.store.engage_kill_switch(why);
+    }
+
+    /// Clears the kill switch: recorded with `audit` first, and only if that lands.
+    pub fn clear_kill_switch(&self, audit: &crate::store::Audit) -> anyhow::Result<()> {
+        let at = crate::store::ms(SystemTime::now());
+        self.store.audited(audit, |w| w.set_kill_switch(None, at))?;
+        self.leases.clear_kill_switch();
+        Ok(())
+    }
+
+    /// The coordinator's stop (SIGTERM, SIGINT): from this moment no experiment starts
+    /// (the lease table is closed); every running experiment is asked to end
+    /// `interrupted`; the effects on every connected node are removed and confirmed
+    /// (waited for at most `budget`); what did not record its end in that time is
+    /// recorded `interrupted` in the store; then every agent's stream is ended with
+    /// the reason, so agents reconnect to whichever coordinator serves next.
+    pub async fn shut_down(self: &Arc<Self>, budget: Duration) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + budget;
+        self.leases.close();
+        let why = "the coordinator is shutting down";
+        let (ids, mut done): (Vec<String>, Vec<_>) = self
+            .running()
+            .iter()
+            .map(|(id, r)| {
+                r.abort.send_replace(Some(Halt::Shutdown(why.to_owned())));
+                (id.clone(), r.done.clone())
+            })
+            .unzip();
+        let nodes = self.connected_nodes();
+        let unconfirmed = self.remove(&nodes, "", budget).await;
+        for d in &mut done {
+            let _ = tokio::time::timeout_at(deadline, d.wait_for(|v| *v)).await;
+        }
+        // An experiment still in preflight when the budget ran out has applied
+        // nothing; its record ends here.
+        match self.store.interrupt_unfinished(
+            "the coordinator stopped while this experiment ran; its effects were removed",
+        ) {
+            Ok(left) => {
+                for (id, _) in left {
+                    warn!(experiment = %id, "recorded interrupted at shutdown");
+                }
+            }
+            Err(e) => warn!("store: recording interrupted experiments: {e:#}"),
+        }
+        self.closing.send_replace(true);
+        let sessions: Vec<AgentTx> = self
+            .nodes()
+            .values_mut()
+            .filter_map(|e| e.session.take().map(|s| s.tx))
+            .collect();
+        for tx in &sessions {
+            let _ = tx.try_send(Err(Status::unavailable(why)));
+        }
+        ShutdownReport {
+            interrupted: ids,
+            unconfirmed,
+            sessions: sessions.len(),
+        }
+    }
+
     /// The abort path of `POST /abort`, gRPC `Abort` and `faultline abort`: engages
     /// the kill switch, removes every effect of the experiment (or of every node when
     /// `experiment_id` is empty) and returns once the agents confirmed.
@@ -442,17 +595,17 @@ impl Control {
             if reason.is_empty() {
                 String::new()
             } else {
-                format!(": {reason}")
+                format!(": {}", crate::view::printable(reason))
             }
         );
-        self.leases.engage_kill_switch(&why);
+        self.engage_kill_switch(&why);
         let (targets, nodes, lease, mut done) = {
             let running = self.running();
             if experiment_id.is_empty() {
                 let ids: Vec<String> = running.keys().cloned().collect();
                 let done: Vec<_> = running.values().map(|r| r.done.clone()).collect();
                 for r in running.values() {
-                    r.abort.send_replace(Some(why.clone()));
+                    r.abort.send_replace(Some(Halt::Abort(why.clone())));
                 }
                 (ids, self.connected_nodes(), String::new(), done)
             } else {
@@ -461,7 +614,7 @@ impl Control {
                         "experiment {experiment_id} is not running (the kill switch is engaged)"
                     ))
                 })?;
-                r.abort.send_replace(Some(why.clone()));
+                r.abort.send_replace(Some(Halt::Abort(why.clone())));
                 (
                     vec![experiment_id.to_owned()],
                     r.nodes.clone(),

@@ -4,7 +4,9 @@
 //! agents' heartbeats renew. The table enforces `blast_radius.max_nodes` (nodes per
 //! lease), `blast_radius.max_concurrent` (leases at once) and node exclusivity under
 //! one lock, so concurrent requests can never be granted twice. An engaged kill
-//! switch (set by abort) refuses every grant until an operator clears it.
+//! switch (set by abort) refuses every grant until an admin clears it; the table
+//! holds it in memory, the store keeps it across restarts (`Control` loads it). A
+//! table that is closed (the coordinator is shutting down) refuses every grant.
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -25,8 +27,13 @@ pub struct Lease {
 /// Why a lease was not granted. The message names the limit that refused it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("the kill switch is engaged ({0}); an operator must clear it first")]
+    #[error(
+        "the kill switch is engaged ({0}); an admin must clear it first \
+         (faultline clear-kill-switch)"
+    )]
     KillSwitch(String),
+    #[error("the coordinator is shutting down: no experiment starts")]
+    ShuttingDown,
     #[error("an experiment needs at least one node")]
     NoNodes,
     #[error("node {0} is listed twice")]
@@ -52,6 +59,7 @@ impl Refusal {
     pub fn metric_reason(&self) -> &'static str {
         match self {
             Refusal::KillSwitch(_) => "kill_switch",
+            Refusal::ShuttingDown => "shutting_down",
             Refusal::Concurrent { .. } => "max_concurrent",
             Refusal::NodeBusy { .. } => "node_busy",
             Refusal::TooManyNodes { .. } => "max_nodes",
@@ -68,6 +76,7 @@ impl Refusal {
 struct State {
     leases: HashMap<String, Lease>,
     kill_switch: Option<String>,
+    closed: bool,
     issued: u64,
 }
 
@@ -127,6 +136,9 @@ impl LeaseTable {
             });
         }
         let mut st = self.state();
+        if st.closed {
+            return Err(Refusal::ShuttingDown);
+        }
         if let Some(reason) = &st.kill_switch {
             return Err(Refusal::KillSwitch(reason.clone()));
         }
@@ -216,6 +228,12 @@ impl LeaseTable {
 
     pub fn kill_switch(&self) -> Option<String> {
         self.state().kill_switch.clone()
+    }
+
+    /// Refuses every grant from now on (the coordinator is shutting down). Held
+    /// leases are the shutdown's to end.
+    pub fn close(&self) {
+        self.state().closed = true;
     }
 }
 
@@ -328,5 +346,18 @@ mod tests {
         );
         t.clear_kill_switch();
         assert!(t.grant("a", &nodes(&["node-1"]), TTL, now).is_ok());
+    }
+
+    #[test]
+    fn a_closed_table_refuses_every_grant() {
+        let t = table(3, 3);
+        let now = Instant::now();
+        t.grant("a", &nodes(&["node-1"]), TTL, now).unwrap();
+        t.close();
+        assert_eq!(
+            t.grant("b", &nodes(&["node-2"]), TTL, now),
+            Err(Refusal::ShuttingDown)
+        );
+        assert!(!Refusal::ShuttingDown.is_busy());
     }
 }

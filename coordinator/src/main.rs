@@ -126,7 +126,13 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(server::serve(*args)))
+                .and_then(|rt| {
+                    let served = rt.block_on(server::serve(*args));
+                    // A probe or parse still on a blocking thread must not hold the
+                    // exit past the documented stop bound.
+                    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+                    served
+                })
         }
         Command::Certs {
             action:

@@ -538,10 +538,7 @@ async fn yes_no(plan: &Plan, which: &str) -> (bool, String, String) {
             }
         }
         Some(CheckSource::Url(u)) => {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .expect("client");
+            let client = crate::health::http_client(Duration::from_secs(3));
             match client.get(&u).send().await {
                 Ok(r) if r.status().is_success() => (true, format!("HTTP {}", r.status()), u),
                 Ok(r) => (false, format!("HTTP {}", r.status()), u),

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::{
     agents::Agents,
     api::{Chaos, Http, http_router},
-    auth::TokenFile,
+    auth::Tokens,
     config::Settings,
     control::{Config, Control},
     store::Store,
@@ -149,9 +149,23 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         None => crate::schedule::ScheduleFile::empty(),
     };
     let (gameday_limits, gameday_limits_source) = gameday_limits(args.gameday_limits.as_deref())?;
-    let tokens = Arc::new(TokenFile::load(&args.tokens)?);
+    let tokens = Arc::new(Tokens::load(&args.tokens)?);
+    // SIGHUP re-reads the tokens file at once (a change is also noticed by itself).
+    {
+        let tokens = tokens.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tokens.refresh(true);
+            }
+        });
+    }
     let store = Store::open(&args.store)?;
-    for (id, lease) in store.interrupt_unfinished()? {
+    for (id, lease) in store.interrupt_unfinished(
+        "the coordinator restarted while this experiment ran; its effects are removed by \
+         the agents and its lease is freed",
+    )? {
         warn!(experiment = %id, %lease, "interrupted by a coordinator restart; agents holding its effects are told to remove them");
     }
     let control = Control::new(
@@ -166,7 +180,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
         store,
     )?;
-    crate::api::spawn_clock(control.clone());
+    let clock = crate::api::spawn_clock(control.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChaosServiceServer<Chaos>>().await;
@@ -220,6 +234,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     info!(grpc = %grpc_addr, http = %http_addr, http_tls = args.http_tls, store = %args.store.display(),
           config = %control.config.settings.source, schedule = %control.scheduler.file.source,
           schedules = control.scheduler.file.entries.len(), "coordinator serving");
+    // The servers stop only when the shutdown below has ended every experiment and
+    // agent stream: until then `abort` and reads keep working, and a start is refused
+    // with the reason rather than a refused connection.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = |stop: &Arc<tokio::sync::Notify>| {
+        let stop = stop.clone();
+        async move { stop.notified().await }
+    };
     let grpc = Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(2)))
@@ -231,31 +253,59 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(chaos)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            shutdown(),
+            stopped(&stop),
         );
+    let http_stopped = stopped(&stop);
     let http = async move {
         match https {
-            Some(acceptor) => crate::api::https::serve(http, acceptor, router, shutdown()).await,
+            Some(acceptor) => crate::api::https::serve(http, acceptor, router, http_stopped).await,
             None => axum::serve(
                 http,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
             )
-            .with_graceful_shutdown(shutdown())
+            .with_graceful_shutdown(http_stopped)
             .await
             .map_err(anyhow::Error::from),
         }
     };
-    tokio::try_join!(async { grpc.await.context("gRPC server") }, async {
-        http.await.context("HTTP server")
-    })?;
-    // Agents' dead-man switches remove effects if we do not come back within the TTL;
-    // on a clean stop we remove them now.
-    let nodes = control.connected_nodes();
-    control.remove(&nodes, "", Duration::from_secs(5)).await;
+    let servers = tokio::spawn(async move {
+        tokio::try_join!(async { grpc.await.context("gRPC server") }, async {
+            http.await.context("HTTP server")
+        })
+        .map(|_| ())
+    });
+    tokio::pin!(servers);
+    let signal = tokio::select! {
+        name = shutdown_signal() => name,
+        r = &mut servers => return r.context("servers")?,
+    };
+    // The stop is bounded: SHUTDOWN_BUDGET for the effects' removal and the
+    // experiments' records, then a second for the servers to close.
+    let t0 = std::time::Instant::now();
+    info!(
+        signal,
+        "stopping: no new experiment starts; removing every effect"
+    );
+    clock.abort();
+    let report = control.shut_down(SHUTDOWN_BUDGET).await;
+    stop.notify_waiters();
+    if tokio::time::timeout(Duration::from_secs(1), &mut servers)
+        .await
+        .is_err()
+    {
+        warn!("the servers did not close within 1 s; exiting anyway");
+    }
+    info!(interrupted = ?report.interrupted, unconfirmed = ?report.unconfirmed,
+          sessions_ended = report.sessions, took_ms = t0.elapsed().as_millis() as u64,
+          "coordinator stopped");
     Ok(())
 }
 
-async fn shutdown() {
+/// How long a stop waits for agents to confirm that every effect is removed.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(3);
+
+/// The first SIGTERM or SIGINT, by name.
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -264,7 +314,7 @@ async fn shutdown() {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }

@@ -134,3 +134,23 @@ pub fn fault_summary(e: &Experiment) -> String {
         None => "-".into(),
     }
 }
+
+/// Text as a terminal or a log line may show it: control characters (an escape
+/// sequence in an abort reason, a carriage return) are written as escapes, not
+/// sent to the terminal.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
+}

@@ -13,14 +13,14 @@ use serde_json::json;
 use tonic::Status;
 
 use crate::{
-    auth::{Role, TokenFile},
+    auth::{Role, Tokens},
     control::Control,
 };
 
 #[derive(Clone)]
 pub struct Http {
     pub control: Arc<Control>,
-    pub tokens: Arc<TokenFile>,
+    pub tokens: Arc<Tokens>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -71,8 +71,7 @@ async fn http_abort(
     } else {
         q.experiment.as_str()
     };
-    super::audit(
-        &h.control,
+    h.control.audit(
         &caller,
         &peer.to_string(),
         "abort",

@@ -27,20 +27,31 @@ pub use http::{Http, http_router};
 pub use start::{close_due_gamedays, spawn_clock};
 
 use crate::{
-    auth::{Role, require},
+    auth::{Caller, Role, require},
     control::Control,
     leases::Refusal,
+    store::Audit,
 };
 
 pub struct Chaos(pub Arc<Control>);
 
-/// Appends to the audit log and to the log; a store failure is logged, not fatal
-/// (the action has happened).
-pub(crate) fn audit(c: &Control, who: &str, peer: &str, action: &str, target: &str, detail: &str) {
-    tracing::info!(who, peer, action, target, detail, "audit");
-    if let Err(e) = c.store.audit(who, peer, action, target, detail) {
-        tracing::error!("audit log: {e:#}");
+/// The audit record of a person's action.
+pub(crate) fn entry(caller: &Caller, action: &str, target: &str, detail: &str) -> Audit {
+    tracing::info!(who = %caller.name, peer = %caller.peer, action, target, detail, "audit");
+    Audit {
+        who: caller.name.clone(),
+        peer: caller.peer.clone(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail: detail.to_owned(),
     }
+}
+
+/// A person's action refused because its audit record could not be written.
+pub(crate) fn unrecorded(e: anyhow::Error) -> Status {
+    Status::failed_precondition(format!(
+        "not done: the action could not be recorded in the store's audit log ({e:#})"
+    ))
 }
 
 pub(crate) fn internal(e: anyhow::Error) -> Status {
@@ -51,6 +62,7 @@ pub(crate) fn refusal(r: Refusal) -> Status {
     let msg = r.to_string();
     match r {
         Refusal::KillSwitch(_) => Status::failed_precondition(msg),
+        Refusal::ShuttingDown => Status::unavailable(msg),
         Refusal::Concurrent { .. } | Refusal::NodeBusy { .. } => Status::resource_exhausted(msg),
         Refusal::NoNodes | Refusal::DuplicateNode(_) | Refusal::TooManyNodes { .. } => {
             Status::invalid_argument(msg)
@@ -76,20 +88,16 @@ impl ChaosService for Chaos {
         request: Request<StartRequest>,
     ) -> Result<Response<Self::StartStream>, Status> {
         let caller = require(&request, Role::Operator, "starting an experiment")?;
-        let (id, rx) = start::begin(&self.0, request.get_ref(), "")?;
         let detail = if request.get_ref().spec_yaml.is_empty() {
             "flags"
         } else {
             "spec"
         };
-        audit(
-            &self.0,
-            &caller.name,
-            &caller.peer,
-            "experiment.start",
-            &id,
-            detail,
-        );
+        let by = start::Origin {
+            audit: entry(&caller, "experiment.start", "", detail),
+            ..Default::default()
+        };
+        let (_, rx) = start::begin(&self.0, request.into_inner(), by).await?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -104,14 +112,10 @@ impl ChaosService for Chaos {
         } else {
             &req.experiment_id
         };
-        audit(
-            &self.0,
-            &caller.name,
-            &caller.peer,
-            "abort",
-            target,
-            &req.reason,
-        );
+        // An abort happens whatever the store does: its record is written now or as
+        // soon as the store can write.
+        self.0
+            .audit(&caller.name, &caller.peer, "abort", target, &req.reason);
         let out = self
             .0
             .abort(&req.experiment_id, &req.reason, &caller.name)
@@ -135,15 +139,9 @@ impl ChaosService for Chaos {
         request: Request<ClearKillSwitchRequest>,
     ) -> Result<Response<ClearKillSwitchResponse>, Status> {
         let caller = require(&request, Role::Admin, "clearing the kill switch")?;
-        audit(
-            &self.0,
-            &caller.name,
-            &caller.peer,
-            "kill_switch.clear",
-            "",
-            "",
-        );
-        self.0.leases.clear_kill_switch();
+        self.0
+            .clear_kill_switch(&entry(&caller, "kill_switch.clear", "", ""))
+            .map_err(unrecorded)?;
         Ok(Response::new(ClearKillSwitchResponse {}))
     }
 
@@ -275,15 +273,20 @@ impl ChaosService for Chaos {
         let caller = require(&request, Role::Operator, "pausing or resuming a schedule")?;
         let req = request.into_inner();
         let s = &self.0.scheduler;
+        let action = if req.paused {
+            "schedule.pause"
+        } else {
+            "schedule.resume"
+        };
         if !s
             .set_paused(
                 &self.0.store,
                 &req.name,
                 req.paused,
-                &caller.name,
+                &entry(&caller, action, &req.name, ""),
                 chrono::Utc::now(),
             )
-            .map_err(internal)?
+            .map_err(unrecorded)?
         {
             let names: Vec<&str> = s.file.entries.iter().map(|e| e.name.as_str()).collect();
             return Err(Status::not_found(format!(
@@ -296,12 +299,6 @@ impl ChaosService for Chaos {
                 }
             )));
         }
-        let action = if req.paused {
-            "schedule.pause"
-        } else {
-            "schedule.resume"
-        };
-        audit(&self.0, &caller.name, &caller.peer, action, &req.name, "");
         s.list(&self.0.store)
             .map_err(internal)?
             .into_iter()
@@ -379,24 +376,23 @@ impl ChaosService for Chaos {
         let id = self
             .0
             .store
-            .create_gameday(&crate::store::NewGameDay {
-                title: &req.title,
-                announcement: &req.announcement,
-                start,
-                end,
-                max_concurrent,
-                max_nodes,
-                opened_by: &caller.name,
+            .write(|w| {
+                let id = w.create_gameday(&crate::store::NewGameDay {
+                    title: &req.title,
+                    announcement: &req.announcement,
+                    start,
+                    end,
+                    max_concurrent,
+                    max_nodes,
+                    opened_by: &caller.name,
+                })?;
+                w.audit(
+                    &entry(&caller, "gameday.open", &id, &req.title),
+                    crate::store::ms(now),
+                )?;
+                Ok(id)
             })
-            .map_err(internal)?;
-        audit(
-            &self.0,
-            &caller.name,
-            &caller.peer,
-            "gameday.open",
-            &id,
-            &req.title,
-        );
+            .map_err(unrecorded)?;
         self.gameday(&id)
     }
 
@@ -407,26 +403,31 @@ impl ChaosService for Chaos {
         let caller = require(&request, Role::Admin, "closing a game day")?;
         let req = request.into_inner();
         let id = self.pick_gameday(&req.id, true)?;
-        let ended = self
-            .0
-            .end_gameday_experiments(&id, &format!("game day {id} closed by {}", caller.name));
         let reason = if req.reason.is_empty() {
             format!("closed by {}", caller.name)
         } else {
             format!("closed by {}: {}", caller.name, req.reason)
         };
+        let running = self
+            .0
+            .running()
+            .values()
+            .filter(|r| r.gameday == id)
+            .count();
         self.0
             .store
-            .close_gameday(&id, &reason, SystemTime::now())
-            .map_err(internal)?;
-        audit(
-            &self.0,
-            &caller.name,
-            &caller.peer,
-            "gameday.close",
-            &id,
-            &format!("{reason}; ended {ended}"),
-        );
+            .audited(
+                &entry(
+                    &caller,
+                    "gameday.close",
+                    &id,
+                    &format!("{reason}; ended {running}"),
+                ),
+                |w| w.close_gameday(&id, &reason, SystemTime::now()),
+            )
+            .map_err(unrecorded)?;
+        self.0
+            .end_gameday_experiments(&id, &format!("game day {id} closed by {}", caller.name));
         self.gameday(&id)
     }
 
@@ -446,26 +447,20 @@ impl ChaosService for Chaos {
             ));
         }
         let id = self.pick_gameday(&req.id, false)?;
-        audit(
-            &self.0,
-            &caller.name,
-            &caller.peer,
-            "gameday.note",
-            &id,
-            &req.text,
-        );
         self.0
             .store
-            .add_gameday_note(
-                &id,
-                &GameDayNote {
-                    kind: kind as i32,
-                    text: req.text,
-                    by: caller.name,
-                    at: None,
-                },
-            )
-            .map_err(internal)?;
+            .audited(&entry(&caller, "gameday.note", &id, &req.text), |w| {
+                w.add_gameday_note(
+                    &id,
+                    &GameDayNote {
+                        kind: kind as i32,
+                        text: req.text.clone(),
+                        by: caller.name.clone(),
+                        at: None,
+                    },
+                )
+            })
+            .map_err(unrecorded)?;
         self.gameday(&id)
     }
 
@@ -484,7 +479,6 @@ impl ChaosService for Chaos {
         request: Request<AddFindingRequest>,
     ) -> Result<Response<Finding>, Status> {
         let caller = require(&request, Role::Operator, "recording a finding")?;
-        let caller_peer = caller.peer.clone();
         let req = request.into_inner();
         if req.title.trim().is_empty() {
             return Err(Status::invalid_argument("a finding needs a title"));
@@ -503,17 +497,23 @@ impl ChaosService for Chaos {
         let f = self
             .0
             .store
-            .add_finding(&Finding {
-                experiment_id: exp.id,
-                scenario: exp.scenario,
-                title: req.title,
-                status: status as i32,
-                detail: req.detail,
-                by: caller.name,
-                ..Default::default()
+            .write(|w| {
+                let f = w.add_finding(&Finding {
+                    experiment_id: exp.id.clone(),
+                    scenario: exp.scenario.clone(),
+                    title: req.title.clone(),
+                    status: status as i32,
+                    detail: req.detail.clone(),
+                    by: caller.name.clone(),
+                    ..Default::default()
+                })?;
+                w.audit(
+                    &entry(&caller, "finding.add", &f.id, &f.title),
+                    crate::store::ms(SystemTime::now()),
+                )?;
+                Ok(f)
             })
-            .map_err(internal)?;
-        audit(&self.0, &f.by, &caller_peer, "finding.add", &f.id, &f.title);
+            .map_err(unrecorded)?;
         Ok(Response::new(f))
     }
 
@@ -532,18 +532,22 @@ impl ChaosService for Chaos {
         let updated = self
             .0
             .store
-            .update_finding(&req.id, status)
-            .map_err(internal)?;
-        if updated.is_some() {
-            audit(
-                &self.0,
-                &caller.name,
-                &caller.peer,
-                "finding.update",
-                &req.id,
-                &format!("{status:?}").to_lowercase(),
-            );
-        }
+            .write(|w| {
+                let updated = w.update_finding(&req.id, status)?;
+                if updated.is_some() {
+                    w.audit(
+                        &entry(
+                            &caller,
+                            "finding.update",
+                            &req.id,
+                            &format!("{status:?}").to_lowercase(),
+                        ),
+                        crate::store::ms(SystemTime::now()),
+                    )?;
+                }
+                Ok(updated)
+            })
+            .map_err(unrecorded)?;
         updated
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("no finding {:?}", req.id)))

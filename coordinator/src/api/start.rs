@@ -10,22 +10,73 @@ use faultline_proto::v1::{CheckStatus, ExperimentEvent, Phase, RunStatus, StartR
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use super::{internal, refusal};
+use super::refusal;
 use crate::{
     control::{Control, Running},
     experiment, plan,
     schedule::{Entry, Launcher},
+    store::Audit,
 };
 
 pub type EventRx = mpsc::Receiver<Result<ExperimentEvent, Status>>;
 
-/// Resolves, leases and launches an experiment. `schedule` names the entry that
-/// asked ("" for a person). Returns the experiment id and its event stream.
-pub fn begin(
+/// Who asked for an experiment, and where it runs.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// The schedule entry that asked ("" for a person or CI).
+    pub schedule: String,
+    /// The game day it runs in (set when the start is judged).
+    pub gameday: String,
+    /// The start's audit record; its target becomes the experiment's id. The record
+    /// and the experiment land in one transaction, or the start is refused.
+    pub audit: Audit,
+}
+
+/// Resolves, leases and launches an experiment for a person or CI: the spec is
+/// parsed on a blocking thread (a hostile spec must not stall the runtime that
+/// serves aborts and agent streams). Returns the experiment id and its event stream.
+pub async fn begin(
+    c: &Arc<Control>,
+    req: StartRequest,
+    origin: Origin,
+) -> Result<(String, EventRx), Status> {
+    let judged = judge(c)?;
+    let c2 = c.clone();
+    let wait = req.wait_for_lease;
+    let (plan, judged) =
+        tokio::task::spawn_blocking(move || plan_of(&c2, &req, &judged).map(|p| (p, judged)))
+            .await
+            .map_err(|e| Status::internal(format!("planning: {e}")))??;
+    lease_and_launch(c, plan, judged, origin, wait)
+}
+
+/// The scheduler's start: its specs were checked when the schedule file was loaded,
+/// so they are parsed where the clock runs.
+pub fn begin_scheduled(
     c: &Arc<Control>,
     req: &StartRequest,
-    schedule: &str,
+    origin: Origin,
 ) -> Result<(String, EventRx), Status> {
+    let judged = judge(c)?;
+    let plan = plan_of(c, req, &judged)?;
+    lease_and_launch(c, plan, judged, origin, false)
+}
+
+/// What a start is judged by at this moment.
+struct Judged {
+    /// The limits in force (a game day's while one is open) and their source.
+    limits: faultline_proto::limits::ChaosLimits,
+    limits_source: String,
+    gameday: Option<faultline_proto::v1::GameDay>,
+    views: Vec<plan::NodeView>,
+}
+
+/// Refuses a start when none may begin now — the store cannot record it, a blackout
+/// window is open — else what it is judged by.
+fn judge(c: &Control) -> Result<Judged, Status> {
+    c.store
+        .writable()
+        .map_err(|why| Status::failed_precondition(format!("no experiment starts: {why}")))?;
     let now = chrono::Utc::now();
     if let Some((b, until)) = c.scheduler.blackout(now) {
         return Err(Status::failed_precondition(format!(
@@ -35,33 +86,50 @@ pub fn begin(
         )));
     }
     let (limits, limits_source, gameday) = c.limits_in_force(SystemTime::now());
-    let views = c.node_views();
+    Ok(Judged {
+        limits,
+        limits_source,
+        gameday,
+        views: c.node_views(),
+    })
+}
+
+fn plan_of(c: &Control, req: &StartRequest, j: &Judged) -> Result<plan::Plan, Status> {
     let ctx = plan::Context {
         settings: &c.config.settings,
-        limits: &limits,
-        limits_source: &limits_source,
-        nodes: &views,
+        limits: &j.limits,
+        limits_source: &j.limits_source,
+        nodes: &j.views,
     };
-    let plan = if req.spec_yaml.is_empty() && req.overrides_yaml.is_empty() {
-        plan::from_request(req, &ctx)?
+    if req.spec_yaml.is_empty() && req.overrides_yaml.is_empty() {
+        plan::from_request(req, &ctx)
     } else {
         plan::resolve(&req.spec_yaml, &req.overrides_yaml, &ctx)
-            .map_err(|e| Status::invalid_argument(format!("spec: {e}")))?
-    };
+            .map_err(|e| Status::invalid_argument(format!("spec: {e}")))
+    }
+}
+
+/// Leases the plan's nodes (or queues for them when `wait` and they are busy) and
+/// launches the experiment.
+fn lease_and_launch(
+    c: &Arc<Control>,
+    plan: plan::Plan,
+    j: Judged,
+    mut origin: Origin,
+    wait: bool,
+) -> Result<(String, EventRx), Status> {
     for n in &plan.nodes {
         c.session(n)?;
     }
     let seq = c.next_experiment_seq();
     let id = crate::store::Store::experiment_id(seq);
     let (tx, rx) = mpsc::channel(1024);
-    let origin = Origin {
-        schedule: schedule.to_owned(),
-        gameday: gameday.as_ref().map(|g| g.id.clone()).unwrap_or_default(),
-    };
-    let within = gameday.as_ref().map(|_| limits.blast_radius.clone());
+    origin.gameday = j.gameday.as_ref().map(|g| g.id.clone()).unwrap_or_default();
+    origin.audit.target = id.clone();
+    let within = j.gameday.as_ref().map(|_| j.limits.blast_radius.clone());
     let lease = match c.grant(&id, &plan.nodes, within.as_ref()) {
         Ok(l) => l,
-        Err(r) if r.is_busy() && req.wait_for_lease => {
+        Err(r) if r.is_busy() && wait => {
             let _ = tx.try_send(Ok(ExperimentEvent {
                 experiment_id: id.clone(),
                 at: Some(SystemTime::now().into()),
@@ -76,7 +144,9 @@ pub fn begin(
                     let freed = c2.lease_freed.notified();
                     match c2.grant(&id2, &plan.nodes, within.as_ref()) {
                         Ok(lease) => {
-                            launch(&c2, seq, lease, plan, tx, origin);
+                            if let Err(e) = launch(&c2, seq, lease, plan, tx.clone(), origin) {
+                                let _ = tx.send(Err(e)).await;
+                            }
                             return;
                         }
                         Err(r) if r.is_busy() => {}
@@ -96,16 +166,13 @@ pub fn begin(
         }
         Err(r) => return Err(refusal(r)),
     };
-    launch(c, seq, lease, plan, tx, origin);
+    launch(c, seq, lease, plan, tx, origin)?;
     Ok((id, rx))
 }
 
-struct Origin {
-    schedule: String,
-    gameday: String,
-}
-
-/// Records the experiment and starts its task.
+/// Records the experiment, its lease and the start's audit record in one
+/// transaction, and starts its task. Nothing starts (the lease is released) when
+/// the record cannot be written.
 fn launch(
     c: &Arc<Control>,
     seq: u64,
@@ -113,7 +180,7 @@ fn launch(
     plan: plan::Plan,
     events: experiment::Events,
     origin: Origin,
-) {
+) -> Result<(), Status> {
     let probes: Vec<String> = plan.health.probes.iter().map(|p| p.name.clone()).collect();
     let new = crate::store::NewExperiment {
         name: &plan.name,
@@ -125,17 +192,21 @@ fn launch(
         schedule: &origin.schedule,
         gameday: &origin.gameday,
     };
-    let id = match c.store.create_experiment(seq, &new) {
+    let recorded = c.store.audited(&origin.audit, |w| {
+        let id = w.create_experiment(seq, &new)?;
+        w.set_lease(&id, &lease.id, &lease.nodes)?;
+        Ok(id)
+    });
+    let id = match recorded {
         Ok(id) => id,
         Err(e) => {
             c.leases.release(&lease.id);
-            let _ = events.try_send(Err(internal(e)));
-            return;
+            c.lease_freed.notify_waiters();
+            return Err(Status::failed_precondition(format!(
+                "not started: the experiment could not be recorded ({e:#})"
+            )));
         }
     };
-    if let Err(e) = c.store.set_lease(&id, &lease.id, &lease.nodes) {
-        tracing::error!("store: {e:#}");
-    }
     let (abort_tx, abort_rx) = watch::channel(None);
     let (done_tx, done_rx) = watch::channel(false);
     c.running().insert(
@@ -155,6 +226,7 @@ fn launch(
         plan,
     };
     tokio::spawn(experiment::run(c.clone(), exp, events, abort_rx, done_tx));
+    Ok(())
 }
 
 /// The scheduler's view of the live coordinator.
@@ -174,16 +246,18 @@ impl Launcher for Live {
             spec_yaml: entry.spec_yaml.clone(),
             ..Default::default()
         };
+        let origin = Origin {
+            schedule: entry.name.clone(),
+            audit: Audit {
+                who: "scheduler".into(),
+                action: "experiment.start".into(),
+                detail: format!("schedule {}", entry.name),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let (id, mut rx) =
-            begin(&self.0, &req, &entry.name).map_err(|s| vec![s.message().to_owned()])?;
-        super::audit(
-            &self.0,
-            "scheduler",
-            "",
-            "experiment.start",
-            &id,
-            &format!("schedule {}", entry.name),
-        );
+            begin_scheduled(&self.0, &req, origin).map_err(|s| vec![s.message().to_owned()])?;
         // Nobody watches a scheduled run's stream; this task does, so a refusal in
         // preflight turns the slot into a skip with the failing checks as reasons.
         let (c, name) = (self.0.clone(), entry.name.clone());
@@ -220,7 +294,7 @@ impl Launcher for Live {
 
     fn end(&self, ids: &[String], reason: &str) {
         for id in ids {
-            super::audit(&self.0, "scheduler", "", "experiment.end", id, reason);
+            self.0.audit("scheduler", "", "experiment.end", id, reason);
         }
         self.0.end_experiments(ids, reason);
     }
@@ -228,18 +302,37 @@ impl Launcher for Live {
     fn kill_switch(&self) -> Option<String> {
         self.0.leases.kill_switch()
     }
+
+    fn targets_ready(&self, entry: &Entry) -> Result<(), String> {
+        let req = StartRequest {
+            spec_yaml: entry.spec_yaml.clone(),
+            ..Default::default()
+        };
+        let judged = judge(&self.0).map_err(|s| s.message().to_owned())?;
+        let plan = plan_of(&self.0, &req, &judged).map_err(|s| s.message().to_owned())?;
+        for n in &plan.nodes {
+            self.0.session(n).map_err(|s| s.message().to_owned())?;
+        }
+        Ok(())
+    }
 }
 
 /// The scheduler's clock: decides due slots, ends what a blackout forbids, and
-/// closes game days at their end, four times a second.
-pub fn spawn_clock(c: Arc<Control>) {
+/// closes game days at their end, four times a second. Aborting the handle stops it.
+pub fn spawn_clock(c: Arc<Control>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // A tick that fails the same way four times a second is logged once.
+        let mut failing = String::new();
         loop {
             tick.tick().await;
             let live = Live(c.clone());
             match c.scheduler.tick(&c.store, &live, chrono::Utc::now()) {
                 Ok(runs) => {
+                    if !failing.is_empty() {
+                        tracing::info!("scheduler: deciding slots again");
+                        failing.clear();
+                    }
                     for r in runs {
                         c.metrics.schedule_run(
                             &r.schedule,
@@ -249,11 +342,19 @@ pub fn spawn_clock(c: Arc<Control>) {
                             reasons = %r.reasons.join("; "), "schedule slot");
                     }
                 }
-                Err(e) => tracing::error!("scheduler: {e:#}"),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    if why != failing {
+                        tracing::error!("scheduler: {why} (tried again four times a second; logged once)");
+                        failing = why;
+                    }
+                }
             }
             close_due_gamedays(&c, SystemTime::now());
+            // Records a failed write kept, and whether writes land again.
+            c.store.flush();
         }
-    });
+    })
 }
 
 /// Closes the game days whose end has passed and ends what they still run.
@@ -262,19 +363,22 @@ pub fn close_due_gamedays(c: &Arc<Control>, now: SystemTime) {
         return;
     };
     for (id, end) in due {
+        // Ending is idempotent, and happens whatever the store does; the close and its
+        // audit record land together, or are tried again at the next tick.
         let ended = c.end_gameday_experiments(&id, &format!("game day {id} closed at its end"));
-        super::audit(
-            c,
-            "coordinator",
-            "",
-            "gameday.close",
-            &id,
-            &format!("closed on time; ended {ended}"),
-        );
-        if let Err(e) = c.store.close_gameday(&id, "closed on time", end) {
-            tracing::error!("store: {e:#}");
+        let audit = Audit {
+            who: "coordinator".into(),
+            action: "gameday.close".into(),
+            target: id.clone(),
+            detail: format!("closed on time; ended {ended}"),
+            ..Default::default()
+        };
+        if c.store
+            .audited(&audit, |w| w.close_gameday(&id, "closed on time", end))
+            .is_ok()
+        {
+            tracing::info!(gameday = %id, ended, "game day closed");
         }
-        tracing::info!(gameday = %id, ended, "game day closed");
     }
 }
 

@@ -44,7 +44,7 @@ use self::{
     window::{Signals, Values, Window},
 };
 use crate::{
-    control::{AckWaiter, Control},
+    control::{AckWaiter, Control, Halt},
     faults,
     guards::{Breach, Guards},
     health::{Monitor, lock},
@@ -72,7 +72,7 @@ struct Run {
     c: Arc<Control>,
     exp: Experiment,
     events: Events,
-    abort: watch::Receiver<Option<String>>,
+    abort: watch::Receiver<Option<Halt>>,
     samples: broadcast::Receiver<(String, MetricSample)>,
     phase: Phase,
     monitor: Option<Monitor>,
@@ -86,7 +86,7 @@ struct Run {
 
 /// Why observing stopped early.
 enum Stop {
-    Aborted(String),
+    Halted(Halt),
     LeaseLapsed,
     Breach(Breach),
     Ack(Ack),
@@ -120,8 +120,8 @@ impl Run {
         ev.experiment_id = self.exp.id.clone();
         ev.at = Some(SystemTime::now().into());
         ev.phase = self.phase as i32;
-        if !live && let Err(e) = self.c.store.record_event(&ev) {
-            tracing::error!("store: {e:#}");
+        if !live {
+            self.c.store.record_event(&ev);
         }
         // A caller that went away does not stop the experiment.
         let _ = self.events.try_send(Ok(ev));
@@ -132,8 +132,14 @@ impl Run {
         self.emit(message);
     }
 
-    fn aborted(&self) -> Option<String> {
+    fn aborted(&self) -> Option<Halt> {
         self.abort.borrow().clone()
+    }
+
+    /// Ends the experiment as a halt asks: `aborted` or `interrupted`, with the
+    /// halt's reason after `context`.
+    fn halted(&mut self, halt: &Halt, context: &str) -> Outcome {
+        self.finish(halt.verdict(), format!("{context}{}", halt.reason()))
     }
 
     fn breach_check(&mut self) -> Option<Breach> {
@@ -161,7 +167,7 @@ impl Run {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return None,
                 _ = self.abort.changed() => {
-                    if let Some(why) = self.aborted() { return Some(Stop::Aborted(why)); }
+                    if let Some(why) = self.aborted() { return Some(Stop::Halted(why)); }
                 }
                 a = async {
                     match acks.as_mut() {
@@ -209,9 +215,9 @@ impl Run {
                         }
                         let cpu = into.node.cpu.last().copied();
                         let mem = into.node.memory.last().copied();
-                        if let Err(e) = self.c.store.record_reading(&self.exp.id, self.phase, &r, cpu, mem) {
-                            tracing::error!("store: {e:#}");
-                        }
+                        // A reading that cannot be stored is lost; the store logs a
+                        // failing disk once, not once a second.
+                        let _ = self.c.store.record_reading(&self.exp.id, self.phase, &r, cpu, mem);
                         self.send(ExperimentEvent { reading: Some(r.to_proto()), ..Default::default() });
                     }
                 }
@@ -298,7 +304,7 @@ pub async fn run(
     c: Arc<Control>,
     exp: Experiment,
     events: Events,
-    abort: watch::Receiver<Option<String>>,
+    abort: watch::Receiver<Option<Halt>>,
     done: watch::Sender<bool>,
 ) {
     let samples = c.samples.subscribe();
@@ -334,10 +340,8 @@ pub async fn run(
     let phase = outcome::phase(verdict);
     c.set_sample_rate(&run.exp.plan.nodes, 1.0);
     c.leases.release(&run.exp.lease_id);
-    let _ = c.store.release_lease(&run.exp.lease_id, &outcome.message);
-    if let Err(e) = c.store.finish(&run.exp.id, phase, &outcome) {
-        tracing::error!("store: {e:#}");
-    }
+    c.store.release_lease(&run.exp.lease_id, &outcome.message);
+    c.store.finish(&run.exp.id, phase, &outcome);
     c.metrics
         .experiment_ended(run.exp.plan.scenario.as_str(), &outcome);
     run.phase = phase;
@@ -433,9 +437,7 @@ async fn steps(r: &mut Run) -> Outcome {
     let baseline_from = std::time::Instant::now();
     let until = Instant::now() + r.exp.plan.baseline;
     match r.observe(until, &mut baseline, true, true, None).await {
-        Some(Stop::Aborted(why)) => {
-            return r.finish(Verdict::Aborted, format!("before the fault: {why}"));
-        }
+        Some(Stop::Halted(why)) => return r.halted(&why, "before the fault: "),
         Some(Stop::Breach(b)) => return r.abort_on(b, Phase::Baseline).await,
         Some(Stop::LeaseLapsed | Stop::Ack(_)) | None => {}
     }
@@ -466,7 +468,7 @@ async fn steps(r: &mut Run) -> Outcome {
     let order_id = format!("{}-fault", r.exp.id);
     let mut acks = r.c.expect(&order_id);
     if let Some(why) = r.aborted() {
-        return r.finish(Verdict::Aborted, format!("before the fault: {why}"));
+        return r.halted(&why, "before the fault: ");
     }
     for node in &nodes {
         let apply = Body::Apply(ApplyFault {
@@ -482,23 +484,45 @@ async fn steps(r: &mut Run) -> Outcome {
         info!(experiment = %r.exp.id, lease = %r.exp.lease_id, %node, order = %order_id,
               fault = r.exp.plan.fault.fault.as_ref().map_or("", |f| f.kind()), "fault ordered");
     }
-    // Until the agent holds the effect, the coordinator keeps the lease alive.
+    // Until the agent holds the effect, the coordinator keeps the lease alive. An
+    // agent whose session ends meanwhile will never acknowledge this order (a new
+    // session of it knows nothing of it): that ends the wait at once.
+    let sessions: Vec<Option<u64>> = nodes.iter().map(|n| r.c.session_id(n)).collect();
+    let ack_deadline = Instant::now() + ACK_TIMEOUT;
+    let mut session_check = tokio::time::interval(Duration::from_millis(100));
     let applied = loop {
         r.c.leases.renew(&r.exp.lease_id, std::time::Instant::now());
         tokio::select! {
-            a = tokio::time::timeout(ACK_TIMEOUT, acks.rx.recv()) => match a {
+            a = tokio::time::timeout_at(ack_deadline, acks.rx.recv()) => match a {
                 Ok(Some(a)) => break a,
                 _ => {
                     r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(5)).await;
                     return r.finish(Verdict::Failed, format!("no acknowledgement within {ACK_TIMEOUT:?}"));
                 }
             },
+            _ = session_check.tick() => {
+                let gone = nodes
+                    .iter()
+                    .zip(&sessions)
+                    .find(|(n, id)| r.c.session_id(n) != **id)
+                    .map(|(n, _)| n.clone());
+                if let Some(node) = gone {
+                    r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(1)).await;
+                    return r.finish(
+                        Verdict::Failed,
+                        format!(
+                            "the agent on {node} disconnected before acknowledging the order \
+                             (its dead-man switch and the in-kernel deadline end anything it applied)"
+                        ),
+                    );
+                }
+            }
             _ = r.abort.changed() => {
                 if let Some(why) = r.aborted() {
                     // The abort's own removal may have reached the agent before this
                     // order did: remove again, after it, before reporting the end.
                     r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(5)).await;
-                    return r.finish(Verdict::Aborted, why);
+                    return r.halted(&why, "");
                 }
             }
         }
@@ -556,14 +580,16 @@ async fn steps(r: &mut Run) -> Outcome {
         s => s,
     };
     match stop {
-        Some(Stop::Aborted(why)) => {
-            // A person's abort has removed the effects already; a blackout window or a
-            // game day's close only asked this experiment to end. Removing again is
-            // idempotent, and the end is reported only once the agent confirmed it.
+        Some(Stop::Halted(why)) => {
+            // A person's abort has removed the effects already; a blackout window, a
+            // game day's close or a shutdown only asked this experiment to end.
+            // Removing again is idempotent, and the end is reported only once the
+            // agent confirmed it.
             r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(5))
                 .await;
             r.outcome.fault_removed_at = ts(SystemTime::now());
-            return r.finish(Verdict::Aborted, format!("{why}; every effect removed"));
+            let removed = format!("{}; every effect removed", why.reason());
+            return r.finish(why.verdict(), removed);
         }
         Some(Stop::Breach(b)) => return r.abort_on(b, Phase::Fault).await,
         Some(Stop::LeaseLapsed) => return r.finish(Verdict::Failed, lapsed(r)),
@@ -628,8 +654,8 @@ async fn steps(r: &mut Run) -> Outcome {
             break;
         }
         let slice = (now + Duration::from_millis(250)).min(deadline);
-        if let Some(Stop::Aborted(why)) = r.observe(slice, &mut after, true, false, None).await {
-            return r.finish(Verdict::Aborted, format!("during recovery: {why}"));
+        if let Some(Stop::Halted(why)) = r.observe(slice, &mut after, true, false, None).await {
+            return r.halted(&why, "during recovery: ");
         }
         if let (Some(t), Some(m)) = (r.tracker.as_mut(), r.monitor.as_ref()) {
             t.step(m, std::time::Instant::now());

@@ -93,9 +93,8 @@ pub fn message(o: &Outcome) -> String {
             Some(b) => format!("aborted: {}", b.describe()),
             None => format!("aborted: {}", o.message),
         },
-        Verdict::Failed | Verdict::Interrupted | Verdict::Unspecified => {
-            format!("failed: {}", o.message)
-        }
+        Verdict::Interrupted => format!("interrupted: {}", o.message),
+        Verdict::Failed | Verdict::Unspecified => format!("failed: {}", o.message),
     };
     let mut parts = vec![head];
     if matches!(verdict, Verdict::Passed | Verdict::NotRecovered) && !o.message.is_empty() {

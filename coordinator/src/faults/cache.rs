@@ -10,7 +10,7 @@ use faultline_proto::{
     v1::{CacheFault, Capabilities},
 };
 
-use super::{BuildCtx, Refused, check_hooks};
+use super::{BuildCtx, Refused, check_cgroup, check_hooks};
 use crate::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<CacheFault, SpecError> {
@@ -54,6 +54,7 @@ pub fn check(
             format!("cache.paths: '{p}' is not an absolute path"),
         ));
     }
+    check_cgroup(&c.target_cgroup)?;
     check_hooks(&c.hooks, endpoints)?;
     caps.check_memory_duration(duration, source)
         .map_err(|e| Refused::limit("duration", e))

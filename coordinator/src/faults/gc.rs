@@ -10,7 +10,7 @@ use faultline_proto::{
     v1::GcFault,
 };
 
-use super::{BuildCtx, Refused, check_hooks};
+use super::{BuildCtx, Refused, check_cgroup, check_hooks};
 use crate::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<GcFault, SpecError> {
@@ -49,6 +49,7 @@ pub fn check(
             "gc.target_cgroup is required: the workload cgroup to squeeze",
         ));
     }
+    check_cgroup(&g.target_cgroup)?;
     if g.to_percent != 0.0 && !GcFault::TO_PERCENT.contains(&g.to_percent) {
         return Err(Refused::new(
             "to_percent",

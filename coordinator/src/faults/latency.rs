@@ -8,7 +8,7 @@ use faultline_proto::{
     v1::{Direction, JitterDistribution, LatencyFault},
 };
 
-use super::{BuildCtx, Refused, percent};
+use super::{BuildCtx, Refused, check_filter, loss_percent};
 
 fn dur(d: Duration) -> Option<prost_types::Duration> {
     d.try_into().ok()
@@ -69,9 +69,13 @@ pub fn check(
     };
     caps.check_latency(jitter::worst_case(delay, jitter, shape), duration, source)
         .map_err(|e| Refused::limit("latency", e))?;
-    if l.loss_percent > 0.0 {
-        caps.check_loss(percent(l.loss_percent, "packet_loss")?, duration, source)
-            .map_err(|e| Refused::limit("packet_loss", e))?;
+    if l.loss_percent != 0.0 {
+        caps.check_loss(
+            loss_percent(l.loss_percent, "packet_loss")?,
+            duration,
+            source,
+        )
+        .map_err(|e| Refused::limit("packet_loss", e))?;
     }
-    Ok(())
+    check_filter(l.filter.as_ref())
 }

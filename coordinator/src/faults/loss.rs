@@ -7,7 +7,7 @@ use faultline_proto::{
     v1::{Direction, LossFault},
 };
 
-use super::{BuildCtx, Refused, percent};
+use super::{BuildCtx, Refused, check_filter, loss_percent};
 use crate::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<LossFault, SpecError> {
@@ -30,7 +30,8 @@ pub fn check(
     caps: &ChaosLimits,
     source: &str,
 ) -> Result<(), Refused> {
-    let p = percent(l.percent, "packet_loss")?;
+    let p = loss_percent(l.percent, "packet_loss")?;
+    check_filter(l.filter.as_ref())?;
     caps.check_loss(p, duration, source)
         .map_err(|e| Refused::limit("packet_loss", e))
 }

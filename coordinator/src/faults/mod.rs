@@ -245,6 +245,32 @@ fn percent(value: f64, field: &'static str) -> Result<Percent, Refused> {
     Percent::new(value).map_err(|e| Refused::new(field, format!("{field}: {e}")))
 }
 
+/// A loss probability from a request: a percentage the data path can carry.
+fn loss_percent(value: f64, field: &'static str) -> Result<Percent, Refused> {
+    let p = percent(value, field)?;
+    faultline_proto::filter::check_loss_resolution(p)
+        .map_err(|e| Refused::new(field, format!("{field}: {e}")))?;
+    Ok(p)
+}
+
+/// A traffic filter by the rules the agent parses it with.
+fn check_filter(f: Option<&TrafficFilter>) -> Result<(), Refused> {
+    if let Some(f) = f {
+        f.parse()
+            .map_err(|e| Refused::new(e.field, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A target cgroup by the rule the agent checks it with (empty: none given).
+fn check_cgroup(path: &str) -> Result<(), Refused> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    faultline_proto::filter::check_cgroup_path(path)
+        .map_err(|e| Refused::new("target_cgroup", format!("target_cgroup: {e}")))
+}
+
 /// A hook is a named http:// endpoint the coordinator's policy allows.
 fn check_hooks(hooks: &[Hook], endpoints: &EndpointPolicy) -> Result<(), Refused> {
     for h in hooks {

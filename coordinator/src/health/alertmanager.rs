@@ -75,10 +75,7 @@ impl Severities {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("a plain HTTP client builds")
+    super::http_client(Duration::from_secs(2))
 }
 
 fn base(url: &str) -> &str {

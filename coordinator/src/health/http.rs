@@ -131,17 +131,7 @@ pub async fn run(
     index: usize,
     changed: watch::Sender<u64>,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            super::lock(&logs).probes[index].last_error = Some(format!("client: {e}"));
-            return;
-        }
-    };
+    let client = super::http_client(timeout);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

@@ -27,6 +27,19 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// An error and its sources, `a: b: c` (reqwest hides the useful part in them).
+/// The coordinator's one HTTP client shape (probes, Prometheus, Alertmanager,
+/// readiness URLs): a request goes where its URL says and nowhere else. A redirect
+/// is an answer, never followed: following it would let an endpoint send the
+/// coordinator to an address nobody configured.
+pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
 pub fn causes(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut next = e.source();

@@ -49,10 +49,7 @@ impl State {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("a plain HTTP client builds")
+    super::http_client(Duration::from_secs(2))
 }
 
 /// One instant query's single value.

@@ -9,6 +9,9 @@
 //! - a slot found due late (the coordinator was down) runs once if it is still
 //!   within `starting_deadline`, else it is recorded `missed`; of several due slots
 //!   only the latest can run;
+//! - while the coordinator is younger than `starting_deadline` (its agents are
+//!   reconnecting), a due slot whose targets are not connected yet is left undecided
+//!   until they are, or until its deadline is nearly spent;
 //! - next run times live in the store, so a restart neither loses nor doubles a slot;
 //! - a blackout window that opens while experiments run ends them.
 pub mod file;
@@ -33,7 +36,13 @@ pub trait Launcher {
     /// Ends running experiments early (their effects removed), with the reason.
     fn end(&self, ids: &[String], reason: &str);
     fn kill_switch(&self) -> Option<String>;
+    /// Ok when `entry`'s targets resolve to connected agents; else why not.
+    fn targets_ready(&self, entry: &Entry) -> Result<(), String>;
 }
+
+/// How much of a slot's starting deadline waiting for agents may use: the last
+/// second is for deciding it.
+const DECIDE_MARGIN: Duration = Duration::from_secs(1);
 
 pub fn utc(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
@@ -45,6 +54,10 @@ fn stamp(t: DateTime<Utc>) -> prost_types::Timestamp {
 
 pub struct Scheduler {
     pub file: ScheduleFile,
+    /// When this coordinator loaded the schedule (started).
+    started: DateTime<Utc>,
+    /// The slot each entry waits with for its agents, logged once.
+    waiting: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl Scheduler {
@@ -58,14 +71,21 @@ impl Scheduler {
                 Some(s) if s.timing == e.when.text() => {}
                 _ => {
                     let next = e.when.next_after(now).map(|t| t.timestamp_millis());
-                    store.set_schedule_next(&e.name, e.when.text(), next)?;
-                    if e.paused {
-                        store.set_schedule_paused(&e.name, true, "schedule file")?;
-                    }
+                    store.write(|w| {
+                        w.set_schedule_next(&e.name, e.when.text(), next)?;
+                        if e.paused {
+                            w.set_schedule_paused(&e.name, true, "schedule file")?;
+                        }
+                        Ok(())
+                    })?;
                 }
             }
         }
-        Ok(Self { file })
+        Ok(Self {
+            file,
+            started: now,
+            waiting: Default::default(),
+        })
     }
 
     pub fn entry(&self, name: &str) -> Option<&Entry> {
@@ -188,6 +208,21 @@ impl Scheduler {
                 }
                 continue;
             }
+            let deadline = self.file.starting_deadline;
+            let reconnecting = (now - self.started).to_std().unwrap_or_default() < deadline;
+            if reconnecting
+                && late + DECIDE_MARGIN < deadline
+                && let Err(why) = launcher.targets_ready(e)
+            {
+                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                if waiting.insert(e.name.clone(), last.timestamp_millis())
+                    != Some(last.timestamp_millis())
+                {
+                    tracing::info!(schedule = %e.name, slot = %last, %why,
+                        "slot due after a restart: waiting for its agents to reconnect (at most until its starting deadline)");
+                }
+                continue;
+            }
             let mut r = run(last, RunStatus::Started, vec![]);
             if !store.record_slot(&r, following)? {
                 continue;
@@ -256,27 +291,30 @@ impl Scheduler {
             .collect()
     }
 
-    /// Pauses or resumes an entry. Resuming starts at the first slot after `now`, so
-    /// a long pause does not release a burst of late slots.
+    /// Pauses or resumes an entry, recorded with `audit` (both land or neither).
+    /// Resuming starts at the first slot after `now`, so a long pause does not
+    /// release a burst of late slots.
     pub fn set_paused(
         &self,
         store: &Store,
         name: &str,
         paused: bool,
-        by: &str,
+        audit: &crate::store::Audit,
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let Some(e) = self.entry(name) else {
             return Ok(false);
         };
-        if !paused {
-            store.set_schedule_next(
-                name,
-                e.when.text(),
-                e.when.next_after(now).map(|t| t.timestamp_millis()),
-            )?;
-        }
-        store.set_schedule_paused(name, paused, by)?;
+        store.audited(audit, |w| {
+            if !paused {
+                w.set_schedule_next(
+                    name,
+                    e.when.text(),
+                    e.when.next_after(now).map(|t| t.timestamp_millis()),
+                )?;
+            }
+            w.set_schedule_paused(name, paused, &audit.who)
+        })?;
         Ok(true)
     }
 }

@@ -53,6 +53,7 @@ struct Fake {
     started: RefCell<Vec<(String, i64)>>,
     ended: RefCell<Vec<(Vec<String>, String)>>,
     refuse: RefCell<Option<String>>,
+    not_ready: RefCell<Option<String>>,
 }
 
 impl Launcher for Fake {
@@ -74,6 +75,9 @@ impl Launcher for Fake {
     }
     fn kill_switch(&self) -> Option<String> {
         None
+    }
+    fn targets_ready(&self, _: &Entry) -> Result<(), String> {
+        self.not_ready.borrow().clone().map_or(Ok(()), Err)
     }
 }
 
@@ -352,6 +356,49 @@ fn a_restart_neither_loses_nor_doubles_a_slot() {
 }
 
 #[test]
+fn catch_up_after_a_restart_waits_for_the_agents_within_the_deadline() {
+    let f = || parse(REPORT).unwrap();
+    let fake = Fake::default();
+    let st = TempStore::new("catchup");
+    Scheduler::load(f(), &st.1, at("2026-12-01T01:00:00Z")).unwrap();
+    // Down across 02:00, back at 02:01: the agents have not reconnected yet.
+    let st = st.reopen();
+    let s = Scheduler::load(f(), &st.1, at("2026-12-01T02:01:00Z")).unwrap();
+    *fake.not_ready.borrow_mut() = Some("node node-6 is not registered".into());
+    for secs in [0, 1, 2] {
+        let now = at("2026-12-01T02:01:00Z") + chrono::Duration::seconds(secs);
+        assert!(s.tick(&st.1, &fake, now).unwrap().is_empty(), "undecided");
+    }
+    // They are back: the slot runs, once.
+    *fake.not_ready.borrow_mut() = None;
+    let r = s.tick(&st.1, &fake, at("2026-12-01T02:01:03Z")).unwrap();
+    assert_eq!((r.len(), r[0].status), (1, RunStatus::Started as i32));
+    assert!(
+        s.tick(&st.1, &fake, at("2026-12-01T02:01:04Z"))
+            .unwrap()
+            .is_empty()
+    );
+    // An agent that never comes back: decided (and refused) just before the deadline.
+    let st = st.reopen();
+    let s = Scheduler::load(f(), &st.1, at("2026-12-02T02:00:30Z")).unwrap();
+    *fake.not_ready.borrow_mut() = Some("node node-6 is not registered".into());
+    *fake.refuse.borrow_mut() = Some("node node-6 is not registered".into());
+    let daily = |r: Vec<ScheduleRun>| -> Vec<ScheduleRun> {
+        r.into_iter()
+            .filter(|r| r.schedule == "latency_injection@daily 02:00 UTC")
+            .collect()
+    };
+    // (Yesterday's 14:00 and 03:00 slots are missed at the first tick.)
+    assert!(daily(s.tick(&st.1, &fake, at("2026-12-02T02:03:58Z")).unwrap()).is_empty());
+    let r = daily(s.tick(&st.1, &fake, at("2026-12-02T02:04:59.5Z")).unwrap());
+    assert_eq!(r[0].status, RunStatus::Skipped as i32);
+    assert_eq!(r[0].reasons, ["node node-6 is not registered"]);
+    // A coordinator that has run longer than the deadline decides at once.
+    let r = daily(s.tick(&st.1, &fake, at("2026-12-03T02:00:00.1Z")).unwrap());
+    assert_eq!(r[0].status, RunStatus::Skipped as i32);
+}
+
+#[test]
 fn several_missed_slots_run_at_most_once() {
     let st = TempStore::new("burst");
     let f = parse("schedule:\n  - every: 10m\n    name: m\n    scenario: latency_injection\n    target_node: node-6\n    latency: 5ms\n    duration: 60s\n").unwrap();
@@ -430,12 +477,17 @@ fn paused_entries_do_not_fire_and_resume_at_their_next_slot() {
     let f = parse("schedule:\n  - every: 1m\n    name: m\n    scenario: latency_injection\n    target_node: n\n    latency: 5ms\n    duration: 30s\n  - every: 1m\n    name: p\n    paused: true\n    scenario: latency_injection\n    target_node: n\n    latency: 5ms\n    duration: 30s\n").unwrap();
     let s = Scheduler::load(f, &st.1, at("2026-12-01T10:00:30Z")).unwrap();
     let fake = Fake::default();
+    let alice = crate::store::Audit {
+        who: "alice".into(),
+        action: "schedule.pause".into(),
+        ..Default::default()
+    };
     assert!(
-        s.set_paused(&st.1, "m", true, "alice", at("2026-12-01T10:00:40Z"))
+        s.set_paused(&st.1, "m", true, &alice, at("2026-12-01T10:00:40Z"))
             .unwrap()
     );
     assert!(
-        !s.set_paused(&st.1, "nope", true, "alice", at("2026-12-01T10:00:40Z"))
+        !s.set_paused(&st.1, "nope", true, &alice, at("2026-12-01T10:00:40Z"))
             .unwrap()
     );
     for m in 1..5 {
@@ -446,7 +498,7 @@ fn paused_entries_do_not_fire_and_resume_at_their_next_slot() {
     assert!(list.iter().all(|e| e.paused && e.next_run.is_none()));
     assert_eq!(list[0].paused_by, "alice");
     assert_eq!(list[1].paused_by, "schedule file");
-    s.set_paused(&st.1, "m", false, "alice", at("2026-12-01T10:04:10Z"))
+    s.set_paused(&st.1, "m", false, &alice, at("2026-12-01T10:04:10Z"))
         .unwrap();
     let r = s.tick(&st.1, &fake, at("2026-12-01T10:05:00Z")).unwrap();
     assert_eq!((r.len(), r[0].schedule.as_str()), (1, "m"));

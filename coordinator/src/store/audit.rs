@@ -7,7 +7,7 @@ use anyhow::Result;
 use faultline_proto::v1::AuditEntry;
 use rusqlite::{Connection, params};
 
-use super::{Store, ms, time};
+use super::{Audit, Store, Writer, ms, time};
 
 pub(super) fn migrate(db: &Connection) -> Result<()> {
     db.execute_batch(
@@ -27,22 +27,17 @@ pub(super) fn migrate(db: &Connection) -> Result<()> {
     Ok(())
 }
 
-impl Store {
-    pub fn audit(
-        &self,
-        who: &str,
-        peer: &str,
-        action: &str,
-        target: &str,
-        detail: &str,
-    ) -> Result<()> {
-        self.db().execute(
+impl Writer<'_> {
+    pub fn audit(&self, a: &Audit, at_ms: i64) -> Result<()> {
+        self.db.execute(
             "INSERT INTO audit (at_ms, who, peer, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![ms(SystemTime::now()), who, peer, action, target, detail],
+            params![at_ms, a.who, a.peer, a.action, a.target, a.detail],
         )?;
         Ok(())
     }
+}
 
+impl Store {
     /// Entries at or after `since`, oldest first, the newest `limit`.
     pub fn audit_log(&self, since: SystemTime, limit: u32) -> Result<Vec<AuditEntry>> {
         let db = self.db();
@@ -72,16 +67,25 @@ mod tests {
     fn the_audit_log_is_append_only() {
         let path = std::env::temp_dir().join(format!("fl-audit-{}.db", std::process::id()));
         let s = Store::open(&path).unwrap();
-        s.audit("ci", "10.0.0.1:5555", "abort", "exp-000001", "reason: test")
-            .unwrap();
-        s.audit(
+        let entry = |who: &str, peer: &str, action: &str, target: &str, detail: &str| Audit {
+            who: who.into(),
+            peer: peer.into(),
+            action: action.into(),
+            target: target.into(),
+            detail: detail.into(),
+        };
+        s.audited(
+            &entry("ci", "10.0.0.1:5555", "abort", "exp-000001", "reason: test"),
+            |_| Ok(()),
+        )
+        .unwrap();
+        s.audit_or_defer(entry(
             "scheduler",
             "",
             "experiment.start",
             "exp-000002",
             "schedule nightly",
-        )
-        .unwrap();
+        ));
         let log = s.audit_log(SystemTime::UNIX_EPOCH, 10).unwrap();
         assert_eq!(log.len(), 2);
         assert_eq!(

@@ -6,7 +6,7 @@ use anyhow::Result;
 use faultline_proto::v1::{Finding, FindingStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, ms, time};
+use super::{Store, Writer, ms, time};
 
 pub(super) fn migrate(db: &Connection) -> Result<()> {
     db.execute_batch(
@@ -39,36 +39,38 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Finding> {
     })
 }
 
-impl Store {
+impl Writer<'_> {
     pub fn add_finding(&self, f: &Finding) -> Result<Finding> {
         let now = ms(SystemTime::now());
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM findings", [], |r| {
-            r.get(0)
-        })?;
+        let seq: i64 =
+            self.db
+                .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM findings", [], |r| {
+                    r.get(0)
+                })?;
         let id = format!("fnd-{seq:04}");
-        tx.execute(
+        self.db.execute(
             "INSERT INTO findings (seq, id, experiment_id, scenario, title, status, detail, by, created_ms, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
             params![seq, id, f.experiment_id, f.scenario, f.title, f.status, f.detail, f.by, now],
         )?;
-        let out = tx.query_row("SELECT * FROM findings WHERE id = ?1", [&id], row)?;
-        tx.commit()?;
-        Ok(out)
+        Ok(self
+            .db
+            .query_row("SELECT * FROM findings WHERE id = ?1", [&id], row)?)
     }
 
     pub fn update_finding(&self, id: &str, status: FindingStatus) -> Result<Option<Finding>> {
-        let db = self.db();
-        db.execute(
+        self.db.execute(
             "UPDATE findings SET status = ?2, updated_ms = ?3 WHERE id = ?1",
             params![id, status as i32, ms(SystemTime::now())],
         )?;
-        Ok(db
+        Ok(self
+            .db
             .query_row("SELECT * FROM findings WHERE id = ?1", [id], row)
             .optional()?)
     }
+}
 
+impl Store {
     /// Findings recorded at or after `since`, oldest first.
     pub fn findings(&self, since: SystemTime) -> Result<Vec<Finding>> {
         let db = self.db();

@@ -7,7 +7,7 @@ use anyhow::Result;
 use faultline_proto::v1::{GameDay, GameDayNote, GameDayState};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, ms, time};
+use super::{Store, Writer, ms, time};
 
 pub(super) fn migrate(db: &Connection) -> Result<()> {
     db.execute_batch(
@@ -45,15 +45,15 @@ pub struct NewGameDay<'a> {
     pub opened_by: &'a str,
 }
 
-impl Store {
+impl Writer<'_> {
     pub fn create_gameday(&self, g: &NewGameDay<'_>) -> Result<String> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM gamedays", [], |r| {
-            r.get(0)
-        })?;
+        let seq: i64 =
+            self.db
+                .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM gamedays", [], |r| {
+                    r.get(0)
+                })?;
         let id = format!("gd-{seq:04}");
-        tx.execute(
+        self.db.execute(
             "INSERT INTO gamedays (seq, id, title, announcement, start_ms, end_ms, max_concurrent, max_nodes, opened_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -68,12 +68,11 @@ impl Store {
                 g.opened_by
             ],
         )?;
-        tx.commit()?;
         Ok(id)
     }
 
     pub fn close_gameday(&self, id: &str, reason: &str, at: SystemTime) -> Result<()> {
-        self.db().execute(
+        self.db.execute(
             "UPDATE gamedays SET closed_ms = ?2, close_reason = ?3 WHERE id = ?1 AND closed_ms IS NULL",
             params![id, ms(at), reason],
         )?;
@@ -81,13 +80,15 @@ impl Store {
     }
 
     pub fn add_gameday_note(&self, id: &str, note: &GameDayNote) -> Result<()> {
-        self.db().execute(
+        self.db.execute(
             "INSERT INTO gameday_notes (gameday, kind, text, by, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, note.kind, note.text, note.by, ms(SystemTime::now())],
         )?;
         Ok(())
     }
+}
 
+impl Store {
     /// Every game day, oldest first, with its state as of `now`.
     pub fn gamedays(&self, now: SystemTime) -> Result<Vec<GameDay>> {
         let ids: Vec<String> = {

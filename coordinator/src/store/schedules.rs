@@ -7,7 +7,7 @@ use anyhow::Result;
 use faultline_proto::v1::{RunStatus, ScheduleRun};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, ms, time};
+use super::{Store, Writer, ms, time};
 
 pub(super) fn migrate(db: &Connection) -> Result<()> {
     db.execute_batch(
@@ -80,49 +80,13 @@ impl Store {
 
     /// Sets an entry's timing and next slot (a new entry, or one whose timing changed).
     pub fn set_schedule_next(&self, name: &str, timing: &str, next_ms: Option<i64>) -> Result<()> {
-        self.db().execute(
-            "INSERT INTO schedule_state (name, timing, next_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(name) DO UPDATE SET timing = ?2, next_ms = ?3",
-            params![name, timing, next_ms],
-        )?;
-        Ok(())
-    }
-
-    pub fn set_schedule_paused(&self, name: &str, paused: bool, by: &str) -> Result<()> {
-        self.db().execute(
-            "UPDATE schedule_state SET paused = ?2, paused_by = ?3 WHERE name = ?1",
-            params![name, paused as i64, if paused { by } else { "" }],
-        )?;
-        Ok(())
+        self.write(|w| w.set_schedule_next(name, timing, next_ms))
     }
 
     /// Records the decision for `slot_ms` and moves the entry on to `next_ms`, in one
     /// transaction. False (and nothing changed) when that slot was already decided.
     pub fn record_slot(&self, run: &ScheduleRun, next_ms: Option<i64>) -> Result<bool> {
-        let slot_ms = faultline_proto::v1::timestamp_ms(run.slot.as_ref()).unwrap_or(0);
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO schedule_runs (schedule, slot_ms, at_ms, status, reasons, experiment_id, scenario)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                run.schedule,
-                slot_ms,
-                ms(SystemTime::now()),
-                run.status,
-                run.reasons.join("\n"),
-                run.experiment_id,
-                run.scenario
-            ],
-        )? == 1;
-        if inserted {
-            tx.execute(
-                "UPDATE schedule_state SET next_ms = ?2 WHERE name = ?1",
-                params![run.schedule, next_ms],
-            )?;
-        }
-        tx.commit()?;
-        Ok(inserted)
+        self.write(|w| w.record_slot(run, next_ms))
     }
 
     /// What became of a started slot once its experiment was created or refused.
@@ -134,18 +98,7 @@ impl Store {
         reasons: &[String],
         experiment_id: &str,
     ) -> Result<()> {
-        self.db().execute(
-            "UPDATE schedule_runs SET status = ?3, reasons = ?4, experiment_id = ?5
-             WHERE schedule = ?1 AND slot_ms = ?2",
-            params![
-                schedule,
-                slot_ms,
-                status as i32,
-                reasons.join("\n"),
-                experiment_id
-            ],
-        )?;
-        Ok(())
+        self.write(|w| w.update_slot(schedule, slot_ms, status, reasons, experiment_id))
     }
 
     /// Slots decided at or after `since`, oldest first (`schedule` empty: all).
@@ -173,5 +126,70 @@ impl Store {
                 run_row,
             )
             .optional()?)
+    }
+}
+
+impl Writer<'_> {
+    pub fn set_schedule_next(&self, name: &str, timing: &str, next_ms: Option<i64>) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO schedule_state (name, timing, next_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET timing = ?2, next_ms = ?3",
+            params![name, timing, next_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_schedule_paused(&self, name: &str, paused: bool, by: &str) -> Result<()> {
+        self.db.execute(
+            "UPDATE schedule_state SET paused = ?2, paused_by = ?3 WHERE name = ?1",
+            params![name, paused as i64, if paused { by } else { "" }],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_slot(&self, run: &ScheduleRun, next_ms: Option<i64>) -> Result<bool> {
+        let slot_ms = faultline_proto::v1::timestamp_ms(run.slot.as_ref()).unwrap_or(0);
+        let inserted = self.db.execute(
+            "INSERT OR IGNORE INTO schedule_runs (schedule, slot_ms, at_ms, status, reasons, experiment_id, scenario)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                run.schedule,
+                slot_ms,
+                ms(SystemTime::now()),
+                run.status,
+                run.reasons.join("\n"),
+                run.experiment_id,
+                run.scenario
+            ],
+        )? == 1;
+        if inserted {
+            self.db.execute(
+                "UPDATE schedule_state SET next_ms = ?2 WHERE name = ?1",
+                params![run.schedule, next_ms],
+            )?;
+        }
+        Ok(inserted)
+    }
+
+    pub fn update_slot(
+        &self,
+        schedule: &str,
+        slot_ms: i64,
+        status: RunStatus,
+        reasons: &[String],
+        experiment_id: &str,
+    ) -> Result<()> {
+        self.db.execute(
+            "UPDATE schedule_runs SET status = ?3, reasons = ?4, experiment_id = ?5
+             WHERE schedule = ?1 AND slot_ms = ?2",
+            params![
+                schedule,
+                slot_ms,
+                status as i32,
+                reasons.join("\n"),
+                experiment_id
+            ],
+        )?;
+        Ok(())
     }
 }

@@ -9,7 +9,7 @@ use crate::{
     args::{Cli, Output},
     connection::{authed, connect},
     exit::Fail,
-    render::millis,
+    render::{millis, printable},
 };
 
 pub async fn audit(cli: &Cli, since: Duration, limit: u32) -> Result<u8, Fail> {
@@ -44,14 +44,21 @@ pub async fn audit(cli: &Cli, since: Duration, limit: u32) -> Result<u8, Fail> {
         "AT", "WHO", "PEER", "ACTION", "TARGET"
     );
     for e in entries {
+        let or_dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_owned()
+            } else {
+                printable(s).into_owned()
+            }
+        };
         println!(
             "{:<24} {:<12} {:<22} {:<18} {:<12} {}",
             millis(e.at.as_ref()).map_or("-".into(), utc),
-            e.who,
-            if e.peer.is_empty() { "-" } else { &e.peer },
-            e.action,
-            if e.target.is_empty() { "-" } else { &e.target },
-            e.detail
+            printable(&e.who),
+            or_dash(&e.peer),
+            printable(&e.action),
+            or_dash(&e.target),
+            printable(&e.detail)
         );
     }
     Ok(0)

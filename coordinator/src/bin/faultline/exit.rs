@@ -8,7 +8,7 @@
 //!   agent's own caps); nothing was applied
 //! - 4: aborted (a guard, a dark signal, or a person)
 //! - 5: the steady state did not come back within the recovery timeout
-//! - 6: interrupted (the coordinator restarted mid-experiment)
+//! - 6: interrupted (the coordinator stopped or restarted mid-experiment)
 //! - 7: passed, but an alert of incident severity fired (classification `incident`)
 use faultline_proto::v1::{Classification, Outcome, Verdict};
 use tonic::{Code, Status};

@@ -50,6 +50,10 @@ async fn execute(cli: &Cli) -> Result<u8, Fail> {
 }
 
 fn main() -> ExitCode {
+    // `faultline experiments | head`: a reader that stops reading ends the CLI
+    // quietly, as it does any Unix filter, instead of a panic on the next print.
+    // SAFETY: signal(2) with SIG_DFL, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -161,7 +161,7 @@ async function banner() {
   const s = await api("/status");
   const b = document.getElementById("killswitch");
   b.hidden = !s.kill_switch;
-  b.textContent = s.kill_switch ? "Kill switch engaged: " + s.kill_switch + " — no experiment can start until an admin clears it (faultline kill-switch clear)." : "";
+  b.textContent = s.kill_switch ? "Kill switch engaged: " + s.kill_switch + " — no experiment can start until an admin clears it (faultline clear-kill-switch)." : "";
 }
 
 async function render() {
