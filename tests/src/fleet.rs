@@ -48,6 +48,8 @@ pub struct Fleet {
     node_args: Vec<Vec<String>>,
     coordinator: Option<Child>,
     agents: Vec<Option<Child>>,
+    /// The tmpfs under the store, unmounted on drop.
+    store_mount: Option<PathBuf>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -81,6 +83,9 @@ pub struct Options<'a> {
     pub config: &'a str,
     /// Per node (0-based): extra `run` options, e.g. `--label zone=a`.
     pub node_args: Vec<Vec<String>>,
+    /// Put the coordinator's store on a tmpfs of this size (`mount -o size=`), so a
+    /// test can fill its disk.
+    pub store_tmpfs: Option<&'a str>,
 }
 
 impl Default for Options<'_> {
@@ -91,6 +96,7 @@ impl Default for Options<'_> {
             agent_args: &[],
             config: NODE_ONLY_CONFIG,
             node_args: Vec::new(),
+            store_tmpfs: None,
         }
     }
 }
@@ -131,6 +137,14 @@ impl Fleet {
             token("sre", "admin"),
         ];
         std::fs::write(dir.join("config.yaml"), o.config).expect("write config");
+        let store_mount = o.store_tmpfs.map(|size| {
+            let m = dir.join("store");
+            std::fs::create_dir_all(&m).expect("store dir");
+            run(Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "fltest-store"])
+                .arg(&m));
+            m
+        });
         let ctl = Netns::new("ctl");
         let nodes = names
             .iter()
@@ -185,6 +199,7 @@ impl Fleet {
             node_args: o.node_args,
             coordinator: None,
             agents: (0..n).map(|_| None).collect(),
+            store_mount,
         };
         fleet.start_coordinator();
         for i in 0..n {
@@ -265,6 +280,25 @@ impl Fleet {
     pub fn signal_coordinator(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on our child.
         unsafe { libc::kill(self.coordinator_pid(), sig) };
+    }
+
+    /// Sends `sig` to the coordinator and waits for it to exit (at most `timeout`,
+    /// then SIGKILL): its exit status and how long it took.
+    pub fn stop_coordinator(
+        &mut self,
+        sig: libc::c_int,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let mut c = self.coordinator.take().expect("coordinator running");
+        let t0 = Instant::now();
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        while matches!(c.try_wait(), Ok(None)) && t0.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = t0.elapsed();
+        let _ = c.kill();
+        (c.wait().expect("wait coordinator"), took)
     }
 
     /// SIGKILLs the coordinator and reaps it.
@@ -506,6 +540,9 @@ impl Drop for Fleet {
             }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(m) = &self.store_mount {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
 }

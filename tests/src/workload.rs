@@ -159,3 +159,72 @@ pub fn hook_server(
     });
     (port, handle)
 }
+
+/// An HTTP endpoint that answers every request with the same head (status line and
+/// headers, e.g. a redirect) and counts the requests it served, until dropped.
+pub struct Responder {
+    pub port: u16,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Responder {
+    /// Listens on `addr` (`127.0.0.1:0`, or an address of `ns`) inside `ns` (or the
+    /// host) and answers with `head` (e.g. "302 Found\r\nlocation: http://...").
+    pub fn new(ns: Option<&Netns>, addr: &str, head: &str) -> Self {
+        use std::{
+            io::{BufRead, BufReader, Write},
+            sync::atomic::Ordering,
+        };
+        let addr = addr.to_owned();
+        let bind = move || std::net::TcpListener::bind(addr).unwrap();
+        let listener = match ns {
+            Some(ns) => ns.enter(bind),
+            None => bind(),
+        };
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let response = format!("HTTP/1.1 {head}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        let (count, halt) = (served.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut reader = BufReader::new(&stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                let _ = (&stream).write_all(response.as_bytes());
+            }
+        });
+        Self {
+            port,
+            served,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many requests it answered so far.
+    pub fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
