@@ -345,7 +345,9 @@ pub fn spawn_clock(c: Arc<Control>) -> tokio::task::JoinHandle<()> {
                 Err(e) => {
                     let why = format!("{e:#}");
                     if why != failing {
-                        tracing::error!("scheduler: {why} (tried again four times a second; logged once)");
+                        tracing::error!(
+                            "scheduler: {why} (tried again four times a second; logged once)"
+                        );
                         failing = why;
                     }
                 }
