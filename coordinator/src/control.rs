@@ -564,7 +564,8 @@ impl Control {
             }
             Err(e) => warn!("store: recording interrupted experiments: {e:#}"),
         }
-        self.closing.send_replace(true);
+        // The reason goes on every stream before the readers let go of theirs (a
+        // stream whose last sender is gone ends without one).
         let sessions: Vec<AgentTx> = self
             .nodes()
             .values_mut()
@@ -573,6 +574,7 @@ impl Control {
         for tx in &sessions {
             let _ = tx.try_send(Err(Status::unavailable(why)));
         }
+        self.closing.send_replace(true);
         ShutdownReport {
             interrupted: ids,
             unconfirmed,

@@ -777,7 +777,9 @@ fn a_store_that_cannot_be_written_or_is_damaged_is_refused_at_start() {
         .args(["certs", "init", "--dir"])
         .arg(dir.join("tls")));
     ok(Command::new(&coordinator)
-        .args(["tokens", "add", "--name", "ci", "--role", "operator", "--file"])
+        .args([
+            "tokens", "add", "--name", "ci", "--role", "operator", "--file",
+        ])
         .arg(dir.join("tokens.yaml")));
     // `serve` on `store` for at most `timeout`, then SIGTERM: what it printed.
     let serve = |store: &std::path::Path, timeout: Duration| {
@@ -813,7 +815,11 @@ fn a_store_that_cannot_be_written_or_is_damaged_is_refused_at_start() {
     let refused = |store: &std::path::Path, why: &str| {
         let out = serve(store, Duration::from_secs(10));
         assert_eq!(out.status.code(), Some(1), "{why}: {}", text(&out));
-        assert!(!text(&out).contains("coordinator serving"), "{why}: {}", text(&out));
+        assert!(
+            !text(&out).contains("coordinator serving"),
+            "{why}: {}",
+            text(&out)
+        );
         text(&out)
     };
 
