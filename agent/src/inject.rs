@@ -111,6 +111,29 @@ impl LimitArgs {
 }
 
 impl TargetArgs {
+    /// An order's target: what the flags would give, with the defaults of the flags
+    /// an order does not carry (tc, the automatic tc mode, armed, no eBPF logs).
+    pub fn ordered(
+        iface: String,
+        direction: Direction,
+        duration: Duration,
+        filter: FilterArgs,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            iface,
+            direction,
+            duration,
+            hook: Hook::Tc,
+            tc_mode: TcMode::Auto,
+            filter,
+            debug_ebpf: false,
+            output: Output::Json,
+            disarmed: false,
+            interval,
+        }
+    }
+
     fn validate(&self) -> Result<(), UsageError> {
         if self.duration.is_zero() {
             return Err(UsageError("--duration must be greater than zero".into()));
@@ -455,6 +478,7 @@ impl Printer {
         summary: &str,
     ) {
         let how: Vec<String> = attached.iter().map(ToString::to_string).collect();
+        crate::report::armed(summary);
         self.emit(
             json!({
                 "event": "armed",
@@ -503,6 +527,17 @@ impl Printer {
                 Dir::Egress => line("egress", &now.egress, &last.egress),
             })
             .collect();
+        let kernel = |c: &crate::ebpf::CounterView| faultline_proto::v1::FaultCounters {
+            seen: c.seen,
+            matched: c.matched,
+            dropped: c.dropped,
+            delayed: c.delayed,
+        };
+        crate::report::counters(
+            kernel(&now.ingress),
+            kernel(&now.egress),
+            delay_line.map(|d| (d.queued, d.dropped_overflow)),
+        );
         let held = delay_line
             .map(|d| {
                 format!(
@@ -528,6 +563,7 @@ impl Printer {
             StopReason::Deadline => "deadline".to_owned(),
             StopReason::Signal(s) => s.to_owned(),
         };
+        crate::report::removed(&why);
         let summary = |name: &str, c: &crate::ebpf::CounterView| {
             format!(
                 "  {name}: seen {} matched {} dropped {} ({:.3}% of matched) delayed {}",

@@ -1,4 +1,4 @@
-//! What of the agent is a library: the pure translation between the daemon and its
-//! children (`child`), shared by the `faultline-agent` binary and the fuzz targets in
-//! tests/fuzz. Everything else is the binary's.
+//! What of the agent is a library: the framing of the typed messages between the
+//! daemon and an order's child (`child`), shared by the `faultline-agent` binary and
+//! the fuzz targets in tests/fuzz. Everything else is the binary's.
 pub mod child;

@@ -14,12 +14,14 @@ mod inject;
 mod journal;
 mod metrics;
 mod node;
+mod order;
 mod orders;
 mod output;
 mod preflight;
 mod probe;
 mod qdisc;
 mod reconcile;
+mod report;
 mod selftest;
 mod session;
 mod signals;
@@ -110,6 +112,10 @@ enum Command {
     SelfTest(selftest::SelfTestArgs),
     #[command(name = "__stressor", hide = true)]
     Stressor(stress::StressorArgs),
+    /// An order's child (started by the agent itself): reads the order on stdin,
+    /// reports on stdout (see `order`).
+    #[command(name = "__order", hide = true)]
+    Order,
     /// The deadline keeper of a gc-pressure squeeze (started by the agent itself).
     #[command(name = "__restorer", hide = true)]
     Restorer(faults::gc::RestorerArgs),
@@ -139,6 +145,29 @@ enum Fault {
     Gc(faults::gc::GcArgs),
     /// Evict page cache (of files, or of a cgroup on v2) and watch it rebuild.
     Cache(faults::cache::CacheArgs),
+}
+
+/// Applies one fault, until its deadline or a signal: what `inject` runs for its
+/// flags and an order's child for its order.
+async fn run_fault(
+    state_dir: PathBuf,
+    limits: inject::LimitArgs,
+    fault: Fault,
+) -> anyhow::Result<()> {
+    match fault {
+        Fault::Loss { target, loss } => inject::loss(state_dir, limits, target, loss).await,
+        Fault::Latency { target, latency } => {
+            inject::latency(state_dir, limits, target, latency).await
+        }
+        Fault::Cpu(args) => inject::cpu(limits, args).await,
+        Fault::Memory(args) => inject::memory(limits, args).await,
+        Fault::Gc(args) => faults::gc::run(state_dir, limits, args).await,
+        // Eviction is instantaneous; only the observation takes time.
+        Fault::Cache(args) => tokio::task::spawn_blocking(move || faults::cache::run(limits, args))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r),
+    }
 }
 
 /// Removes what a killed agent left in this network namespace and every orphaned
@@ -216,24 +245,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Inject { fault } => match *fault {
-                Fault::Loss { target, loss } => {
-                    inject::loss(cli.state_dir, cli.limits, target, loss).await
-                }
-                Fault::Latency { target, latency } => {
-                    inject::latency(cli.state_dir, cli.limits, target, latency).await
-                }
-                Fault::Cpu(args) => inject::cpu(cli.limits, args).await,
-                Fault::Memory(args) => inject::memory(cli.limits, args).await,
-                Fault::Gc(args) => faults::gc::run(cli.state_dir, cli.limits, args).await,
-                // Eviction is instantaneous; only the observation takes time.
-                Fault::Cache(args) => {
-                    tokio::task::spawn_blocking(move || faults::cache::run(cli.limits, args))
-                        .await
-                        .map_err(anyhow::Error::from)
-                        .and_then(|r| r)
-                }
-            },
+            Command::Inject { fault } => run_fault(cli.state_dir, cli.limits, *fault).await,
+            Command::Order => order::run(cli.state_dir, cli.limits).await,
             Command::Run(args) => session::run(cli.state_dir, cli.limits, *args).await,
             Command::CheckConfig { file } => check_config(&file),
             Command::Cleanup { cgroup_root } => cleanup(cli.state_dir, cgroup_root)
@@ -256,8 +269,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let refused = e.downcast_ref::<UsageError>().is_some();
+            // An order's child says it to the daemon, typed; a person reads stderr.
+            report::error(&format!("{e:#}"), refused);
             eprintln!("faultline-agent: error: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
+            if refused {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

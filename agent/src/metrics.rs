@@ -57,7 +57,7 @@ impl Sampler {
         &mut self,
         ingress: FaultCounters,
         egress: FaultCounters,
-        fault: HashMap<String, f64>,
+        fault: Option<faultline_proto::v1::FaultReadings>,
     ) -> MetricSample {
         let now = self.node();
         // Tick deltas need a few ticks to mean anything; until then keep the last.
@@ -107,7 +107,7 @@ impl Sampler {
             ingress: Some(ingress),
             egress: Some(egress),
             cgroup: self.cgroup_stats(),
-            fault,
+            fault_readings: fault,
         }
     }
 

@@ -1,17 +1,20 @@
 //! Fault orders from the coordinator, carried out by the same code as local mode: each
-//! applied order is a `faultline-agent inject ...` child process of this daemon, so an
-//! order gets the local mode's validation, caps, journal, signal handling and in-kernel
-//! deadline unchanged. The daemon talks to it through its JSON event stream and ends it
-//! with SIGTERM (the child then removes everything it applied and exits).
+//! applied order is a `faultline-agent __order` child process of this daemon, which
+//! reads the order's `FaultSpec` on its stdin and turns it into the local mode's own
+//! arguments, so an order gets the local mode's validation, caps, journal, signal
+//! handling and in-kernel deadline unchanged. The child reports typed messages on its
+//! stdout (`faultline_agent::child`); the daemon ends it with SIGTERM (the child then
+//! removes everything it applied and exits).
 //!
 //! A child gets PR_SET_PDEATHSIG = SIGTERM: if the daemon dies, its effects go with it.
-use std::{collections::HashMap, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
-pub use faultline_agent::child::inject_args;
-use faultline_agent::child::{self, ChildEvent};
-use faultline_proto::v1::FaultCounters;
+use faultline_agent::child::{Frames, frame};
+use faultline_proto::v1::{
+    ChildReport, FaultCounters, FaultReadings, FaultSpec, child_report::Report as Child,
+};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     process::Command,
     sync::mpsc,
 };
@@ -29,9 +32,8 @@ pub enum Report {
         egress: FaultCounters,
         delay_line: Option<(u64, u64)>,
     },
-    /// The latest numbers of a fault's own readings, keyed "<fault>.<field>" (e.g.
-    /// "cache.resident_percent"); they go out with every metric sample.
-    Readings(HashMap<String, f64>),
+    /// A fault's own readings, whole; they go out with every metric sample.
+    Readings(FaultReadings),
     /// A rollback self-test ended.
     SelfTest {
         request_id: String,
@@ -59,20 +61,49 @@ impl Handle {
     }
 }
 
-/// Starts the child for one order; its reports arrive on `reports`.
-pub fn spawn(
-    order_id: &str,
-    global: &[String],
-    inject: &[String],
-    reports: mpsc::UnboundedSender<Report>,
-) -> std::io::Result<Handle> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
+/// The typed reports a child writes on `out`, until it closes it, each passed to
+/// `each`; returns the last error the child reported, if any. A stream that does
+/// not frame is read no further (the child's exit still ends the order).
+async fn read_reports(
+    mut out: impl AsyncRead + Unpin,
+    mut each: impl FnMut(Child),
+) -> Option<String> {
+    let mut frames = Frames::default();
+    let mut buf = vec![0u8; 4096];
+    let mut error = None;
+    loop {
+        let n = match out.read(&mut buf).await {
+            Ok(0) | Err(_) => return error,
+            Ok(n) => n,
+        };
+        frames.push(&buf[..n]);
+        loop {
+            match frames.next_message::<ChildReport>() {
+                Ok(Some(ChildReport {
+                    report: Some(Child::Error(e)),
+                })) => error = Some(e.message),
+                Ok(Some(ChildReport { report: Some(r) })) => each(r),
+                Ok(Some(ChildReport { report: None })) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("a child's report stream is unreadable: {e}");
+                    return error;
+                }
+            }
+        }
+    }
+}
+
+/// A child of this executable with `args`, its order on stdin and its reports on
+/// stdout; it dies with the daemon.
+fn child(global: &[String], args: &[&str]) -> std::io::Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(global)
-        .args(inject)
-        .stdin(Stdio::null())
+        .args(args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // Its log lines join the daemon's.
+        .stderr(Stdio::inherit())
         .env("RUST_LOG", "warn");
     // SAFETY: prctl is async-signal-safe; called between fork and exec.
     unsafe {
@@ -83,54 +114,54 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    Ok(cmd)
+}
+
+/// Starts the child for one order; its reports arrive on `reports`.
+pub fn spawn(
+    order_id: &str,
+    global: &[String],
+    spec: &FaultSpec,
+    reports: mpsc::UnboundedSender<Report>,
+) -> std::io::Result<Handle> {
+    let mut child = child(global, &["__order"])?.spawn()?;
+    let mut stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let order = frame(spec);
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<()>();
-    let order = order_id.to_owned();
-    let kind = inject.get(1).cloned().unwrap_or_default();
+    let id = order_id.to_owned();
     let events = reports.clone();
     let reader = tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
+        // The order is a few hundred bytes: the pipe takes it whole. Closing stdin
+        // ends the child's read.
+        let _ = stdin.write_all(&order).await;
+        drop(stdin);
         let mut armed = false;
-        let mut last = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            match child::parse_event(&kind, &line) {
-                Some(ChildEvent::Armed { detail, readings }) => {
-                    armed = true;
-                    let _ = events.send(Report::Armed {
-                        order_id: order.clone(),
-                        detail,
-                    });
-                    if let Some(r) = readings {
-                        let _ = events.send(Report::Readings(r));
-                    }
-                }
-                Some(ChildEvent::Readings(r)) => {
-                    let _ = events.send(Report::Readings(r));
-                }
-                Some(ChildEvent::Counters {
-                    ingress,
-                    egress,
-                    delay_line,
-                }) => {
-                    let _ = events.send(Report::Counters {
-                        order_id: order.clone(),
-                        ingress,
-                        egress,
-                        delay_line,
-                    });
-                }
-                Some(ChildEvent::Removed { reason }) => last = format!("removed ({reason})"),
-                None => {}
+        let mut removed = String::new();
+        let error = read_reports(stdout, |r| match r {
+            Child::Armed(a) => {
+                armed = true;
+                let _ = events.send(Report::Armed {
+                    order_id: id.clone(),
+                    detail: a.detail,
+                });
             }
-        }
-        (armed, last)
-    });
-    let errors = tokio::spawn(async move {
-        let mut err = String::new();
-        let _ = stderr.read_to_string(&mut err).await;
-        err
+            Child::Readings(r) => {
+                let _ = events.send(Report::Readings(r));
+            }
+            Child::Counters(c) => {
+                let _ = events.send(Report::Counters {
+                    order_id: id.clone(),
+                    ingress: c.ingress.unwrap_or_default(),
+                    egress: c.egress.unwrap_or_default(),
+                    delay_line: c.delay_line.map(|d| (d.queued, d.dropped_overflow)),
+                });
+            }
+            Child::Removed(r) => removed = format!("removed ({})", r.reason),
+            Child::Error(_) => {}
+        })
+        .await;
+        (armed, error.unwrap_or(removed))
     });
     let order = order_id.to_owned();
     tokio::spawn(async move {
@@ -145,68 +176,47 @@ pub fn spawn(
                 }
             }
         };
-        let (armed, last) = reader.await.unwrap_or_default();
-        let err = errors.await.unwrap_or_default();
+        let (armed, detail) = reader.await.unwrap_or_default();
         let _ = reports.send(Report::Exited {
             order_id: order,
             armed,
             code: status.ok().and_then(|s| s.code()),
-            detail: err
-                .lines()
-                .rev()
-                .find(|l| l.contains("error"))
-                .map(|l| l.trim_start_matches("faultline-agent: error: ").to_owned())
-                .unwrap_or(last),
+            detail,
         });
     });
     Ok(Handle(stop_tx))
 }
 
-/// Runs `faultline-agent self-test --iface=IF` for one request; its end arrives on
-/// `reports` as `Report::SelfTest`, with the failing step's error when it failed.
+/// Runs `faultline-agent self-test` on `iface` for one request; its end arrives on
+/// `reports` as `Report::SelfTest`, with the error the child reported when it failed.
 pub fn spawn_self_test(
     request_id: &str,
     global: &[String],
     iface: &str,
     reports: mpsc::UnboundedSender<Report>,
 ) -> std::io::Result<()> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(global)
-        .arg("self-test")
-        .arg(format!("--iface={iface}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    let child = cmd.spawn()?;
+    let mut cmd = child(global, &["self-test", "--report"])?;
+    // The interface goes joined to its flag: it cannot be read as a flag of its own.
+    cmd.arg(format!("--iface={iface}")).kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    drop(child.stdin.take());
+    let stdout = child.stdout.take().expect("piped");
     let request_id = request_id.to_owned();
     let iface = iface.to_owned();
     tokio::spawn(async move {
-        let (passed, detail) = match tokio::time::timeout(
-            Duration::from_secs(20),
-            child.wait_with_output(),
-        )
-        .await
-        {
-            Ok(Ok(out)) if out.status.success() => (
+        let run = async {
+            let error = read_reports(stdout, |_| {}).await;
+            (child.wait().await, error)
+        };
+        let (passed, detail) = match tokio::time::timeout(Duration::from_secs(20), run).await {
+            Ok((Ok(status), _)) if status.success() => (
                 true,
                 format!(
                     "cgroup created and removed; a disarmed program attached to {iface}, journalled and detached"
                 ),
             ),
-            Ok(Ok(out)) => {
-                let err = String::from_utf8_lossy(&out.stderr);
-                let line = err
-                    .lines()
-                    .rev()
-                    .find(|l| l.contains("error"))
-                    .unwrap_or("failed")
-                    .trim_start_matches("faultline-agent: error: ")
-                    .to_owned();
-                (false, line)
-            }
-            Ok(Err(e)) => (false, format!("self-test: {e}")),
+            Ok((Ok(_), error)) => (false, error.unwrap_or_else(|| "failed".to_owned())),
+            Ok((Err(e), _)) => (false, format!("self-test: {e}")),
             Err(_) => (false, "self-test did not finish within 20 s".to_owned()),
         };
         let _ = reports.send(Report::SelfTest {

@@ -11,8 +11,12 @@ pub enum Output {
 }
 
 /// Writes one event to stdout in `format`, flushed at once (a supervisor or test
-/// reads the stream live).
+/// reads the stream live). Nothing in an order's child, whose stdout carries its
+/// typed reports (`crate::report`).
 pub fn emit(format: Output, value: serde_json::Value, text: &str) {
+    if crate::report::active() {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = match format {
         Output::Json => writeln!(stdout, "{value}"),

@@ -20,6 +20,9 @@ pub struct SelfTestArgs {
     pub iface: String,
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,
+    /// Report to the daemon that started it, typed, instead of printing.
+    #[arg(long, hide = true)]
+    pub report: bool,
 }
 
 /// The disarmed attach is a `loss` injection of its own, parsed like any other.
@@ -32,6 +35,9 @@ struct DisarmedLoss {
 }
 
 fn step(name: &str, ok: bool, detail: &str) {
+    if crate::report::active() {
+        return;
+    }
     println!(
         "{}",
         json!({"event": "self_test", "step": name, "ok": ok, "detail": detail})
@@ -39,6 +45,9 @@ fn step(name: &str, ok: bool, detail: &str) {
 }
 
 pub async fn run(state_dir: PathBuf, limits: inject::LimitArgs, args: SelfTestArgs) -> Result<()> {
+    if args.report {
+        crate::report::enable();
+    }
     match cgroup::detect(&args.cgroup_root, None) {
         Ok(fs) => {
             let group = fs

@@ -26,6 +26,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use faultline_proto::{
     endpoint::EndpointPolicy,
+    spec::Scenario,
     v1::{
         Ack, AgentMessage, ApplyFault, Capabilities, CoordinatorMessage, EffectState,
         FaultCounters, GuardReport, Heartbeat, ProbeResults, ProbeSpec, Register,
@@ -96,7 +97,7 @@ struct Effect {
     lease_id: String,
     handle: orders::Handle,
     /// The fault kind, and the share of the node a stress fault consumes (0-1).
-    kind: &'static str,
+    scenario: Scenario,
     stress_share: Option<f64>,
     /// When the order arrived, until its effect is in place.
     pending_since: Option<Instant>,
@@ -118,7 +119,8 @@ struct State {
     /// Each network fault's counters as last reported, and its delay line's depth.
     seen: HashMap<String, (Seen, u64)>,
     metrics: Arc<AgentMetrics>,
-    readings: HashMap<String, f64>,
+    /// The active fault's latest readings.
+    readings: Option<faultline_proto::v1::FaultReadings>,
     sample_hz: f64,
     /// Node-side probes the coordinator ordered, by probe id.
     probes: HashMap<String, AbortOnDrop>,
@@ -262,7 +264,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: RunArgs) -> Result
             _ = tokio::time::sleep_until(next_sample) => {
                 next_sample = Instant::now() + Duration::from_secs_f64(1.0 / st.sample_hz);
                 let (i, e) = st.counters;
-                send(Out::Sample(sampler.sample(i, e, st.readings.clone())));
+                send(Out::Sample(sampler.sample(i, e, st.readings)));
             }
             _ = tokio::time::sleep_until(lease_due.unwrap_or_else(Instant::now)), if lease_due.is_some() => {
                 dead_man(&mut st);
@@ -444,34 +446,38 @@ fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
                 st.metrics.order(OrderResult::Refused);
                 return send(ack(&a.order_id, EffectState::Refused, e));
             }
-            let inject = match a
+            // Converted here first, as the child converts it again: a malformed
+            // order is refused without a process.
+            let spec = match a
                 .spec
                 .as_ref()
-                .ok_or("no fault spec".to_owned())
-                .and_then(orders::inject_args)
+                .ok_or_else(|| UsageError("no fault spec".into()))
+                .and_then(|s| crate::order::fault(s).map(|_| s))
             {
-                Ok(args) => args,
+                Ok(spec) => spec,
                 Err(e) => {
                     st.metrics.order(OrderResult::Refused);
-                    return send(ack(&a.order_id, EffectState::Refused, e));
+                    return send(ack(&a.order_id, EffectState::Refused, e.0));
                 }
             };
-            let fault = a.spec.as_ref().and_then(|s| s.fault.as_ref());
-            let kind = fault.map_or("unknown", Fault::kind);
+            let Some(fault) = spec.fault.as_ref() else {
+                return; // converted above: an order without a fault was refused there
+            };
+            let scenario = fault.scenario();
+            let kind = scenario.kind_name();
             let stress_share = match fault {
-                Some(Fault::Cpu(c)) => Some(c.percent / 100.0),
-                Some(Fault::Memory(m)) => Some(m.percent / 100.0),
-                Some(Fault::Loss(_) | Fault::Latency(_) | Fault::Gc(_) | Fault::Cache(_))
-                | None => None,
+                Fault::Cpu(c) => scenario.stress_share(c.percent),
+                Fault::Memory(m) => scenario.stress_share(m.percent),
+                Fault::Loss(_) | Fault::Latency(_) | Fault::Gc(_) | Fault::Cache(_) => None,
             };
             let ttl = a
                 .lease_ttl
                 .and_then(|t| Duration::try_from(t).ok())
                 .filter(|t| !t.is_zero())
                 .unwrap_or(DEFAULT_TTL);
-            match orders::spawn(&a.order_id, ctx.global, &inject, ctx.reports.clone()) {
+            match orders::spawn(&a.order_id, ctx.global, spec, ctx.reports.clone()) {
                 Ok(handle) => {
-                    info!(order = %a.order_id, lease = %a.lease_id, "applying {}", inject.join(" "));
+                    info!(order = %a.order_id, lease = %a.lease_id, fault = kind, "applying the order");
                     st.leases
                         .insert(a.lease_id.clone(), (Instant::now() + ttl, ttl));
                     let guard = a.guard.map(|g| {
@@ -487,7 +493,7 @@ fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
                         Effect {
                             lease_id: a.lease_id,
                             handle,
-                            kind,
+                            scenario,
                             stress_share,
                             pending_since: Some(Instant::now()),
                             expired: false,
@@ -592,7 +598,7 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
                             .observe(t.elapsed().as_secs_f64());
                         st.metrics.order(OrderResult::Applied);
                     }
-                    (e.lease_id.clone(), e.kind)
+                    (e.lease_id.clone(), e.scenario.kind_name())
                 }
                 None => (String::new(), "unknown"),
             };
@@ -629,7 +635,7 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             *depth = queued;
             st.counters = (ingress, egress);
         }
-        Report::Readings(values) => st.readings.extend(values),
+        Report::Readings(r) => st.readings = Some(r),
         Report::Exited {
             order_id,
             armed,
@@ -647,7 +653,9 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
                     OrderResult::Failed
                 });
             }
-            let kind = effect.as_ref().map_or("unknown", |e| e.kind);
+            let kind = effect
+                .as_ref()
+                .map_or("unknown", |e| e.scenario.kind_name());
             let lease = effect.map(|e| e.lease_id);
             // An armed child exits 0 when it removed its effects at its deadline or
             // on our SIGTERM, 1 when something failed after arming (it removed them
@@ -701,7 +709,7 @@ fn child_report(st: &mut State, report: Report, send: &impl Fn(Out)) {
             }
             if st.effects.is_empty() {
                 st.counters = Default::default();
-                st.readings.clear();
+                st.readings = None;
             }
         }
     }
@@ -841,19 +849,14 @@ pub async fn stop(state_dir: PathBuf, cgroup_root: PathBuf, timeout: Duration) -
 /// Sets the metrics' state gauges from what the session holds now.
 fn export_state(st: &State) {
     let m = &st.metrics;
-    for kind in Fault::KINDS {
-        let n = st.effects.values().filter(|e| e.kind == kind).count();
-        m.set_active_faults(kind, n);
-    }
-    // A stress fault's kind is the resource it consumes.
-    for resource in ["cpu", "memory"] {
-        let share = st
-            .effects
-            .values()
-            .filter(|e| e.kind == resource)
-            .filter_map(|e| e.stress_share)
-            .sum();
-        m.set_stress_share(resource, share);
+    for scenario in Scenario::ALL {
+        let of = || st.effects.values().filter(move |e| e.scenario == scenario);
+        m.set_active_faults(scenario.kind_name(), of().count());
+        // A stress fault's kind is the resource it consumes.
+        if scenario.is_stress() {
+            let share = of().filter_map(|e| e.stress_share).sum();
+            m.set_stress_share(scenario.kind_name(), share);
+        }
     }
     m.delay_line_queued
         .set(st.seen.values().map(|(_, q)| *q as i64).sum());

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -50,6 +50,18 @@ pub struct StressArgs {
 }
 
 impl StressArgs {
+    /// An order's stress: no ramp and no target cgroup (an order carries neither).
+    pub fn ordered(duration: Duration) -> Self {
+        Self {
+            duration,
+            ramp: None,
+            target_cgroup: None,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            output: Output::Json,
+            interval: Duration::from_secs(1),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), UsageError> {
         if self.duration.is_zero() {
             return Err(UsageError("--duration must be greater than zero".into()));
@@ -74,9 +86,15 @@ impl StressArgs {
 /// stressors' own pacing underneath it, so the ceiling never moves.
 pub type ApplyLimit = Box<dyn Fn(&dyn CgroupFs, &Group) -> Result<()> + Send>;
 
+/// The readings message of a stress kind (`Kind::Cpu` or `Kind::Memory`).
+pub type ReadingsOf =
+    fn(faultline_proto::v1::StressReadings) -> faultline_proto::v1::fault_readings::Kind;
+
 /// What a stress fault asks of the runner.
 pub struct StressPlan {
     pub kind: &'static str,
+    /// How its readings are reported to the daemon.
+    pub readings_as: ReadingsOf,
     pub summary: String,
     /// Number of stressor processes and the arguments after `__stressor`.
     pub workers: usize,
@@ -164,6 +182,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         cgroup::detect(&args.cgroup_root, args.target_cgroup.as_deref())?.into();
     let mut out = StressPrinter {
         format: args.output,
+        readings_as: plan.readings_as,
     };
     for line in cgroup::reconcile(fs.as_ref())? {
         out.emit(
@@ -195,6 +214,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     };
     let started = Instant::now();
     let started_ns = clock::monotonic_ns();
+    crate::report::armed(&plan.summary);
     out.emit(
         json!({
             "event": "armed", "kind": plan.kind, "cgroup": running.group.dirs,
@@ -257,6 +277,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     readings.stop();
     let ooms = running.fs.oom_kills(&running.group).unwrap_or(0);
     running.remove()?;
+    crate::report::removed(reason);
     out.emit(
         json!({"event": "removed", "reason": reason, "elapsed_ms": started.elapsed().as_millis() as u64,
                "oom_kills": ooms}),
@@ -413,6 +434,7 @@ fn report_working() {
 #[derive(Clone, Copy)]
 struct StressPrinter {
     format: Output,
+    readings_as: ReadingsOf,
 }
 
 impl StressPrinter {
@@ -432,6 +454,16 @@ impl StressPrinter {
         let (group_cpu, group_mem) = group.map_or((0, 0), |g| {
             (g.cpu_us().unwrap_or(0), g.memory().unwrap_or(0))
         });
+        crate::report::readings(faultline_proto::v1::FaultReadings {
+            kind: Some((self.readings_as)(faultline_proto::v1::StressReadings {
+                node_cpu_percent: cpu,
+                node_cpu_tick_percent: ticks,
+                node_cpu_precise: now.precise(),
+                node_mem_used_percent: now.mem_used_percent(),
+                group_cpu_us: group_cpu,
+                group_mem_bytes: group_mem,
+            })),
+        });
         self.emit(
             json!({"event": "reading", "elapsed_ms": elapsed.as_millis() as u64,
                    "node_cpu_percent": cpu, "node_cpu_tick_percent": ticks,
@@ -449,11 +481,18 @@ impl StressPrinter {
     }
 }
 
+/// What a stressor consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StressorKind {
+    Cpu,
+    Memory,
+}
+
 /// `faultline-agent __stressor cpu|memory ...`: the stressor process itself.
 #[derive(Args, Clone, Debug)]
 pub struct StressorArgs {
-    /// cpu or memory.
-    pub kind: String,
+    #[arg(value_enum)]
+    pub kind: StressorKind,
     /// memory: bytes to allocate and touch.
     #[arg(long, default_value_t = 0)]
     pub bytes: u64,
@@ -481,8 +520,8 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
         std::process::exit(0);
     });
     let ramp_start = a.ramp_start_ns.unwrap_or_else(clock::monotonic_ns);
-    match a.kind.as_str() {
-        "cpu" => {
+    match a.kind {
+        StressorKind::Cpu => {
             report_working();
             pace(
                 a.duty,
@@ -492,7 +531,7 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
             );
             Ok(())
         }
-        "memory" => {
+        StressorKind::Memory => {
             const PAGE: usize = 4096;
             let total = usize::try_from(a.bytes)?;
             let mut block: Vec<u8> = Vec::with_capacity(total);
@@ -526,7 +565,6 @@ pub fn stressor(a: StressorArgs) -> Result<()> {
             }
             Ok(())
         }
-        other => bail!("unknown stressor kind {other}"),
     }
 }
 

@@ -43,7 +43,13 @@ pub fn sample_json(s: &MetricSample) -> Value {
         "psi_memory_some_avg10": s.psi_memory_some_avg10, "psi_io_some_avg10": s.psi_io_some_avg10,
         "net_rx_packets": s.net_rx_packets, "net_tx_packets": s.net_tx_packets,
         "tcp_retransmits": s.tcp_retransmits, "ingress": c(s.ingress), "egress": c(s.egress),
-        "cgroup": s.cgroup, "fault": s.fault,
+        "cgroup": s.cgroup,
+        "fault": s.fault_readings.as_ref().map_or_else(Default::default, |r| {
+            r.named()
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
+                .collect::<serde_json::Map<String, Value>>()
+        }),
     })
 }
 

@@ -74,19 +74,139 @@ impl GcFault {
 }
 
 impl fault_spec::Fault {
-    /// Every fault kind's name, in the order of the oneof.
+    /// Every fault kind's short name (`Scenario::kind_name`, pinned by a test), for
+    /// series that exist at zero.
     pub const KINDS: [&'static str; 6] = ["loss", "latency", "cpu", "memory", "gc", "cache"];
+
+    /// The scenario (the fault kind) of this fault.
+    pub fn scenario(&self) -> crate::spec::Scenario {
+        use crate::spec::Scenario;
+        match self {
+            Self::Loss(_) => Scenario::PacketLoss,
+            Self::Latency(_) => Scenario::LatencyInjection,
+            Self::Cpu(_) => Scenario::CpuStress,
+            Self::Memory(_) => Scenario::MemoryStress,
+            Self::Gc(_) => Scenario::GcPressure,
+            Self::Cache(_) => Scenario::CacheInvalidation,
+        }
+    }
 
     /// The fault kind's short name, as metrics label it and logs print it.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Loss(_) => "loss",
-            Self::Latency(_) => "latency",
-            Self::Cpu(_) => "cpu",
-            Self::Memory(_) => "memory",
-            Self::Gc(_) => "gc",
-            Self::Cache(_) => "cache",
+        self.scenario().kind_name()
+    }
+}
+
+impl FaultReadings {
+    /// A GC squeeze's readings, if these are.
+    pub fn gc(&self) -> Option<&GcReadings> {
+        match &self.kind {
+            Some(fault_readings::Kind::Gc(g)) => Some(g),
+            Some(
+                fault_readings::Kind::Cpu(_)
+                | fault_readings::Kind::Memory(_)
+                | fault_readings::Kind::Cache(_),
+            )
+            | None => None,
         }
+    }
+
+    /// A cache eviction's readings, if these are.
+    pub fn cache(&self) -> Option<&CacheReadings> {
+        match &self.kind {
+            Some(fault_readings::Kind::Cache(c)) => Some(c),
+            Some(
+                fault_readings::Kind::Cpu(_)
+                | fault_readings::Kind::Memory(_)
+                | fault_readings::Kind::Gc(_),
+            )
+            | None => None,
+        }
+    }
+
+    /// The readings as named numbers, `<fault>.<field>`, for people and JSON (the CLI's
+    /// live lines, `-o json` samples). The message itself stays the contract.
+    pub fn named(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        let mut put = |kind: &str, field: &str, v: f64| out.push((format!("{kind}.{field}"), v));
+        match &self.kind {
+            Some(fault_readings::Kind::Cpu(r)) => r.name_into("cpu", &mut put),
+            Some(fault_readings::Kind::Memory(r)) => r.name_into("memory", &mut put),
+            Some(fault_readings::Kind::Gc(r)) => {
+                put("gc", "usage", r.usage_bytes as f64);
+                put("gc", "psi_some_avg10", r.psi_some_avg10);
+                put("gc", "reclaimed_pages", r.reclaimed_pages as f64);
+            }
+            Some(fault_readings::Kind::Cache(r)) => {
+                for (field, v) in [
+                    ("files", Some(r.files as f64)),
+                    ("total_bytes", Some(r.total_bytes as f64)),
+                    (
+                        "resident_before_bytes",
+                        Some(r.resident_before_bytes as f64),
+                    ),
+                    ("resident_after_bytes", Some(r.resident_after_bytes as f64)),
+                    ("resident_before_percent", Some(r.resident_before_percent)),
+                    ("resident_after_percent", Some(r.resident_after_percent)),
+                    ("resident_bytes", Some(r.resident_bytes as f64)),
+                    ("resident_percent", Some(r.resident_percent)),
+                    (
+                        "cgroup_file_before_bytes",
+                        r.cgroup_file_before_bytes.map(|b| b as f64),
+                    ),
+                    (
+                        "cgroup_file_after_bytes",
+                        r.cgroup_file_after_bytes.map(|b| b as f64),
+                    ),
+                    ("cgroup_file_bytes", r.cgroup_file_bytes.map(|b| b as f64)),
+                ] {
+                    if let Some(v) = v {
+                        put("cache", field, v);
+                    }
+                }
+            }
+            None => {}
+        }
+        out
+    }
+
+    /// Keeps, field by field, the larger of `self` and `other` (of the same kind;
+    /// another kind replaces it): the peak of a phase.
+    pub fn keep_max(&mut self, other: &FaultReadings) {
+        use fault_readings::Kind;
+        match (&mut self.kind, &other.kind) {
+            (Some(Kind::Cpu(a)), Some(Kind::Cpu(b)))
+            | (Some(Kind::Memory(a)), Some(Kind::Memory(b))) => a.keep_max(b),
+            (Some(Kind::Gc(a)), Some(Kind::Gc(b))) => {
+                a.usage_bytes = a.usage_bytes.max(b.usage_bytes);
+                a.psi_some_avg10 = a.psi_some_avg10.max(b.psi_some_avg10);
+                a.reclaimed_pages = a.reclaimed_pages.max(b.reclaimed_pages);
+            }
+            // A cache's eviction figures are fixed and its residency only rebuilds: its
+            // latest reading is its peak. A reading of another kind (a new fault)
+            // starts over.
+            (Some(Kind::Cache(_)), _)
+            | (Some(Kind::Cpu(_) | Kind::Memory(_) | Kind::Gc(_)), _)
+            | (None, _) => self.kind.clone_from(&other.kind),
+        }
+    }
+}
+
+impl StressReadings {
+    fn name_into(&self, kind: &str, put: &mut impl FnMut(&str, &str, f64)) {
+        put(kind, "node_cpu_percent", self.node_cpu_percent);
+        put(kind, "node_cpu_tick_percent", self.node_cpu_tick_percent);
+        put(kind, "node_mem_used_percent", self.node_mem_used_percent);
+        put(kind, "group_cpu_us", self.group_cpu_us as f64);
+        put(kind, "group_mem_bytes", self.group_mem_bytes as f64);
+    }
+
+    fn keep_max(&mut self, b: &StressReadings) {
+        self.node_cpu_percent = self.node_cpu_percent.max(b.node_cpu_percent);
+        self.node_cpu_tick_percent = self.node_cpu_tick_percent.max(b.node_cpu_tick_percent);
+        self.node_mem_used_percent = self.node_mem_used_percent.max(b.node_mem_used_percent);
+        self.group_cpu_us = self.group_cpu_us.max(b.group_cpu_us);
+        self.group_mem_bytes = self.group_mem_bytes.max(b.group_mem_bytes);
     }
 }
 

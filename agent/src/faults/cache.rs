@@ -42,6 +42,26 @@ pub struct CacheArgs {
     pub interval: Duration,
 }
 
+impl CacheArgs {
+    /// An order's eviction: the fault's duration is the window its rebuild is watched.
+    pub fn ordered(
+        paths: Vec<PathBuf>,
+        target_cgroup: Option<PathBuf>,
+        hooks: Vec<crate::faults::hooks::Hook>,
+        observe: Duration,
+    ) -> Self {
+        Self {
+            paths,
+            target_cgroup,
+            hooks,
+            observe,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            output: Output::Json,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Page-cache residency of a set of files, in pages.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Residency {
@@ -200,6 +220,27 @@ pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
     let after = residency(&files);
     let group_after = group.as_deref().and_then(file_bytes);
     let page = page_size();
+    // The whole picture in every report: the eviction's figures, and residency now.
+    let mut readings = faultline_proto::v1::CacheReadings {
+        files: files.len() as u64,
+        total_bytes: before.total * page,
+        resident_before_bytes: before.resident * page,
+        resident_after_bytes: after.resident * page,
+        resident_before_percent: before.percent(),
+        resident_after_percent: after.percent(),
+        resident_bytes: after.resident * page,
+        resident_percent: after.percent(),
+        cgroup_file_before_bytes: group_before,
+        cgroup_file_after_bytes: group_after,
+        cgroup_file_bytes: group_after,
+    };
+    let report = |r: &faultline_proto::v1::CacheReadings| {
+        crate::report::readings(faultline_proto::v1::FaultReadings {
+            kind: Some(faultline_proto::v1::fault_readings::Kind::Cache(*r)),
+        })
+    };
+    crate::report::armed("cache evicted");
+    report(&readings);
     print(
         json!({"event": "evicted", "files": files.len(),
                "resident_before_bytes": before.resident * page, "resident_after_bytes": after.resident * page,
@@ -240,6 +281,10 @@ pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
         );
         let now = residency(&files);
         let group_now = group.as_deref().and_then(file_bytes);
+        readings.resident_bytes = now.resident * page;
+        readings.resident_percent = now.percent();
+        readings.cgroup_file_bytes = group_now;
+        report(&readings);
         print(
             json!({"event": "reading", "elapsed_ms": started.elapsed().as_millis() as u64,
                    "resident_bytes": now.resident * page, "resident_percent": now.percent(),

@@ -61,6 +61,7 @@ pub fn plan(args: &CpuArgs, cpus: usize) -> StressPlan {
     let burst = burst_us(full, cpus, stress::run_ns(duty) / 1000);
     StressPlan {
         kind: "cpu",
+        readings_as: faultline_proto::v1::fault_readings::Kind::Cpu,
         summary: format!(
             "cpu stress {} of {cpus} CPU(s) (quota {full}us per {CPU_PERIOD_US}us, burst {burst}us)",
             args.percent

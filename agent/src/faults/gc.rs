@@ -52,6 +52,27 @@ pub struct GcArgs {
     pub interval: Duration,
 }
 
+impl GcArgs {
+    /// An order's squeeze: never a runtime command (an order names no command).
+    pub fn ordered(
+        target_cgroup: PathBuf,
+        to_percent: Percent,
+        duration: Duration,
+        hooks: Vec<crate::faults::hooks::Hook>,
+    ) -> Self {
+        Self {
+            target_cgroup,
+            to_percent,
+            duration,
+            hooks,
+            runtime_command: None,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            output: Output::Json,
+            interval: Duration::from_secs(1),
+        }
+    }
+}
+
 /// The files GC pressure reads and writes in the target group.
 struct Target {
     version: u8,
@@ -162,6 +183,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     };
     let started = Instant::now();
     let reclaim0 = reclaimed(&t).unwrap_or(0);
+    crate::report::armed("gc armed");
     print(
         json!({"event": "armed", "kind": "gc", "file": t.limit_file, "original": change.original.trim(),
                "squeezed": squeezed, "usage": usage, "cgroup_version": t.version, "pid": std::process::id()}),
@@ -213,10 +235,20 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
                 peak_psi = peak_psi.max(psi);
                 let usage = read_u64(&t.usage_file).unwrap_or(0);
                 let limit = fs::read_to_string(&t.limit_file).unwrap_or_default();
+                let reclaimed_pages = reclaimed(&t).unwrap_or(0).saturating_sub(reclaim0);
+                crate::report::readings(faultline_proto::v1::FaultReadings {
+                    kind: Some(faultline_proto::v1::fault_readings::Kind::Gc(
+                        faultline_proto::v1::GcReadings {
+                            usage_bytes: usage,
+                            psi_some_avg10: psi,
+                            reclaimed_pages,
+                        },
+                    )),
+                });
                 print(
                     json!({"event": "reading", "elapsed_ms": started.elapsed().as_millis() as u64,
                            "usage": usage, "limit": limit.trim(), "psi_some_avg10": psi,
-                           "reclaimed_pages": reclaimed(&t).unwrap_or(0).saturating_sub(reclaim0)}),
+                           "reclaimed_pages": reclaimed_pages}),
                     format!("[{:>5.1}s] usage {} MiB, limit {}, memory PSI some avg10 {psi:.2}",
                         started.elapsed().as_secs_f64(), usage >> 20, limit.trim()),
                 );
@@ -228,6 +260,7 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     let _ = restorer.wait();
     let restored = fs::read_to_string(&t.limit_file).unwrap_or_default();
     let reclaimed_pages = reclaimed(&t).unwrap_or(0).saturating_sub(reclaim0);
+    crate::report::removed(reason);
     print(
         json!({"event": "removed", "reason": reason, "restored": restored.trim(),
                "peak_psi_some_avg10": peak_psi, "reclaimed_pages": reclaimed_pages}),

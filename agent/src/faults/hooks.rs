@@ -19,6 +19,13 @@ impl FromStr for Hook {
         let (name, url) = s
             .split_once('=')
             .ok_or_else(|| format!("hook '{s}' is not NAME=URL"))?;
+        Self::new(name, url)
+    }
+}
+
+impl Hook {
+    /// A named http:// endpoint of a local service, or why not.
+    pub fn new(name: &str, url: &str) -> Result<Self, String> {
         if !faultline_proto::v1::Hook::valid_name(name) {
             return Err(format!(
                 "hook name '{name}' must be letters, digits, '-' or '_'"

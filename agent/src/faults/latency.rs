@@ -122,6 +122,27 @@ pub struct LatencyPlan {
 }
 
 impl LatencyArgs {
+    /// An order's latency, with the defaults of the flags an order does not carry.
+    pub fn ordered(
+        delay: Duration,
+        jitter: Duration,
+        jitter_distribution: Distribution,
+        allow_reorder: bool,
+        loss_percent: Option<Percent>,
+    ) -> Self {
+        Self {
+            delay,
+            jitter,
+            jitter_distribution,
+            allow_reorder,
+            backend: Backend::Auto,
+            force_qdisc: false,
+            max_rate_pps: 100_000,
+            queue_limit: 200_000,
+            loss_percent,
+        }
+    }
+
     pub fn plan(&self) -> Result<LatencyPlan, UsageError> {
         if self.delay.is_zero() {
             return Err(UsageError("--delay must be greater than zero".into()));

@@ -31,6 +31,18 @@ pub struct MemoryArgs {
     pub stress: StressArgs,
 }
 
+impl MemoryArgs {
+    /// An order's memory stress, with the default safety floor (15 % of MemTotal).
+    pub fn ordered(percent: Percent, stress: StressArgs) -> Self {
+        Self {
+            percent,
+            floor: Percent::new(15.0).expect("a percentage"),
+            overask: None,
+            stress,
+        }
+    }
+}
+
 /// The memory limit of the target cgroup, when it has a finite one below MemTotal
 /// (memory.max on v2, memory.limit_in_bytes on v1).
 pub fn target_limit(args: &MemoryArgs, node: &NodeSample) -> Option<u64> {
@@ -71,6 +83,7 @@ pub fn plan(args: &MemoryArgs, node: &NodeSample) -> Result<StressPlan, UsageErr
     };
     Ok(StressPlan {
         kind: "memory",
+        readings_as: faultline_proto::v1::fault_readings::Kind::Memory,
         summary: format!(
             "memory stress {} {of} ({} MiB, fence {} MiB)",
             args.percent,

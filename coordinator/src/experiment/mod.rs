@@ -556,7 +556,8 @@ async fn steps(r: &mut Run) -> Outcome {
         applied.detail
     ));
     let fault = r.exp.plan.fault.fault.clone().expect("planned");
-    let from_apply = faults::recovers_from_apply(&fault);
+    // A one-shot fault (an eviction) is timed from when it acted.
+    let from_apply = fault.scenario().one_shot();
     r.tracker = Some(Tracker::new(
         tolerance,
         r.exp.plan.recovery.hold,

@@ -4,8 +4,9 @@
 //! them for people.
 use std::time::{Duration, SystemTime};
 
-use faultline_proto::v1::{
-    Check, CheckStatus, Classification, Outcome, Phase, SignalSummary, Verdict,
+use faultline_proto::{
+    spec::Scenario,
+    v1::{Check, CheckStatus, Classification, Outcome, Phase, SignalSummary, Verdict},
 };
 
 /// The terminal phase a verdict ends in.
@@ -79,7 +80,7 @@ pub fn message(o: &Outcome) -> String {
             "completed ({}): recovered {:.2} s after {}",
             classification_name(class),
             secs.unwrap_or(0.0),
-            if o.scenario == "cache_invalidation" {
+            if Scenario::from_name(&o.scenario).is_some_and(Scenario::one_shot) {
                 "the eviction"
             } else {
                 "removal"

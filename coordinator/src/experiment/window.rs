@@ -1,9 +1,7 @@
 //! What an experiment accumulates per phase: the node's kernel metrics (`Window`)
 //! and the service's health signals (`Signals`), from which the result's baseline /
 //! during / max impact / after figures come.
-use std::collections::HashMap;
-
-use faultline_proto::v1::{MetricSample, SignalSummary};
+use faultline_proto::v1::{FaultReadings, MetricSample, SignalSummary};
 
 use crate::health::Reading;
 
@@ -16,9 +14,9 @@ pub struct Window {
     pub matched: u64,
     pub delayed: u64,
     pub retransmits: (Option<u64>, u64),
-    /// The fault's own readings: the latest and the largest of each.
-    pub fault_last: HashMap<String, f64>,
-    pub fault_max: HashMap<String, f64>,
+    /// The fault's own readings: the latest, and the largest of each field.
+    pub fault_last: Option<FaultReadings>,
+    pub fault_max: Option<FaultReadings>,
 }
 
 impl Window {
@@ -31,10 +29,9 @@ impl Window {
         self.delayed = self.delayed.max(i.delayed + e.delayed);
         self.retransmits.0.get_or_insert(s.tcp_retransmits);
         self.retransmits.1 = s.tcp_retransmits;
-        for (k, &v) in &s.fault {
-            self.fault_last.insert(k.clone(), v);
-            let max = self.fault_max.entry(k.clone()).or_insert(v);
-            *max = max.max(v);
+        if let Some(r) = &s.fault_readings {
+            self.fault_last = Some(*r);
+            self.fault_max.get_or_insert(*r).keep_max(r);
         }
     }
     pub fn mean(v: &[f64]) -> f64 {

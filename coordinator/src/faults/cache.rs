@@ -7,7 +7,7 @@ use faultline_proto::{
     endpoint::EndpointPolicy,
     limits::ChaosLimits,
     spec::{Spec, SpecError},
-    v1::{CacheFault, Capabilities},
+    v1::{CacheFault, Capabilities, FaultReadings},
 };
 
 use super::{BuildCtx, Refused, check_cgroup, check_hooks};
@@ -72,15 +72,14 @@ pub fn preflight(c: &CacheFault, node: &str, caps: &Capabilities) -> Result<(), 
 }
 
 pub fn summary(during: &Window) -> String {
-    let get = |k: &str| during.fault_last.get(k).copied().unwrap_or(0.0);
+    let last = during
+        .fault_last
+        .as_ref()
+        .and_then(FaultReadings::cache)
+        .cloned()
+        .unwrap_or_default();
     format!(
         "cache resident {:.1}% -> {:.1}% evicted -> {:.1}% rebuilt",
-        get("cache.resident_before_percent"),
-        get("cache.resident_after_percent"),
-        during
-            .fault_last
-            .get("cache.resident_percent")
-            .copied()
-            .unwrap_or(get("cache.resident_after_percent"))
+        last.resident_before_percent, last.resident_after_percent, last.resident_percent
     )
 }

@@ -7,7 +7,7 @@ use faultline_proto::{
     endpoint::EndpointPolicy,
     limits::ChaosLimits,
     spec::{Spec, SpecError},
-    v1::GcFault,
+    v1::{FaultReadings, GcFault},
 };
 
 use super::{BuildCtx, Refused, check_cgroup, check_hooks};
@@ -62,10 +62,14 @@ pub fn check(
 }
 
 pub fn summary(during: &Window) -> String {
-    let max = |k: &str| during.fault_max.get(k).copied().unwrap_or(0.0);
+    let peak = during
+        .fault_max
+        .as_ref()
+        .and_then(FaultReadings::gc)
+        .copied()
+        .unwrap_or_default();
     format!(
         "gc: {:.0} pages reclaimed, peak group memory PSI {:.2}",
-        max("gc.reclaimed_pages"),
-        max("gc.psi_some_avg10")
+        peak.reclaimed_pages as f64, peak.psi_some_avg10
     )
 }

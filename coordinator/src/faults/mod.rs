@@ -153,18 +153,6 @@ fn filter(spec: &Spec) -> Option<TrafficFilter> {
     })
 }
 
-/// The scenario a fault belongs to.
-pub fn scenario(f: &Fault) -> Scenario {
-    match f {
-        Fault::Loss(_) => Scenario::PacketLoss,
-        Fault::Latency(_) => Scenario::LatencyInjection,
-        Fault::Cpu(_) => Scenario::CpuStress,
-        Fault::Memory(_) => Scenario::MemoryStress,
-        Fault::Gc(_) => Scenario::GcPressure,
-        Fault::Cache(_) => Scenario::CacheInvalidation,
-    }
-}
-
 /// The fault order a (shape-checked) spec asks for on one node.
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<Fault, SpecError> {
     let scenario = spec
@@ -217,16 +205,6 @@ pub fn interface<'a>(f: &'a Fault, default: &'a str) -> &'a str {
         Fault::Loss(l) => &l.interface,
         Fault::Latency(l) => &l.interface,
         Fault::Cpu(_) | Fault::Memory(_) | Fault::Gc(_) | Fault::Cache(_) => default,
-    }
-}
-
-/// Recovery is timed from the eviction (cache invalidation) rather than the removal.
-pub fn recovers_from_apply(f: &Fault) -> bool {
-    match f {
-        Fault::Cache(_) => true,
-        Fault::Loss(_) | Fault::Latency(_) | Fault::Cpu(_) | Fault::Memory(_) | Fault::Gc(_) => {
-            false
-        }
     }
 }
 

@@ -315,19 +315,25 @@ fn points(e: &Experiment) -> f64 {
     }
 }
 
-fn resilience(scenarios: &[&str], tests: &[&Experiment]) -> Resilience {
+/// Whether an experiment (or run, or finding) of the stored scenario `name` is one of
+/// `scenario`.
+fn of(name: &str, scenario: Scenario) -> bool {
+    Scenario::from_name(name) == Some(scenario)
+}
+
+fn resilience(scenarios: &[Scenario], tests: &[&Experiment]) -> Resilience {
     let categories: Vec<Category> = scenarios
         .iter()
         .map(|s| {
-            let of: Vec<&&Experiment> = tests.iter().filter(|e| e.scenario == *s).collect();
-            let incident = of
+            let tested: Vec<&&Experiment> = tests.iter().filter(|e| of(&e.scenario, *s)).collect();
+            let incident = tested
                 .iter()
                 .any(|e| classification(e.outcome.as_ref()) == Classification::Incident);
-            let pts: Vec<f64> = of.iter().map(|e| points(e)).collect();
+            let pts: Vec<f64> = tested.iter().map(|e| points(e)).collect();
             Category {
-                scenario: (*s).to_owned(),
+                scenario: s.as_str().to_owned(),
                 weight: if incident { 3 } else { 1 },
-                runs: of.len() as u32,
+                runs: tested.len() as u32,
                 score: mean(&pts).unwrap_or(0.0),
             }
         })
@@ -379,7 +385,7 @@ pub struct Records<'a> {
 }
 
 pub fn summarize(r: &Records<'_>) -> Summary {
-    let in_scope = |scenario: &str| r.scenario.is_none_or(|s| s.as_str() == scenario);
+    let in_scope = |name: &str| r.scenario.is_none_or(|s| of(name, s));
     let exps: Vec<&Experiment> = r
         .experiments
         .iter()
@@ -397,7 +403,7 @@ pub fn summarize(r: &Records<'_>) -> Summary {
             let of: Vec<&Experiment> = tests
                 .iter()
                 .copied()
-                .filter(|e| e.scenario == s.as_str())
+                .filter(|e| of(&e.scenario, *s))
                 .collect();
             row(s.as_str(), s.title(), &of)
         })
@@ -464,7 +470,6 @@ pub fn summarize(r: &Records<'_>) -> Summary {
             FindingStatus::Open | FindingStatus::Unspecified => findings.open += 1,
         }
     }
-    let names: Vec<&str> = scenarios.iter().map(|s| s.as_str()).collect();
     Summary {
         since_ms: r.since_ms,
         until_ms: r.until_ms,
@@ -481,6 +486,6 @@ pub fn summarize(r: &Records<'_>) -> Summary {
             .filter(|e| classification(e.outcome.as_ref()) == Classification::Incident)
             .count() as u32,
         findings,
-        resilience: resilience(&names, &tests),
+        resilience: resilience(&scenarios, &tests),
     }
 }

@@ -32,8 +32,11 @@ pub use self::{
 };
 use crate::limits::Percent;
 
-/// The report's six scenarios; the short names of earlier spec files are aliases.
+/// The report's six scenarios, one per fault kind: the list of fault kinds the
+/// compiler checks everywhere (every dispatch over them is an exhaustive match, and
+/// `ALL` is pinned by a test). The short names of earlier spec files are aliases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 #[serde(rename_all = "snake_case")]
 pub enum Scenario {
     #[serde(alias = "latency")]
@@ -71,6 +74,50 @@ impl Scenario {
         }
     }
 
+    /// The fault kind's short name, as metrics label it, logs print it and earlier
+    /// spec files wrote it (`fault: loss`).
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Scenario::LatencyInjection => "latency",
+            Scenario::PacketLoss => "loss",
+            Scenario::CpuStress => "cpu",
+            Scenario::MemoryStress => "memory",
+            Scenario::CacheInvalidation => "cache",
+            Scenario::GcPressure => "gc",
+        }
+    }
+
+    /// Whether the fault acts once (an eviction) rather than for its duration: its
+    /// recovery is timed from the moment it acted, not from a removal.
+    pub fn one_shot(self) -> bool {
+        match self {
+            Scenario::CacheInvalidation => true,
+            Scenario::LatencyInjection
+            | Scenario::PacketLoss
+            | Scenario::CpuStress
+            | Scenario::MemoryStress
+            | Scenario::GcPressure => false,
+        }
+    }
+
+    /// Whether the fault consumes a share of a node resource (CPU, memory): its kind
+    /// names the resource.
+    pub fn is_stress(self) -> bool {
+        match self {
+            Scenario::CpuStress | Scenario::MemoryStress => true,
+            Scenario::LatencyInjection
+            | Scenario::PacketLoss
+            | Scenario::CacheInvalidation
+            | Scenario::GcPressure => false,
+        }
+    }
+
+    /// The share of the node a stress of `percent` consumes (0-1); None for the
+    /// faults that are no stress.
+    pub fn stress_share(self, percent: f64) -> Option<f64> {
+        self.is_stress().then_some(percent / 100.0)
+    }
+
     /// The report's heading for the scenario, e.g. "Latency Injection".
     pub fn title(self) -> &'static str {
         match self {
@@ -83,8 +130,12 @@ impl Scenario {
         }
     }
 
+    /// The scenario of a name as specs, the store and the CLI write it (the report's
+    /// name, or the short name of earlier spec files): the one parser of names.
     pub fn from_name(name: &str) -> Option<Scenario> {
-        serde_yaml_ng::from_str(name).ok()
+        Scenario::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name || s.kind_name() == name)
     }
 
     /// The fields that give this scenario its shape; any other scenario's field in a
@@ -414,22 +465,27 @@ impl Spec {
                 return Err(err("target.count", "must be at least 1".into()));
             }
         }
-        match scenario {
-            Scenario::LatencyInjection if self.latency.is_none() => {
-                return Err(err(
+        // What each scenario cannot do without.
+        let missing = match scenario {
+            Scenario::LatencyInjection => self.latency.is_none().then(|| {
+                (
                     "latency",
-                    "required for latency_injection, e.g. 50ms".into(),
-                ));
+                    "required for latency_injection, e.g. 50ms".to_owned(),
+                )
+            }),
+            Scenario::PacketLoss | Scenario::CpuStress | Scenario::MemoryStress => {
+                self.magnitude().is_none().then(|| {
+                    (
+                        scenario.as_str(),
+                        format!("required for {scenario}, e.g. {scenario}: 1.0%"),
+                    )
+                })
             }
-            Scenario::PacketLoss | Scenario::CpuStress | Scenario::MemoryStress
-                if self.magnitude().is_none() =>
-            {
-                return Err(err(
-                    scenario.as_str(),
-                    format!("required for {scenario}, e.g. {scenario}: 1.0%"),
-                ));
-            }
-            _ => {}
+            // Components, paths, hooks or the config's defaults: resolution decides.
+            Scenario::CacheInvalidation | Scenario::GcPressure => None,
+        };
+        if let Some((field, message)) = missing {
+            return Err(err(field, message));
         }
         if let Some(p) = self.to_percent
             && !crate::v1::GcFault::TO_PERCENT.contains(&p)
@@ -673,6 +729,17 @@ fn check_health(h: &Health, text: &str) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_scenario_once_in_order() {
+        use strum::IntoEnumIterator;
+        assert_eq!(Scenario::iter().collect::<Vec<_>>(), Scenario::ALL);
+        let names = Scenario::ALL.map(Scenario::kind_name);
+        assert_eq!(crate::v1::fault_spec::Fault::KINDS.len(), names.len());
+        for name in crate::v1::fault_spec::Fault::KINDS {
+            assert!(names.contains(&name), "{name}");
+        }
+    }
 
     #[test]
     fn deep_or_large_documents_are_refused_before_parsing_and_a_bom_is_dropped() {

@@ -1,35 +1,28 @@
-//! Lines a child prints (any bytes): the daemon's reading of them never panics, and
-//! what it takes from them is exactly what the line said.
+//! What a child writes to the daemon (any bytes, arriving in chunks of any size; the
+//! first byte picks the size): the daemon's reading never panics, never holds more
+//! than it was given, and every report it takes is one the child framed whole.
 #![no_main]
-use faultline_agent::child::{ChildEvent, parse_event};
+use faultline_agent::child::{Frames, frame};
+use faultline_proto::v1::ChildReport;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((&size, bytes)) = data.split_first() else {
         return;
     };
-    for line in text.lines() {
-        let Some(ev) = parse_event("latency", line) else {
-            continue;
-        };
-        let v: serde_json::Value = serde_json::from_str(line).expect("an event is JSON");
-        match ev {
-            ChildEvent::Readings(r)
-            | ChildEvent::Armed {
-                readings: Some(r), ..
-            } => {
-                for (k, x) in r {
-                    let field = k.strip_prefix("latency.").expect("keys carry the fault");
-                    assert_eq!(v[field].as_f64(), Some(x), "{field} in {line}");
-                }
+    let mut frames = Frames::default();
+    let mut taken = 0;
+    for chunk in bytes.chunks(usize::from(size).max(1)) {
+        frames.push(chunk);
+        loop {
+            match frames.next_message::<ChildReport>() {
+                Ok(Some(report)) => taken += frame(&report).len(),
+                Ok(None) => break,
+                Err(_) => return,
             }
-            ChildEvent::Counters { ingress, .. } => {
-                assert_eq!(
-                    ingress.seen,
-                    v["counters"]["ingress"]["seen"].as_u64().unwrap_or(0)
-                );
-            }
-            ChildEvent::Armed { readings: None, .. } | ChildEvent::Removed { .. } => {}
         }
+        assert!(frames.pending() <= bytes.len());
     }
+    // Re-encoding may be shorter (a default field the child wrote out), never longer.
+    assert!(taken <= bytes.len(), "{taken} > {}", bytes.len());
 });

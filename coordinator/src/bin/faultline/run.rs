@@ -98,12 +98,12 @@ impl Progress {
                 s.tcp_retransmits
             );
             // A gc or cache fault's own readings, on a line of their own.
-            if !s.fault.is_empty() {
-                let mut readings: Vec<_> = s.fault.iter().collect();
-                readings.sort_by(|a, b| a.0.cmp(b.0));
+            if let Some(r) = &s.fault_readings {
+                let mut readings = r.named();
+                readings.sort_by(|a, b| a.0.cmp(&b.0));
                 let line: Vec<String> = readings
                     .iter()
-                    .map(|(k, v)| format!("{k} {}", round(**v)))
+                    .map(|(k, v)| format!("{k} {}", round(*v)))
                     .collect();
                 println!("  {:<10} {:<7} {}", "", ev.node, line.join("  "));
             }
