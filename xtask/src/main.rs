@@ -1,6 +1,7 @@
 //! Developer tasks. `cargo xtask --help` lists them.
 mod demo;
 mod fuzz;
+mod lint;
 mod setup;
 mod vm;
 
@@ -44,6 +45,9 @@ enum Task {
     /// Run the kernel-facing tests inside Debian's stock kernel under qemu (cached
     /// in target/vm; part of `test`).
     VmTest,
+    /// Check the structure rules the compiler cannot: no catch-all arm or `matches!`
+    /// over fault kinds (part of `test`).
+    Lint,
     /// Build the fuzz targets (tests/fuzz) with coverage instrumentation and run each
     /// for a bounded time: spec, limits, schedule, config, order, child_events.
     Fuzz {
@@ -123,8 +127,10 @@ fn main() -> Result<()> {
             println!("eBPF object: {}", object.display());
             Ok(())
         }
+        Task::Lint => lint::lint(),
         Task::Test => {
             require_root("test")?;
+            lint::lint()?;
             setup::setup()?;
             build_workspace()?;
             // Each end-to-end test builds its own namespaces; two at a time keeps the
