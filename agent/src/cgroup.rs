@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    UsageError,
+    errors::UsageError,
     node::{KernelFile, keyed_in},
 };
 

@@ -37,7 +37,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::{clock::monotonic_ns, faults::latency::Timing};
+use crate::{clock::monotonic_ns, ebpf::LeaseWriter, timing::Timing};
 
 /// How long the kernel keeps diverting without a renewal.
 pub const LEASE: Duration = Duration::from_millis(400);
@@ -191,9 +191,6 @@ pub struct Report {
     pub stats: StatsView,
     pub lateness: Lateness,
 }
-
-/// Writes the kernel-side lease (`FL_DIVERT_LEASE[0]`).
-pub type LeaseWriter = Box<dyn FnMut(u64) -> Result<()> + Send>;
 
 /// A running delay line. Dropping it without [`DelayLine::finish`] stops the thread
 /// and discards what it holds.

@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 /// The object aya-build compiled from `agent-ebpf/` (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
 
+/// Writes the kernel-side lease of the delay line (`FL_DIVERT_LEASE[0]`).
+pub type LeaseWriter = Box<dyn FnMut(u64) -> anyhow::Result<()> + Send>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dir {
@@ -84,7 +87,7 @@ impl TcMode {
             TcMode::Auto if tcx_ok => TcMode::Tcx,
             TcMode::Auto => TcMode::Netlink,
             TcMode::Tcx if !tcx_ok => {
-                return Err(anyhow!(crate::UsageError(
+                return Err(anyhow!(crate::errors::UsageError(
                     "--tc-mode tcx needs kernel >= 6.6; use --tc-mode netlink".into()
                 )));
             }
@@ -310,7 +313,7 @@ impl Programs {
     }
 
     /// Hands the delay line's lease map to its owner (the delay-line thread).
-    pub fn take_divert_lease(&mut self) -> Result<crate::delay_line::LeaseWriter> {
+    pub fn take_divert_lease(&mut self) -> Result<LeaseWriter> {
         let map = self
             .ebpf
             .take_map(MAP_DIVERT_LEASE)

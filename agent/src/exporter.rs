@@ -384,7 +384,7 @@ pub async fn serve(
 ) -> Result<impl std::future::Future<Output = ()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| crate::UsageError(format!("--metrics-listen {addr}: {e}")))
+        .map_err(|e| crate::errors::UsageError(format!("--metrics-listen {addr}: {e}")))
         .context("metrics endpoint")?;
     let app = Router::new()
         .route("/metrics", get(http_metrics))

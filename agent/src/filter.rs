@@ -7,7 +7,7 @@ use faultline_common::{
 };
 use ipnet::IpNet;
 
-use crate::UsageError;
+use crate::errors::UsageError;
 
 pub use faultline_proto::filter::{PortRange, Proto, parse_cidr};
 

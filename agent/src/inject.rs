@@ -13,9 +13,10 @@ use faultline_proto::limits::{ChaosLimits, Profile};
 use serde_json::json;
 
 use crate::{
-    UsageError, clock,
+    clock,
     delay_line::{Report, StatsView},
     ebpf::{AttachKind, Dir, DirCounters, Programs, TcMode},
+    errors::UsageError,
     faults::{
         latency::{self, LatencyArgs, LatencyPlan},
         loss::LossArgs,
@@ -43,8 +44,9 @@ impl Direction {
     }
 }
 
+/// Where the fault's program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Hook {
+pub enum Attach {
     /// tc (TCX or clsact): both directions.
     Tc,
     /// XDP: ingress only, earliest point in the receive path.
@@ -62,8 +64,9 @@ pub struct TargetArgs {
     /// How long the fault lasts, e.g. 60s or 2m; also written into the kernel as a deadline.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    #[arg(long, value_enum, default_value_t = Hook::Tc)]
-    pub hook: Hook,
+    /// Where the program attaches: tc (both directions) or xdp (ingress only).
+    #[arg(long, value_enum, default_value_t = Attach::Tc)]
+    pub attach: Attach,
     #[arg(long, value_enum, default_value_t = TcMode::Auto)]
     pub tc_mode: TcMode,
     #[command(flatten)]
@@ -124,7 +127,7 @@ impl TargetArgs {
             iface,
             direction,
             duration,
-            hook: Hook::Tc,
+            attach: Attach::Tc,
             tc_mode: TcMode::Auto,
             filter,
             debug_ebpf: false,
@@ -141,14 +144,14 @@ impl TargetArgs {
         if self.interval.is_zero() {
             return Err(UsageError("--interval must be greater than zero".into()));
         }
-        if self.hook == Hook::Xdp {
+        if self.attach == Attach::Xdp {
             if self.direction != Direction::Ingress {
                 return Err(UsageError(
-                    "--hook xdp only sees ingress traffic; use --hook tc for egress".into(),
+                    "--attach xdp only sees ingress traffic; use --attach tc for egress".into(),
                 ));
             }
             if self.tc_mode != TcMode::Auto {
-                return Err(UsageError("--tc-mode applies to --hook tc only".into()));
+                return Err(UsageError("--tc-mode applies to --attach tc only".into()));
             }
         }
         Ok(())
@@ -220,9 +223,9 @@ pub async fn latency(
 ) -> Result<()> {
     // 1. Input alone.
     target.validate()?;
-    if target.hook == Hook::Xdp {
+    if target.attach == Attach::Xdp {
         return Err(UsageError(
-            "latency needs --hook tc: XDP can drop a packet but cannot hold or re-time it".into(),
+            "latency needs --attach tc: XDP can drop a packet but cannot hold or re-time it".into(),
         )
         .into());
     }
@@ -341,7 +344,7 @@ async fn attach(
     target: &TargetArgs,
     mode: TcMode,
 ) -> Result<Vec<AttachKind>> {
-    if target.hook == Hook::Xdp {
+    if target.attach == Attach::Xdp {
         return Ok(vec![programs.attach_xdp(&target.iface)?]);
     }
     if mode == TcMode::Netlink {

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{UsageError, ebpf::Dir};
+use crate::{ebpf::Dir, errors::UsageError};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Journal {

@@ -6,6 +6,7 @@ mod cgroup;
 mod clock;
 mod delay_line;
 mod ebpf;
+mod errors;
 mod exporter;
 mod faults;
 mod filter;
@@ -28,16 +29,12 @@ mod signals;
 mod stress;
 mod targets;
 mod tc;
+mod timing;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
-
-/// Bad input or an unusable environment: reported with exit code 2, and raised only
-/// before anything was applied.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+use errors::UsageError;
 
 #[derive(Parser)]
 #[command(

@@ -177,10 +177,10 @@ fn memory(m: &MemoryFault, length: Duration) -> Result<MemoryArgs, UsageError> {
     ))
 }
 
-fn hooks(hooks: &[Hook]) -> Result<Vec<crate::faults::hooks::Hook>, UsageError> {
+fn hooks(hooks: &[Hook]) -> Result<Vec<Hook>, UsageError> {
     hooks
         .iter()
-        .map(|h| crate::faults::hooks::Hook::new(&h.name, &h.url).map_err(UsageError))
+        .map(|h| crate::faults::hooks::checked(&h.name, &h.url).map_err(UsageError))
         .collect()
 }
 

@@ -3,7 +3,7 @@
 //! says what is missing.
 use std::ffi::CString;
 
-use crate::UsageError;
+use crate::errors::UsageError;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;

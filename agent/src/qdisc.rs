@@ -16,7 +16,7 @@ use netlink_packet_route::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{UsageError, tc};
+use crate::{errors::UsageError, tc};
 
 const TCA_OPTIONS: u16 = 2;
 const TCA_FQ_PLIMIT: u16 = 1;

@@ -40,7 +40,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
 use crate::{
-    UsageError,
+    errors::UsageError,
     exporter::{AgentMetrics, OrderResult, Seen},
     guard::{AbortOnDrop, Breach},
     inject::LimitArgs,
@@ -463,7 +463,7 @@ fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
             let Some(fault) = spec.fault.as_ref() else {
                 return; // converted above: an order without a fault was refused there
             };
-            let scenario = fault.scenario();
+            let scenario = Scenario::of(fault);
             let kind = scenario.kind_name();
             let stress_share = match fault {
                 Fault::Cpu(c) => scenario.stress_share(c.percent),

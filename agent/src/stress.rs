@@ -19,9 +19,9 @@ use clap::Args;
 use serde_json::json;
 
 use crate::{
-    UsageError,
     cgroup::{self, CgroupFs, Group, GroupCounters},
     clock,
+    errors::UsageError,
     node::{NodeCounters, NodeSample},
     output::Output,
 };

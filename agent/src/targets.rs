@@ -91,7 +91,7 @@ impl TargetJournal {
         let _l = self.lock()?;
         let mut changes = self.load()?;
         if let Some(c) = changes.iter().find(|c| c.file == file) {
-            anyhow::bail!(crate::UsageError(format!(
+            anyhow::bail!(crate::errors::UsageError(format!(
                 "{} is already changed by faultline-agent pid {} and not yet restored",
                 file.display(),
                 c.agent_pid

@@ -167,7 +167,7 @@ fn conflicting_options() {
             "0.5",
             "--duration",
             "10s",
-            "--hook",
+            "--attach",
             "xdp",
             "--direction",
             "egress",

@@ -531,7 +531,7 @@ fn xdp_hook_drops_on_ingress() {
             "loss",
             "--iface",
             IFACE,
-            "--hook",
+            "--attach",
             "xdp",
             "--percent",
             "50",

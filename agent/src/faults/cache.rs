@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::{UsageError, inject::LimitArgs, output::Output, preflight};
+use crate::{errors::UsageError, inject::LimitArgs, output::Output, preflight};
 
 #[derive(Args, Clone, Debug)]
 pub struct CacheArgs {
@@ -29,8 +29,8 @@ pub struct CacheArgs {
     pub target_cgroup: Option<PathBuf>,
     /// Ask an application component to drop its own cache: NAME=http://URL (POST);
     /// repeatable, e.g. --hook api=http://127.0.0.1:8080/cache/drop.
-    #[arg(long = "hook")]
-    pub hooks: Vec<crate::faults::hooks::Hook>,
+    #[arg(long = "hook", value_parser = crate::faults::hooks::parse)]
+    pub hooks: Vec<faultline_proto::v1::Hook>,
     /// Watch the cache rebuild for this long after the eviction.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub observe: Duration,
@@ -47,7 +47,7 @@ impl CacheArgs {
     pub fn ordered(
         paths: Vec<PathBuf>,
         target_cgroup: Option<PathBuf>,
-        hooks: Vec<crate::faults::hooks::Hook>,
+        hooks: Vec<faultline_proto::v1::Hook>,
         observe: Duration,
     ) -> Self {
         Self {

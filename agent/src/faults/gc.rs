@@ -19,8 +19,8 @@ use faultline_proto::limits::Percent;
 use serde_json::json;
 
 use crate::{
-    UsageError,
     cgroup::{keyed, read_u64},
+    errors::UsageError,
     faults::loss::parse_percent,
     inject::LimitArgs,
     output::Output,
@@ -39,8 +39,8 @@ pub struct GcArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// An HTTP endpoint that asks the runtime to collect: NAME=http://URL (POST once).
-    #[arg(long = "hook")]
-    pub hooks: Vec<crate::faults::hooks::Hook>,
+    #[arg(long = "hook", value_parser = crate::faults::hooks::parse)]
+    pub hooks: Vec<faultline_proto::v1::Hook>,
     /// A command that asks the runtime to collect (run once, without a shell).
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub runtime_command: Option<Vec<String>>,
@@ -58,7 +58,7 @@ impl GcArgs {
         target_cgroup: PathBuf,
         to_percent: Percent,
         duration: Duration,
-        hooks: Vec<crate::faults::hooks::Hook>,
+        hooks: Vec<faultline_proto::v1::Hook>,
     ) -> Self {
         Self {
             target_cgroup,

@@ -1,49 +1,40 @@
-//! Application hooks: named HTTP endpoints the agent POSTs to as part of a fault,
+//! Calling application hooks (`v1::Hook`, the contract's one notion of a hook): named
+//! HTTP endpoints the agent POSTs to as part of a fault,
 //! e.g. asking each component of an application to drop its caches
 //! (`--hook consensus=http://127.0.0.1:8081/cache/drop`) or its runtime to collect.
 //! Plain HTTP to the node's own services only: hooks are local by design.
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
+use faultline_proto::v1::Hook;
 use serde::Serialize;
 
-/// `NAME=URL`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Hook {
-    pub name: String,
-    pub url: String,
+/// A hook from the command line, `NAME=URL` (clap's value parser).
+pub fn parse(s: &str) -> Result<Hook, String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("hook '{s}' is not NAME=URL"))?;
+    checked(name, url)
 }
 
-impl FromStr for Hook {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, url) = s
-            .split_once('=')
-            .ok_or_else(|| format!("hook '{s}' is not NAME=URL"))?;
-        Self::new(name, url)
+/// A named http:// endpoint of a local service, or why not.
+pub fn checked(name: &str, url: &str) -> Result<Hook, String> {
+    if !Hook::valid_name(name) {
+        return Err(format!(
+            "hook name '{name}' must be letters, digits, '-' or '_'"
+        ));
     }
-}
-
-impl Hook {
-    /// A named http:// endpoint of a local service, or why not.
-    pub fn new(name: &str, url: &str) -> Result<Self, String> {
-        if !faultline_proto::v1::Hook::valid_name(name) {
-            return Err(format!(
-                "hook name '{name}' must be letters, digits, '-' or '_'"
-            ));
-        }
-        let uri: ureq::http::Uri = url
-            .parse()
-            .map_err(|e| format!("hook {name}: '{url}' is not a URL ({e})"))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(format!(
-                "hook {name}: '{url}' must be an http:// URL of a local service"
-            ));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            url: url.to_owned(),
-        })
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("hook {name}: '{url}' is not a URL ({e})"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!(
+            "hook {name}: '{url}' must be an http:// URL of a local service"
+        ));
     }
+    Ok(Hook {
+        name: name.to_owned(),
+        url: url.to_owned(),
+    })
 }
 
 /// What one hook call did.
@@ -130,27 +121,12 @@ mod tests {
 
     #[test]
     fn hooks_parse_and_bad_ones_are_refused() {
-        let h: Hook = "api=http://127.0.0.1:8080/cache/drop".parse().unwrap();
+        let h = parse("api=http://127.0.0.1:8080/cache/drop").unwrap();
         assert_eq!(h.name, "api");
-        assert!("noequals".parse::<Hook>().unwrap_err().contains("NAME=URL"));
-        assert!(
-            "bad name=http://x/"
-                .parse::<Hook>()
-                .unwrap_err()
-                .contains("letters")
-        );
-        assert!(
-            "x=ftp://host/"
-                .parse::<Hook>()
-                .unwrap_err()
-                .contains("http://")
-        );
-        assert!(
-            "x=https://host/"
-                .parse::<Hook>()
-                .unwrap_err()
-                .contains("http://")
-        );
-        assert!("x=not a url".parse::<Hook>().is_err());
+        assert!(parse("noequals").unwrap_err().contains("NAME=URL"));
+        assert!(parse("bad name=http://x/").unwrap_err().contains("letters"));
+        assert!(parse("x=ftp://host/").unwrap_err().contains("http://"));
+        assert!(parse("x=https://host/").unwrap_err().contains("http://"));
+        assert!(parse("x=not a url").is_err());
     }
 }

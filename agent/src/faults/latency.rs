@@ -6,17 +6,17 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use faultline_common::{
-    DELAY_DIVERT, DELAY_EDT, JITTER_SHIFT, JITTER_TABLE_SIZE, LATENCY_REORDER, LatencyModel,
-    PROG_IFB, PROG_REINJECT, PROG_TO_IFB,
+    DELAY_DIVERT, DELAY_EDT, LATENCY_REORDER, LatencyModel, PROG_IFB, PROG_REINJECT, PROG_TO_IFB,
 };
 use faultline_proto::{jitter, limits::Percent};
 
 use crate::{
-    UsageError,
     delay_line::{self, DelayLine, Tap},
     ebpf::{Dir, Programs, TcMode},
+    errors::UsageError,
     journal::{Entry, JournalFile, QdiscEntry},
     qdisc, tc,
+    timing::Timing,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -90,26 +90,6 @@ pub struct LatencyArgs {
     /// Also drop this percent of the matching packets (Bernoulli), e.g. 1.
     #[arg(long, value_parser = super::loss::parse_percent)]
     pub loss_percent: Option<Percent>,
-}
-
-/// The timing model both backends apply.
-#[derive(Clone, Debug)]
-pub struct Timing {
-    pub delay_ns: u64,
-    pub jitter_ns: u64,
-    pub table: Arc<Vec<i32>>,
-    pub reorder: bool,
-}
-
-impl Timing {
-    /// The jitter offset for one 32-bit random draw, exactly as the kernel computes it.
-    pub fn offset_ns(&self, random: u32) -> i64 {
-        if self.jitter_ns == 0 {
-            return 0;
-        }
-        let z = self.table[(random & (JITTER_TABLE_SIZE - 1)) as usize];
-        (i64::from(z) * self.jitter_ns as i64) >> JITTER_SHIFT
-    }
 }
 
 /// A validated latency request.
@@ -449,6 +429,8 @@ impl Active {
 
 #[cfg(test)]
 mod tests {
+    use faultline_common::JITTER_TABLE_SIZE;
+
     use super::*;
 
     fn args(delay_ms: u64, jitter_ms: u64, dist: Distribution) -> LatencyArgs {

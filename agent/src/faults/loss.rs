@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use faultline_common::{LOSS_BERNOULLI, LOSS_GILBERT_ELLIOTT, LossModel, PROB_ONE};
 use faultline_proto::limits::Percent;
 
-use crate::UsageError;
+use crate::errors::UsageError;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Model {

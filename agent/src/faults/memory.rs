@@ -6,7 +6,7 @@ use clap::Args;
 use faultline_proto::limits::Percent;
 
 use crate::{
-    UsageError,
+    errors::UsageError,
     faults::loss::parse_percent,
     node::NodeSample,
     stress::{StressArgs, StressPlan},
