@@ -117,33 +117,13 @@ impl Guards {
         };
         if http_new && let (Some(stats), Some(h)) = (r.http, newest) {
             let src = http_source();
-            if let Some(t) = a.error_rate_above
-                && self.count(
-                    "abort_conditions.error_rate_above",
-                    &src,
-                    stats.error_rate > t,
-                )
-            {
-                return Some(breach(
-                    "abort_conditions.error_rate_above",
-                    src,
-                    stats.error_rate,
-                    t,
-                    "%",
-                    h.at,
-                ));
-            }
-            if let Some(t) = a.latency_p99_above_ms
-                && self.count("abort_conditions.latency_p99_above", &src, stats.p99_ms > t)
-            {
-                return Some(breach(
-                    "abort_conditions.latency_p99_above",
-                    src,
-                    stats.p99_ms,
-                    t,
-                    "ms",
-                    h.at,
-                ));
+            for (t, observed) in [
+                (&ERROR_RATE, stats.error_rate),
+                (&LATENCY_P99, stats.p99_ms),
+            ] {
+                if let Some(b) = self.check(t, &a, &src, observed, h.at) {
+                    return Some(b);
+                }
             }
         }
         // Prometheus: a new round of queries.
@@ -152,37 +132,15 @@ impl Guards {
                 self.prom_rounds = p.rounds;
                 fresh = true;
                 let at = p.values.values().map(|v| v.at).max().unwrap_or(wall);
-                if let (Some(t), Some(v)) = (a.error_rate_above, r.prom_error_rate)
-                    && self.count(
-                        "abort_conditions.error_rate_above",
-                        "prometheus:error_rate",
-                        v > t,
-                    )
-                {
-                    return Some(breach(
-                        "abort_conditions.error_rate_above",
-                        "prometheus:error_rate".into(),
-                        v,
-                        t,
-                        "%",
-                        at,
-                    ));
-                }
-                if let (Some(t), Some(v)) = (a.latency_p99_above_ms, r.prom_p99_ms)
-                    && self.count(
-                        "abort_conditions.latency_p99_above",
-                        "prometheus:latency_p99",
-                        v > t,
-                    )
-                {
-                    return Some(breach(
-                        "abort_conditions.latency_p99_above",
-                        "prometheus:latency_p99".into(),
-                        v,
-                        t,
-                        "ms",
-                        at,
-                    ));
+                for (t, src, observed) in [
+                    (&ERROR_RATE, "prometheus:error_rate", r.prom_error_rate),
+                    (&LATENCY_P99, "prometheus:latency_p99", r.prom_p99_ms),
+                ] {
+                    if let Some(v) = observed
+                        && let Some(b) = self.check(t, &a, src, v, at)
+                    {
+                        return Some(b);
+                    }
                 }
             }
             let live = m
@@ -247,22 +205,58 @@ impl Guards {
         }
         drop(s);
         // The health score, whenever anything moved.
-        if let (Some(t), Some(v)) = (a.health_score_below, r.health_score)
-            && fresh
-            && self.count("abort_conditions.health_score_below", "score", v < t)
-        {
-            return Some(breach(
-                "abort_conditions.health_score_below",
-                "score".into(),
-                v,
-                t,
-                "points",
-                wall,
-            ));
+        match r.health_score {
+            Some(v) if fresh => self.check(&HEALTH_SCORE, &a, "score", v, wall),
+            _ => None,
         }
-        None
+    }
+
+    /// One data point of `source` against threshold `t`: a breach once it has held
+    /// for `consecutive` points of that source in a row.
+    fn check(
+        &mut self,
+        t: &Threshold,
+        a: &AbortPlan,
+        source: &str,
+        observed: f64,
+        at: SystemTime,
+    ) -> Option<Breach> {
+        let limit = (t.limit)(a)?;
+        self.count(t.guard, source, (t.breached)(observed, limit))
+            .then(|| breach(t.guard, source.to_owned(), observed, limit, t.unit, at))
     }
 }
+
+/// A numeric abort condition: one row per condition; every source that carries
+/// its signal is checked against it.
+struct Threshold {
+    guard: &'static str,
+    unit: &'static str,
+    /// The plan's limit, when the condition is set.
+    limit: fn(&AbortPlan) -> Option<f64>,
+    breached: fn(f64, f64) -> bool,
+}
+
+const ERROR_RATE: Threshold = Threshold {
+    guard: "abort_conditions.error_rate_above",
+    unit: "%",
+    limit: |a| a.error_rate_above,
+    breached: |observed, limit| observed > limit,
+};
+
+const LATENCY_P99: Threshold = Threshold {
+    guard: "abort_conditions.latency_p99_above",
+    unit: "ms",
+    limit: |a| a.latency_p99_above_ms,
+    breached: |observed, limit| observed > limit,
+};
+
+const HEALTH_SCORE: Threshold = Threshold {
+    guard: "abort_conditions.health_score_below",
+    unit: "points",
+    limit: |a| a.health_score_below,
+    breached: |observed, limit| observed < limit,
+};
 
 fn breach(
     guard: &str,

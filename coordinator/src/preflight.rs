@@ -102,7 +102,15 @@ pub async fn run(
     }
     let probes = probes_since_from();
     let reading = monitor.reading();
-    let mut checks = thresholds(plan, monitor, &reading, probes, &required, baseline_p99).await;
+    let mut checks = thresholds(&Seen {
+        plan,
+        monitor,
+        reading: &reading,
+        probes,
+        required: &required,
+        baseline_p99,
+    })
+    .await;
     for system in System::ALL {
         let name = format!("required.{}", system.as_str());
         if plan.waivers.contains(&system) {
@@ -164,21 +172,23 @@ pub async fn run(
 }
 
 /// The threshold prerequisites.
-async fn thresholds(
-    plan: &Plan,
-    monitor: &Monitor,
-    r: &Reading,
+/// What the prerequisite checks read.
+struct Seen<'a> {
+    plan: &'a Plan,
+    monitor: &'a Monitor,
+    reading: &'a Reading,
     probes: Option<http::Stats>,
-    required: &BTreeSet<System>,
+    required: &'a BTreeSet<System>,
     baseline_p99: Option<f64>,
-) -> Vec<Check> {
-    let p = &plan.prerequisites;
-    let mut out = Vec::new();
-    // A signal without a source: skipped, or failed when its provider is required.
-    let no_source = |name: &str, threshold: String, providers: &[System]| {
+}
+
+impl Seen<'_> {
+    /// A signal without a source: skipped, or failed when one of its providers is
+    /// required.
+    fn no_source(&self, name: &str, threshold: String, providers: &[System]) -> Check {
         let needed: Vec<&str> = providers
             .iter()
-            .filter(|s| required.contains(s))
+            .filter(|s| self.required.contains(s))
             .map(|s| s.as_str())
             .collect();
         if needed.is_empty() {
@@ -198,174 +208,225 @@ async fn thresholds(
                 format!("no source, and {} is required", needed.join(" / ")),
             )
         }
-    };
-    let score_provider = if plan
-        .health
-        .prometheus
-        .as_ref()
-        .is_some_and(|p| p.queries.health_score.is_some())
-    {
-        System::Monitoring
-    } else {
-        System::HealthChecker
-    };
-    if let Some(t) = p.health_score_above {
-        let th = format!("> {t}");
-        out.push(match r.health_score {
-            Some(v) => check(
-                "health_score_above",
-                pass_fail(v > t),
-                format!("{v:.1}"),
-                th,
-                String::new(),
-            ),
-            None => no_source("health_score_above", th, &[score_provider]),
-        });
     }
-    if let Some(sev) = &p.no_incidents {
-        let th = format!(
-            "none of {}",
-            sev.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        out.push(match &r.alerts {
-            Some(alerts) => {
-                let hits: Vec<String> = alerts
-                    .iter()
-                    .filter(|a| a.severity.is_some_and(|s| sev.contains(&s)))
-                    .map(|a| format!("{} ({})", a.name, a.severity.map_or("?", Severity::as_str)))
-                    .collect();
-                check(
-                    "no_incidents",
-                    pass_fail(hits.is_empty()),
-                    if hits.is_empty() {
-                        "none active".into()
-                    } else {
-                        hits.join(", ")
-                    },
-                    th,
-                    String::new(),
-                )
-            }
-            None => {
-                let unreachable = monitor_error_alerts(monitor);
-                let mut c = no_source("no_incidents", th, &[System::Alerting]);
-                if let Some(e) = unreachable {
-                    c.status = CheckStatus::Fail as i32;
-                    c.detail = e;
-                }
-                c
-            }
-        });
-    }
-    if let Some(t) = p.traffic_below_peak {
-        let th = format!("< {t} of peak");
-        out.push(match r.traffic_vs_peak {
-            Some(v) => check(
-                "traffic_below_peak",
-                pass_fail(v * 100.0 < t.value()),
-                format!("{:.1}% of peak", v * 100.0),
-                th,
-                String::new(),
-            ),
-            None => prometheus_failure(monitor, "traffic_vs_peak")
-                .map(|e| {
-                    check(
-                        "traffic_below_peak",
-                        CheckStatus::Fail,
-                        "-".into(),
-                        th.clone(),
-                        e,
-                    )
-                })
-                .unwrap_or_else(|| no_source("traffic_below_peak", th, &[System::Monitoring])),
-        });
-    }
-    if let Some(t) = p.error_rate_below {
-        let th = format!("< {t}");
-        out.push(match r.error_rate() {
-            Some(v) => check(
-                "error_rate_below",
-                pass_fail(v < t.value()),
-                format!("{v:.3}%"),
-                th,
-                format!("from {}", r.source()),
-            ),
-            None => no_source(
-                "error_rate_below",
-                th,
-                &[System::HealthChecker, System::Monitoring],
-            ),
-        });
-    }
-    if let Some(t) = p.latency_within_baseline {
-        let th = format!("<= baseline p99 + {t}");
-        // Like with like: a PromQL baseline against the PromQL p99, a recorded one
-        // (the probes' baseline in earlier experiments) against the probes' p99.
-        let (now, base, over) = match &plan.health.prometheus {
-            Some(pp) if pp.queries.latency_p99_baseline.is_some() => {
-                let q = pp.queries.latency_p99_baseline.clone().unwrap_or_default();
-                (
-                    r.prom_p99_ms,
-                    Some(
-                        prometheus::query(&prometheus::client(), &pp.url, &q)
-                            .await
-                            .map(|v| v * 1e3),
-                    ),
-                    "from prometheus".to_owned(),
-                )
-            }
-            _ => match probes.or(r.http) {
-                Some(h) => (
-                    Some(h.p99_ms),
-                    baseline_p99.map(Ok),
-                    format!("over {} probe results", h.count),
-                ),
-                // Only a PromQL p99, and nothing to compare it with.
-                None => (r.prom_p99_ms, None, String::new()),
-            },
+}
+
+/// Every prerequisite, in the order the result lists them: one row each.
+enum Prerequisite {
+    Numeric(Numeric),
+    NoIncidents,
+    LatencyWithinBaseline,
+}
+
+const PREREQUISITES: [Prerequisite; 5] = [
+    Prerequisite::Numeric(HEALTH_SCORE_ABOVE),
+    Prerequisite::NoIncidents,
+    Prerequisite::Numeric(TRAFFIC_BELOW_PEAK),
+    Prerequisite::Numeric(ERROR_RATE_BELOW),
+    Prerequisite::LatencyWithinBaseline,
+];
+
+async fn thresholds(seen: &Seen<'_>) -> Vec<Check> {
+    let mut out = Vec::new();
+    for row in &PREREQUISITES {
+        let c = match row {
+            Prerequisite::Numeric(n) => numeric(seen, n),
+            Prerequisite::NoIncidents => no_incidents(seen),
+            Prerequisite::LatencyWithinBaseline => latency_within_baseline(seen).await,
         };
-        out.push(match (now, base) {
-            (None, _) => no_source(
-                "latency_within_baseline",
-                th,
-                &[System::HealthChecker, System::Monitoring],
-            ),
-            (Some(_), None) => check(
-                "latency_within_baseline",
-                CheckStatus::Skipped,
-                "-".into(),
-                th,
-                "skipped: no baseline p99 recorded yet (set queries.latency_p99_baseline, or it \
-                 comes from earlier experiments with the same probes)"
-                    .into(),
-            ),
-            (Some(_), Some(Err(e))) => check(
-                "latency_within_baseline",
-                CheckStatus::Fail,
-                "-".into(),
-                th,
-                e,
-            ),
-            (Some(now), Some(Ok(base))) => {
-                // The recovery tolerance's absolute extra is the floor: ten per cent
-                // of a 2 ms p99 is noise.
-                let extra = plan.recovery.p99_extra_ms;
-                let limit = base * (1.0 + t.value() / 100.0) + extra;
-                check(
-                    "latency_within_baseline",
-                    pass_fail(now <= limit),
-                    format!("p99 {now:.1} ms"),
-                    format!("<= {limit:.1} ms (baseline {base:.1} ms + {t} + {extra:.0} ms)"),
-                    over,
-                )
-            }
-        });
+        out.extend(c);
     }
     out
 }
+
+fn numeric(seen: &Seen<'_>, row: &Numeric) -> Option<Check> {
+    let (limit, threshold) = (row.limit)(&seen.plan.prerequisites)?;
+    Some(match (row.value)(seen.reading) {
+        Some(v) => check(
+            row.name,
+            pass_fail((row.passes)(v, limit)),
+            (row.shown)(v),
+            threshold,
+            (row.detail)(seen.reading),
+        ),
+        None => row
+            .query
+            .and_then(|q| prometheus_failure(seen.monitor, q))
+            .map(|e| {
+                check(
+                    row.name,
+                    CheckStatus::Fail,
+                    "-".into(),
+                    threshold.clone(),
+                    e,
+                )
+            })
+            .unwrap_or_else(|| seen.no_source(row.name, threshold, &(row.providers)(seen.plan))),
+    })
+}
+
+fn no_incidents(seen: &Seen<'_>) -> Option<Check> {
+    let sev = seen.plan.prerequisites.no_incidents.as_ref()?;
+    let th = format!(
+        "none of {}",
+        sev.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Some(match &seen.reading.alerts {
+        Some(alerts) => {
+            let hits: Vec<String> = alerts
+                .iter()
+                .filter(|a| a.severity.is_some_and(|s| sev.contains(&s)))
+                .map(|a| format!("{} ({})", a.name, a.severity.map_or("?", Severity::as_str)))
+                .collect();
+            check(
+                "no_incidents",
+                pass_fail(hits.is_empty()),
+                if hits.is_empty() {
+                    "none active".into()
+                } else {
+                    hits.join(", ")
+                },
+                th,
+                String::new(),
+            )
+        }
+        None => {
+            let unreachable = monitor_error_alerts(seen.monitor);
+            let mut c = seen.no_source("no_incidents", th, &[System::Alerting]);
+            if let Some(e) = unreachable {
+                c.status = CheckStatus::Fail as i32;
+                c.detail = e;
+            }
+            c
+        }
+    })
+}
+
+async fn latency_within_baseline(seen: &Seen<'_>) -> Option<Check> {
+    let (plan, r) = (seen.plan, seen.reading);
+    let t = plan.prerequisites.latency_within_baseline?;
+    let th = format!("<= baseline p99 + {t}");
+    // Like with like: a PromQL baseline against the PromQL p99, a recorded one (the
+    // probes' baseline in earlier experiments) against the probes' p99.
+    let (now, base, over) = match &plan.health.prometheus {
+        Some(pp) if pp.queries.latency_p99_baseline.is_some() => {
+            let q = pp.queries.latency_p99_baseline.clone().unwrap_or_default();
+            (
+                r.prom_p99_ms,
+                Some(
+                    prometheus::query(&prometheus::client(), &pp.url, &q)
+                        .await
+                        .map(|v| v * 1e3),
+                ),
+                "from prometheus".to_owned(),
+            )
+        }
+        _ => match seen.probes.or(r.http) {
+            Some(h) => (
+                Some(h.p99_ms),
+                seen.baseline_p99.map(Ok),
+                format!("over {} probe results", h.count),
+            ),
+            // Only a PromQL p99, and nothing to compare it with.
+            None => (r.prom_p99_ms, None, String::new()),
+        },
+    };
+    let name = "latency_within_baseline";
+    Some(match (now, base) {
+        (None, _) => seen.no_source(name, th, &[System::HealthChecker, System::Monitoring]),
+        (Some(_), None) => check(
+            name,
+            CheckStatus::Skipped,
+            "-".into(),
+            th,
+            "skipped: no baseline p99 recorded yet (set queries.latency_p99_baseline, or it \
+             comes from earlier experiments with the same probes)"
+                .into(),
+        ),
+        (Some(_), Some(Err(e))) => check(name, CheckStatus::Fail, "-".into(), th, e),
+        (Some(now), Some(Ok(base))) => {
+            // The recovery tolerance's absolute extra is the floor: ten per cent of a
+            // 2 ms p99 is noise.
+            let extra = plan.recovery.p99_extra_ms;
+            let limit = base * (1.0 + t.value() / 100.0) + extra;
+            check(
+                name,
+                pass_fail(now <= limit),
+                format!("p99 {now:.1} ms"),
+                format!("<= {limit:.1} ms (baseline {base:.1} ms + {t} + {extra:.0} ms)"),
+                over,
+            )
+        }
+    })
+}
+
+/// A prerequisite that compares one number of the reading with its threshold: one
+/// row each. (No incidents and the latency against its baseline are their own.)
+struct Numeric {
+    name: &'static str,
+    /// The configured threshold, as a number and as the check shows it.
+    limit: fn(&faultline_proto::spec::Prerequisites) -> Option<(f64, String)>,
+    value: fn(&Reading) -> Option<f64>,
+    passes: fn(f64, f64) -> bool,
+    shown: fn(f64) -> String,
+    detail: fn(&Reading) -> String,
+    /// The systems that provide the signal: without a source the check is skipped,
+    /// or failed when one of them is required.
+    providers: fn(&Plan) -> Vec<System>,
+    /// The Prometheus query whose failure explains a missing value.
+    query: Option<&'static str>,
+}
+
+const HEALTH_SCORE_ABOVE: Numeric = Numeric {
+    name: "health_score_above",
+    limit: |p| p.health_score_above.map(|t| (t, format!("> {t}"))),
+    value: |r| r.health_score,
+    passes: |v, t| v > t,
+    shown: |v| format!("{v:.1}"),
+    detail: |_| String::new(),
+    // A PromQL score is Monitoring's; a computed one the probes'.
+    providers: |plan| {
+        let promql = plan
+            .health
+            .prometheus
+            .as_ref()
+            .is_some_and(|p| p.queries.health_score.is_some());
+        vec![if promql {
+            System::Monitoring
+        } else {
+            System::HealthChecker
+        }]
+    },
+    query: None,
+};
+
+const TRAFFIC_BELOW_PEAK: Numeric = Numeric {
+    name: "traffic_below_peak",
+    limit: |p| {
+        p.traffic_below_peak
+            .map(|t| (t.value(), format!("< {t} of peak")))
+    },
+    value: |r| r.traffic_vs_peak.map(|v| v * 100.0),
+    passes: |v, t| v < t,
+    shown: |v| format!("{v:.1}% of peak"),
+    detail: |_| String::new(),
+    providers: |_| vec![System::Monitoring],
+    query: Some("traffic_vs_peak"),
+};
+
+const ERROR_RATE_BELOW: Numeric = Numeric {
+    name: "error_rate_below",
+    limit: |p| p.error_rate_below.map(|t| (t.value(), format!("< {t}"))),
+    value: Reading::error_rate,
+    passes: |v, t| v < t,
+    shown: |v| format!("{v:.3}%"),
+    detail: |r| format!("from {}", r.source()),
+    providers: |_| vec![System::HealthChecker, System::Monitoring],
+    query: None,
+};
 
 fn monitor_error_alerts(m: &Monitor) -> Option<String> {
     let s = lock(&m.shared);

@@ -1,23 +1,25 @@
 //! One experiment from lease grant to its typed outcome, judged by the service's
-//! steady state (and the node's):
+//! steady state (and the node's). Each phase is a function that returns what the
+//! next one needs, or ends the experiment with its outcome (`Step`, with `?`):
 //!
-//! 1. Preflight: the agents are connected and their kernels can do the fault; the
-//!    health sources start and every prerequisite is evaluated (`preflight`). Any
-//!    failure refuses the experiment (rejected) with the whole list; nothing is
+//! 1. `preflight`: the agents are connected and their kernels can do the fault; the
+//!    health sources start and every prerequisite is evaluated (`crate::preflight`).
+//!    Any failure refuses the experiment (rejected) with the whole list; nothing is
 //!    applied.
-//! 2. Baseline: health signals and node samples for the baseline window, with the
+//! 2. `baseline`: health signals and node samples for the baseline window, with the
 //!    guards on: a breach here cancels the experiment before any fault.
-//! 3. Fault: the order goes out under the lease (with its agent-side guard); the
-//!    guards are evaluated on every new data point. A breach, a dark source or a
-//!    manual abort removes the effect at once (aborted). The agent's own guard may
-//!    remove it too, and says so.
-//! 4. Recovery: after removal (for cache invalidation: from the eviction) the steady
-//!    state must return within tolerance of the baseline and hold (`recovery`), and
-//!    the node's CPU and memory must return; then the classification: absorbed,
-//!    self-healed, incident or not recovered.
+//! 3. the fault — `order`, `applied`, `fault`, `remove`: the order goes out under the
+//!    lease (with its agent-side guard); the guards are evaluated on every new data
+//!    point. A breach, a dark source or a manual abort removes the effect at once
+//!    (aborted). The agent's own guard may remove it too, and says so.
+//! 4. `recovery`: after removal (a one-shot fault, cache invalidation: from its
+//!    application) the steady state must return within tolerance of the baseline and
+//!    hold (`recovery`), and the node's CPU and memory must return;
+//! 5. `judge`: the classification (absorbed, self-healed, incident or not
+//!    recovered), the signal table, the recovery time and the verdict.
 //!
 //! Every way out releases the lease and leaves a terminal phase and an `Outcome` in
-//! the store.
+//! the store (`run`).
 pub mod outcome;
 pub mod recovery;
 pub mod window;
@@ -134,6 +136,16 @@ impl Run {
 
     fn aborted(&self) -> Option<Halt> {
         self.abort.borrow().clone()
+    }
+
+    /// Ends the experiment in a phase: the way out of `Step`.
+    fn end<T>(&mut self, verdict: Verdict, message: impl Into<String>) -> Step<T> {
+        Err(Box::new(self.finish(verdict, message)))
+    }
+
+    /// Ends the experiment in a phase as a halt asks.
+    fn end_halted<T>(&mut self, halt: &Halt, context: &str) -> Step<T> {
+        Err(Box::new(self.halted(halt, context)))
     }
 
     /// Ends the experiment as a halt asks: `aborted` or `interrupted`, with the
@@ -356,16 +368,44 @@ pub async fn run(
     let _ = done.send(true);
 }
 
-async fn steps(r: &mut Run) -> Outcome {
-    let ttl = r.c.config.lease_ttl;
-    let nodes = r.exp.plan.nodes.clone();
-    r.emit(format!(
-        "lease {} on {} (ttl {ttl:?})",
-        r.exp.lease_id,
-        nodes.join(", ")
-    ));
+/// A phase's result: what the next phase needs, or the experiment's end.
+type Step<T> = Result<T, Box<Outcome>>;
 
-    // 1. Preflight.
+/// The phases in order; each ends the experiment early with its outcome.
+async fn steps(r: &mut Run) -> Outcome {
+    match phases(r).await {
+        Ok(o) => o,
+        Err(o) => *o,
+    }
+}
+
+async fn phases(r: &mut Run) -> Step<Outcome> {
+    r.emit(format!(
+        "lease {} on {} (ttl {:?})",
+        r.exp.lease_id,
+        r.exp.plan.nodes.join(", "),
+        r.c.config.lease_ttl
+    ));
+    preflight(r).await?;
+    let base = baseline(r).await?;
+    let mut acks = order(r).await?;
+    let applied_at = applied(r, &mut acks, &base).await?;
+    let during = fault(r, &mut acks, applied_at).await?;
+    let removed_at = remove(r, &during).await?;
+    let after = recovery(r, applied_at, removed_at).await?;
+    Ok(judge(r, &base.collect, &during, after))
+}
+
+/// What the baseline leaves to the later phases.
+struct Baseline {
+    collect: Collect,
+    tolerance: Tolerance,
+}
+
+/// Phase 1, preflight: the agents can carry the fault; the health sources start and every
+/// prerequisite is evaluated over a health window. A failure refuses the experiment
+/// with the whole list; nothing is applied.
+async fn preflight(r: &mut Run) -> Step<()> {
     if let Err(why) = node_preflight(&r.c, &r.exp.plan) {
         r.outcome.preflight.push(Check {
             name: "agent".into(),
@@ -374,7 +414,7 @@ async fn steps(r: &mut Run) -> Outcome {
             threshold: "connected, kernel can do the fault".into(),
             detail: why.clone(),
         });
-        return r.finish(Verdict::Rejected, format!("preflight: {why}"));
+        return r.end(Verdict::Rejected, format!("preflight: {why}"));
     }
     // Until the baseline's observer takes over, the coordinator keeps its own lease
     // alive: preflight lasts a health window.
@@ -388,7 +428,8 @@ async fn steps(r: &mut Run) -> Outcome {
         })
     };
     let _renewing = crate::health::AbortOnDrop(renewer);
-    let mut monitor = Monitor::start(r.exp.plan.health.clone(), &r.c, &r.exp.id, &nodes);
+    let nodes = r.exp.plan.nodes.clone();
+    let mut monitor = Monitor::start(r.exp.plan.health.clone(), r.c.clone(), &r.exp.id, &nodes);
     let baseline_p99 =
         r.c.store
             .recorded_baseline_p99(&probe_names(&r.exp.plan))
@@ -398,26 +439,16 @@ async fn steps(r: &mut Run) -> Outcome {
     guards.note_preexisting(&monitor);
     r.outcome.preflight = checks;
     r.outcome.node_signals_only = r.exp.plan.health.is_empty();
-    for c in &r.outcome.preflight {
-        r.emit(format!(
-            "preflight {} {}: {} (threshold {}){}",
-            status_word(c.status),
-            c.name,
-            c.value,
-            c.threshold,
-            if c.detail.is_empty() {
-                String::new()
-            } else {
-                format!(" — {}", c.detail)
-            }
-        ));
+    let lines: Vec<String> = r.outcome.preflight.iter().map(check_line).collect();
+    for line in lines {
+        r.emit(line);
     }
     let failed = outcome::failed_checks(&r.outcome.preflight);
     if !failed.is_empty() {
-        return r.finish(Verdict::Rejected, format!("preflight failed: {failed}"));
+        return r.end(Verdict::Rejected, format!("preflight failed: {failed}"));
     }
     if r.outcome.node_signals_only && r.exp.plan.require_health {
-        return r.finish(
+        return r.end(
             Verdict::Rejected,
             "require_health: no health signal is configured (health.http, health.prometheus or \
              health.alertmanager), and the coordinator's config requires one",
@@ -425,79 +456,91 @@ async fn steps(r: &mut Run) -> Outcome {
     }
     r.monitor = Some(monitor);
     r.guards = Some(guards);
-    drop(_renewing);
     r.c.set_sample_rate(&nodes, 10.0);
+    Ok(())
+}
 
-    // 2. Baseline.
+/// Phase 2, the baseline: health signals and node samples over the baseline window, guards on:
+/// a breach here cancels the experiment before any fault.
+async fn baseline(r: &mut Run) -> Step<Baseline> {
     r.set_phase(
         Phase::Baseline,
         format!("measuring the baseline for {:?}", r.exp.plan.baseline),
     );
-    let mut baseline = Collect::default();
-    let baseline_from = std::time::Instant::now();
+    let mut collect = Collect::default();
+    let from = std::time::Instant::now();
     let until = Instant::now() + r.exp.plan.baseline;
-    match r.observe(until, &mut baseline, true, true, None).await {
-        Some(Stop::Halted(why)) => return r.halted(&why, "before the fault: "),
-        Some(Stop::Breach(b)) => return r.abort_on(b, Phase::Baseline).await,
+    match r.observe(until, &mut collect, true, true, None).await {
+        Some(Stop::Halted(why)) => return r.end_halted(&why, "before the fault: "),
+        Some(Stop::Breach(b)) => return Err(Box::new(r.abort_on(b, Phase::Baseline).await)),
         Some(Stop::LeaseLapsed | Stop::Ack(_)) | None => {}
     }
-    let tolerance = Tolerance::from_baseline(&baseline.signals, &r.exp.plan.recovery);
+    let tolerance = Tolerance::from_baseline(&collect.signals, &r.exp.plan.recovery);
     // The probes' own p99 over the baseline: later experiments' latency_within_baseline.
     if let Some(m) = r.monitor.as_ref() {
         let probes = lock(&m.shared);
         if let Some(st) =
-            crate::health::http::stats(&probes.probes, baseline_from, std::time::Instant::now())
+            crate::health::http::stats(&probes.probes, from, std::time::Instant::now())
             && let Err(e) = r.c.store.set_baseline_p99(&r.exp.id, st.p99_ms)
         {
             tracing::error!("store: {e:#}");
         }
     }
     r.node_band = Some((
-        Window::max(&baseline.node.cpu) + CPU_BAND,
-        Window::max(&baseline.node.memory) + MEMORY_BAND,
+        Window::max(&collect.node.cpu) + CPU_BAND,
+        Window::max(&collect.node.memory) + MEMORY_BAND,
     ));
-    if !baseline.signals.is_empty() {
+    if !collect.signals.is_empty() {
         r.emit(format!(
             "baseline steady state; tolerance: {}",
             tolerance.describe()
         ));
     }
+    Ok(Baseline { collect, tolerance })
+}
 
-    // 3. Fault.
+/// Phase 3, the fault: the order goes out under the lease, with its agent-side guard.
+async fn order(r: &mut Run) -> Step<AckWaiter> {
     r.set_phase(Phase::Fault, "ordering the fault".into());
     let order_id = format!("{}-fault", r.exp.id);
-    let mut acks = r.c.expect(&order_id);
+    let acks = r.c.expect(&order_id);
     if let Some(why) = r.aborted() {
-        return r.halted(&why, "before the fault: ");
+        return r.end_halted(&why, "before the fault: ");
     }
-    for node in &nodes {
+    for node in &r.exp.plan.nodes {
         let apply = Body::Apply(ApplyFault {
             lease_id: r.exp.lease_id.clone(),
             order_id: order_id.clone(),
             spec: Some(r.exp.plan.fault.clone()),
-            lease_ttl: ttl.try_into().ok(),
+            lease_ttl: r.c.config.lease_ttl.try_into().ok(),
             guard: r.exp.plan.agent_guard.clone(),
         });
         if let Err(e) = r.c.send(node, apply) {
-            return r.finish(Verdict::Failed, e.message().to_owned());
+            return r.end(Verdict::Failed, e.message().to_owned());
         }
         info!(experiment = %r.exp.id, lease = %r.exp.lease_id, %node, order = %order_id,
               fault = r.exp.plan.fault.fault.as_ref().map_or("", |f| f.kind()), "fault ordered");
     }
-    // Until the agent holds the effect, the coordinator keeps the lease alive. An
-    // agent whose session ends meanwhile will never acknowledge this order (a new
-    // session of it knows nothing of it): that ends the wait at once.
+    Ok(acks)
+}
+
+/// Phase 3, the fault: until the agents hold the effect the coordinator keeps the lease alive; an
+/// agent whose session ends meanwhile will never acknowledge the order (a new session
+/// of it knows nothing of it), which ends the wait at once. Returns when it was
+/// applied, and starts the recovery tracker there.
+async fn applied(r: &mut Run, acks: &mut AckWaiter, base: &Baseline) -> Step<Instant> {
+    let nodes = r.exp.plan.nodes.clone();
     let sessions: Vec<Option<u64>> = nodes.iter().map(|n| r.c.session_id(n)).collect();
     let ack_deadline = Instant::now() + ACK_TIMEOUT;
     let mut session_check = tokio::time::interval(Duration::from_millis(100));
-    let applied = loop {
+    let ack = loop {
         r.c.leases.renew(&r.exp.lease_id, std::time::Instant::now());
         tokio::select! {
             a = tokio::time::timeout_at(ack_deadline, acks.rx.recv()) => match a {
                 Ok(Some(a)) => break a,
                 _ => {
                     r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(5)).await;
-                    return r.finish(Verdict::Failed, format!("no acknowledgement within {ACK_TIMEOUT:?}"));
+                    return r.end(Verdict::Failed, format!("no acknowledgement within {ACK_TIMEOUT:?}"));
                 }
             },
             _ = session_check.tick() => {
@@ -508,7 +551,7 @@ async fn steps(r: &mut Run) -> Outcome {
                     .map(|(n, _)| n.clone());
                 if let Some(node) = gone {
                     r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(1)).await;
-                    return r.finish(
+                    return r.end(
                         Verdict::Failed,
                         format!(
                             "the agent on {node} disconnected before acknowledging the order \
@@ -522,54 +565,45 @@ async fn steps(r: &mut Run) -> Outcome {
                     // The abort's own removal may have reached the agent before this
                     // order did: remove again, after it, before reporting the end.
                     r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(5)).await;
-                    return r.halted(&why, "");
+                    return r.end_halted(&why, "");
                 }
             }
         }
     };
-    match EffectState::try_from(applied.state) {
+    let on = nodes.join(", ");
+    match EffectState::try_from(ack.state) {
         Ok(EffectState::Applied) => {}
         Ok(EffectState::Refused) => {
-            return r.finish(
+            return r.end(
                 Verdict::Rejected,
-                format!(
-                    "refused by the agent on {}: {}",
-                    nodes.join(", "),
-                    applied.detail
-                ),
+                format!("refused by the agent on {on}: {}", ack.detail),
             );
         }
         _ => {
-            return r.finish(
-                Verdict::Failed,
-                format!("applying on {}: {}", nodes.join(", "), applied.detail),
-            );
+            return r.end(Verdict::Failed, format!("applying on {on}: {}", ack.detail));
         }
     }
     let applied_at = Instant::now();
     r.outcome.fault_applied_at = ts(SystemTime::now());
-    info!(experiment = %r.exp.id, lease = %r.exp.lease_id, nodes = %nodes.join(","),
-          detail = %applied.detail, "fault applied");
-    r.emit(format!(
-        "applied on {}: {}",
-        nodes.join(", "),
-        applied.detail
-    ));
-    let fault = r.exp.plan.fault.fault.clone().expect("planned");
-    // A one-shot fault (an eviction) is timed from when it acted.
-    let from_apply = fault.scenario().one_shot();
+    info!(experiment = %r.exp.id, lease = %r.exp.lease_id, nodes = %on,
+          detail = %ack.detail, "fault applied");
+    r.emit(format!("applied on {on}: {}", ack.detail));
     r.tracker = Some(Tracker::new(
-        tolerance,
+        base.tolerance,
         r.exp.plan.recovery.hold,
         applied_at.into_std(),
     ));
+    Ok(applied_at)
+}
 
+/// Phase 3, the fault: its duration, guarded on every new data point: a breach, a dark
+/// source or an abort removes the effect at once; the agent's own guard, its
+/// dead-man switch or a failure may end it first, and say so.
+async fn fault(r: &mut Run, acks: &mut AckWaiter, applied_at: Instant) -> Step<Collect> {
+    let nodes = r.exp.plan.nodes.clone();
     let mut during = Collect::default();
     let until = applied_at + r.exp.plan.duration();
-    let stop = r
-        .observe(until, &mut during, false, true, Some(&mut acks))
-        .await;
-    let stop = match stop {
+    let stop = match r.observe(until, &mut during, false, true, Some(acks)).await {
         // The lease lapsed: the agent's own guard may be why it stopped renewing,
         // and its acknowledgement may be right behind.
         Some(Stop::LeaseLapsed) => {
@@ -590,73 +624,102 @@ async fn steps(r: &mut Run) -> Outcome {
                 .await;
             r.outcome.fault_removed_at = ts(SystemTime::now());
             let removed = format!("{}; every effect removed", why.reason());
-            return r.finish(why.verdict(), removed);
+            r.end(why.verdict(), removed)
         }
-        Some(Stop::Breach(b)) => return r.abort_on(b, Phase::Fault).await,
-        Some(Stop::LeaseLapsed) => return r.finish(Verdict::Failed, lapsed(r)),
-        // The effect ended on the agent before the coordinator's timer. Why it ended
-        // decides the outcome. The agent's dead-man switch says Expired: heartbeats
-        // from before it fired may still renew the lease here (a coordinator that was
-        // frozen reads them late), so the agent's word, not the lease table, tells
-        // that the lease lapsed.
-        Some(Stop::Ack(a)) => match EffectState::try_from(a.state) {
-            Ok(EffectState::Expired) => {
-                for n in &r.exp.plan.nodes {
-                    r.c.metrics
-                        .deadman_firings
-                        .get_or_create(&crate::metrics::NodeLabel { node: n.clone() })
-                        .inc();
-                }
-                return r.finish(Verdict::Failed, lapsed(r));
-            }
-            Ok(EffectState::Failed) => {
-                return r.finish(
-                    Verdict::Failed,
-                    format!("the effect failed on {}: {}", nodes.join(", "), a.detail),
-                );
-            }
-            Ok(EffectState::GuardBreached) => {
-                if let Some(g) = &a.guard {
-                    r.c.confirm_report(&nodes, &g.report_id);
-                }
-                return agent_breach(r, a);
-            }
-            _ => {}
-        },
-        None => {}
+        Some(Stop::Breach(b)) => Err(Box::new(r.abort_on(b, Phase::Fault).await)),
+        Some(Stop::LeaseLapsed) => r.end(Verdict::Failed, lapsed(r)),
+        Some(Stop::Ack(a)) => ended_on_the_agent(r, a).map(|()| during),
+        None => Ok(during),
     }
+}
+
+/// The effect ended on the agent before the coordinator's timer: why decides the
+/// outcome. The agent's dead-man switch says Expired: heartbeats from before it fired
+/// may still renew the lease here (a coordinator that was frozen reads them late), so
+/// the agent's word, not the lease table, tells that the lease lapsed.
+fn ended_on_the_agent(r: &mut Run, a: Ack) -> Step<()> {
+    let nodes = r.exp.plan.nodes.clone();
+    match EffectState::try_from(a.state) {
+        Ok(EffectState::Expired) => {
+            for n in &nodes {
+                r.c.metrics
+                    .deadman_firings
+                    .get_or_create(&crate::metrics::NodeLabel { node: n.clone() })
+                    .inc();
+            }
+            r.end(Verdict::Failed, lapsed(r))
+        }
+        Ok(EffectState::Failed) => r.end(
+            Verdict::Failed,
+            format!("the effect failed on {}: {}", nodes.join(", "), a.detail),
+        ),
+        Ok(EffectState::GuardBreached) => {
+            if let Some(g) = &a.guard {
+                r.c.confirm_report(&nodes, &g.report_id);
+            }
+            Err(Box::new(agent_breach(r, a)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Phase 3, the fault: its removal, confirmed by every agent; the kernel's summary of the fault.
+async fn remove(r: &mut Run, during: &Collect) -> Step<Instant> {
     let unconfirmed =
-        r.c.remove(&nodes, &r.exp.lease_id, Duration::from_secs(10))
+        r.c.remove(&r.exp.plan.nodes, &r.exp.lease_id, Duration::from_secs(10))
             .await;
     if !unconfirmed.is_empty() {
-        return r.finish(
+        return r.end(
             Verdict::Failed,
             format!("removal not confirmed by {}", unconfirmed.join(", ")),
         );
     }
     let removed_at = Instant::now();
     r.outcome.fault_removed_at = ts(SystemTime::now());
-    r.outcome.kernel_summary = faults::kernel_summary(&fault, &during.node);
+    if let Some(fault) = r.exp.plan.fault.fault.as_ref() {
+        r.outcome.kernel_summary = faults::kernel_summary(fault, &during.node);
+    }
+    Ok(removed_at)
+}
 
-    // 4. Recovery.
+/// What the recovery phase saw.
+struct After {
+    collect: Collect,
+    /// Since when the steady state has held (with health signals), and since when the
+    /// node is back.
+    service_since: Option<std::time::Instant>,
+    node_back: Option<Instant>,
+    /// What recovery time is measured from: the removal, or the application of a
+    /// one-shot fault.
+    reference: Instant,
+    removed_at: Instant,
+}
+
+/// Phase 4, recovery: after removal (a one-shot fault: from its application) the steady
+/// state must return within tolerance of the baseline and hold, and the node's CPU
+/// and memory must return, within the recovery timeout.
+async fn recovery(r: &mut Run, applied_at: Instant, removed_at: Instant) -> Step<After> {
     let timeout = r.exp.plan.recovery.timeout;
     r.set_phase(
         Phase::Recovery,
         format!("fault removed; waiting up to {timeout:?} for the steady state"),
     );
-    let reference = if from_apply { applied_at } else { removed_at };
+    let one_shot = r
+        .exp
+        .plan
+        .fault
+        .fault
+        .as_ref()
+        .is_some_and(|f| faultline_proto::spec::Scenario::of(f).one_shot());
+    let reference = if one_shot { applied_at } else { removed_at };
     let deadline = removed_at + timeout;
-    let mut after = Collect::default();
+    let mut collect = Collect::default();
     let health = !r.exp.plan.health.is_empty();
     let mut service_since = None;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        let slice = (now + Duration::from_millis(250)).min(deadline);
-        if let Some(Stop::Halted(why)) = r.observe(slice, &mut after, true, false, None).await {
-            return r.halted(&why, "during recovery: ");
+    while Instant::now() < deadline {
+        let slice = (Instant::now() + Duration::from_millis(250)).min(deadline);
+        if let Some(Stop::Halted(why)) = r.observe(slice, &mut collect, true, false, None).await {
+            return r.end_halted(&why, "during recovery: ");
         }
         if let (Some(t), Some(m)) = (r.tracker.as_mut(), r.monitor.as_ref()) {
             t.step(m, std::time::Instant::now());
@@ -667,24 +730,43 @@ async fn steps(r: &mut Run) -> Outcome {
             None
         };
         let service_back = !health || service_since.is_some();
-        let incidents_open = open_incidents(r);
-        if service_back && r.node_returned.is_some() && !incidents_open {
+        if service_back && r.node_returned.is_some() && !open_incidents(r) {
             break;
         }
     }
-    let node_back = r.node_returned;
-    let recovered = (!health || service_since.is_some()) && node_back.is_some();
+    Ok(After {
+        collect,
+        service_since,
+        node_back: r.node_returned,
+        reference,
+        removed_at,
+    })
+}
+
+/// Phase 5, the judgement: the classification, the signal table, the recovery time and the verdict.
+fn judge(r: &mut Run, baseline: &Collect, during: &Collect, after: After) -> Outcome {
+    let health = !r.exp.plan.health.is_empty();
+    let recovered = (!health || after.service_since.is_some()) && after.node_back.is_some();
     let back_at = if health {
-        service_since.map(Instant::from_std)
+        after.service_since.map(Instant::from_std)
     } else {
-        node_back
+        after.node_back
     };
-    let base_ref = if health { reference } else { removed_at };
+    let base_ref = if health {
+        after.reference
+    } else {
+        after.removed_at
+    };
     let recovery_time = back_at.map(|b| b.saturating_duration_since(base_ref));
-    let after_from = back_at.unwrap_or(removed_at);
+    let after_from = back_at.unwrap_or(after.removed_at);
     let mut after_signals = Signals::default();
-    for (_, v) in after.readings.iter().filter(|(t, _)| *t >= after_from) {
-        after_signals.add(v, after.signals.source);
+    for (_, v) in after
+        .collect
+        .readings
+        .iter()
+        .filter(|(t, _)| *t >= after_from)
+    {
+        after_signals.add(v, after.collect.signals.source);
     }
     let score_source = if r
         .exp
@@ -703,7 +785,7 @@ async fn steps(r: &mut Run) -> Outcome {
         &during.signals,
         &after_signals,
         score_source,
-        [&baseline.node, &during.node, &after.node],
+        [&baseline.node, &during.node, &after.collect.node],
     );
     r.outcome.incidents = incidents(r);
     let left = r.tracker.as_ref().is_some_and(|t| t.left);
@@ -723,31 +805,31 @@ async fn steps(r: &mut Run) -> Outcome {
             ts(SystemTime::now() - back_at.map_or(Duration::ZERO, |b| b.elapsed()));
     }
     if recovered {
-        r.finish(Verdict::Passed, String::new())
-    } else {
-        let mut missing = Vec::new();
-        if health && service_since.is_none() {
-            let tol = r
-                .tracker
-                .as_ref()
-                .map(|t| t.tolerance.describe())
-                .unwrap_or_default();
-            missing.push(format!(
-                "the steady state ({tol}) did not hold for {:?}",
-                r.exp.plan.recovery.hold
-            ));
-        }
-        if node_back.is_none() {
-            let (cpu, mem) = r.node_band.unwrap_or_default();
-            missing.push(format!(
-                "the node (cpu <= {cpu:.1}%, mem <= {mem:.1}%, no fault traffic) did not return"
-            ));
-        }
-        r.finish(
-            Verdict::NotRecovered,
-            format!("within {timeout:?}: {}", missing.join("; ")),
-        )
+        return r.finish(Verdict::Passed, String::new());
     }
+    let mut missing = Vec::new();
+    if health && after.service_since.is_none() {
+        let tol = r
+            .tracker
+            .as_ref()
+            .map(|t| t.tolerance.describe())
+            .unwrap_or_default();
+        missing.push(format!(
+            "the steady state ({tol}) did not hold for {:?}",
+            r.exp.plan.recovery.hold
+        ));
+    }
+    if after.node_back.is_none() {
+        let (cpu, mem) = r.node_band.unwrap_or_default();
+        missing.push(format!(
+            "the node (cpu <= {cpu:.1}%, mem <= {mem:.1}%, no fault traffic) did not return"
+        ));
+    }
+    let timeout = r.exp.plan.recovery.timeout;
+    r.finish(
+        Verdict::NotRecovered,
+        format!("within {timeout:?}: {}", missing.join("; ")),
+    )
 }
 
 /// The lease lapsed: the agent stopped renewing it (its dead-man switch removes, or
@@ -780,6 +862,22 @@ fn agent_breach(r: &mut Run, a: Ack) -> Outcome {
     });
     r.outcome.fault_removed_at = g.removal_confirmed_at;
     r.finish(Verdict::Aborted, "the agent's own guard removed the effect")
+}
+
+/// One preflight check as its event says it.
+fn check_line(c: &Check) -> String {
+    format!(
+        "preflight {} {}: {} (threshold {}){}",
+        status_word(c.status),
+        c.name,
+        c.value,
+        c.threshold,
+        if c.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" — {}", c.detail)
+        }
+    )
 }
 
 fn status_word(s: i32) -> &'static str {
