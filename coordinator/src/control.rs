@@ -325,6 +325,23 @@ impl Control {
         }
     }
 
+    /// What the metrics' state gauges show, now.
+    pub fn metrics_state(&self) -> crate::metrics::State {
+        crate::metrics::State {
+            nodes: self
+                .nodes()
+                .iter()
+                .map(|(name, e)| crate::metrics::NodeState {
+                    name: name.clone(),
+                    connected: e.session.is_some(),
+                    last_heartbeat: e.last_heartbeat,
+                })
+                .collect(),
+            kill_switch: self.leases.kill_switch().is_some(),
+            running: self.running().len(),
+        }
+    }
+
     /// The id of the node's current session, if its agent is connected.
     pub fn session_id(&self, node: &str) -> Option<u64> {
         self.nodes()
@@ -641,5 +658,37 @@ impl Control {
             took,
             unconfirmed,
         })
+    }
+}
+
+/// The health monitor's view of the fleet: node-side probes, nothing else.
+impl crate::health::NodeProbes for Control {
+    fn start_probe(
+        &self,
+        node: &str,
+        probe_id: &str,
+        spec: faultline_proto::v1::ProbeSpec,
+    ) -> (crate::health::ProbeResultsRx, Result<(), String>) {
+        let results = self.expect_probe(probe_id);
+        let sent = self
+            .send(
+                node,
+                Body::StartProbe(faultline_proto::v1::StartProbe {
+                    probe_id: probe_id.to_owned(),
+                    probe: Some(spec),
+                }),
+            )
+            .map_err(|e| e.message().to_owned());
+        (results.rx, sent)
+    }
+
+    fn stop_probe(&self, node: &str, probe_id: &str) {
+        let _ = self.send(
+            node,
+            Body::StopProbe(faultline_proto::v1::StopProbe {
+                probe_id: probe_id.to_owned(),
+            }),
+        );
+        self.forget_probe(probe_id);
     }
 }

@@ -45,6 +45,19 @@ pub struct ReasonLabel {
 /// The recovery-time buckets are the report's distribution edges.
 pub const RECOVERY_BUCKETS: [f64; 4] = [10.0, 30.0, 60.0, 120.0];
 
+/// The coordinator's state the gauges show, read at a scrape.
+pub struct State {
+    pub nodes: Vec<NodeState>,
+    pub kill_switch: bool,
+    pub running: usize,
+}
+
+pub struct NodeState {
+    pub name: String,
+    pub connected: bool,
+    pub last_heartbeat: std::time::SystemTime,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub experiments: Family<ExperimentLabels, Counter>,
@@ -232,27 +245,27 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the state gauges read from `c` now.
-    pub fn render(&self, c: &crate::control::Control) -> String {
+    /// The text exposition, with the state gauges set from `now`.
+    pub fn render(&self, state: &State) -> String {
         let now = std::time::SystemTime::now();
         let mut connected = 0;
-        for (name, e) in c.nodes().iter() {
-            let label = NodeLabel { node: name.clone() };
-            let up = e.session.is_some();
-            connected += i64::from(up);
+        for n in &state.nodes {
+            let label = NodeLabel {
+                node: n.name.clone(),
+            };
+            connected += i64::from(n.connected);
             self.agent_connected
                 .get_or_create(&label)
-                .set(i64::from(up));
+                .set(i64::from(n.connected));
             self.heartbeat_age.get_or_create(&label).set(
-                now.duration_since(e.last_heartbeat)
+                now.duration_since(n.last_heartbeat)
                     .unwrap_or_default()
                     .as_secs_f64(),
             );
         }
         self.agents_connected.set(connected);
-        self.kill_switch
-            .set(i64::from(c.leases.kill_switch().is_some()));
-        self.running.set(c.running().len() as i64);
+        self.kill_switch.set(i64::from(state.kill_switch));
+        self.running.set(state.running as i64);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

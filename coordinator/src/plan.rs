@@ -445,7 +445,7 @@ pub fn from_request(req: &StartRequest, ctx: &Context<'_>) -> Result<Plan, tonic
     let required = ctx.settings.required();
     Ok(Plan {
         name: req.name.clone(),
-        scenario: f.scenario(),
+        scenario: Scenario::of(&f),
         self_test_iface: faults::interface(&f, &default_iface).to_owned(),
         nodes,
         fault,

@@ -117,7 +117,7 @@ async fn http_metrics(
     headers: HeaderMap,
 ) -> impl axum::response::IntoResponse {
     use faultline_proto::exposition as x;
-    let text = h.control.metrics.render(&h.control);
+    let text = h.control.metrics.render(&h.control.metrics_state());
     let accept = headers.get("accept").and_then(|v| v.to_str().ok());
     if x::wants_openmetrics(accept) {
         (

@@ -438,7 +438,8 @@ pub async fn readiness(
         }
     };
     let probe_id = format!("readiness-{}", c.next_id());
-    let mut monitor = crate::health::Monitor::start(plan.health.clone(), c, &probe_id, &plan.nodes);
+    let mut monitor =
+        crate::health::Monitor::start(plan.health.clone(), c.clone(), &probe_id, &plan.nodes);
     let mut checks = crate::preflight::run(&plan, &mut monitor, c, None).await;
     let reading = monitor.reading().to_proto();
     drop(monitor);

@@ -16,11 +16,9 @@ use std::{
 
 use faultline_proto::{
     spec::{CheckSource, Checks, Health, ProbeFrom, ScoreWeights, Severity},
-    v1::{HealthReading, ProbeSpec, StartProbe, StopProbe, coordinator_message::Body},
+    v1::{HealthReading, ProbeSpec},
 };
 use tokio::sync::{mpsc, watch};
-
-use crate::control::Control;
 
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -237,6 +235,21 @@ impl Drop for AbortOnDrop {
 
 type Task = AbortOnDrop;
 
+/// What the monitor needs of the fleet, and nothing more: a node-side probe started
+/// on a node's agent, its results routed back, and stopped. (The coordinator's
+/// `Control` is one.)
+pub trait NodeProbes: Send + Sync {
+    /// Starts probe `probe_id` on `node`'s agent: its result batches arrive on the
+    /// receiver; the error says why the order could not be sent.
+    fn start_probe(
+        &self,
+        node: &str,
+        probe_id: &str,
+        spec: ProbeSpec,
+    ) -> (ProbeResultsRx, Result<(), String>);
+    fn stop_probe(&self, node: &str, probe_id: &str);
+}
+
 /// The running sources of one experiment; dropping it stops them (node-side probes
 /// are told to stop).
 pub struct Monitor {
@@ -245,7 +258,7 @@ pub struct Monitor {
     pub changed: watch::Receiver<u64>,
     pub started: Instant,
     pub started_at: SystemTime,
-    control: Arc<Control>,
+    fleet: Arc<dyn NodeProbes>,
     node_probes: Vec<(String, String)>,
     _tasks: Vec<Task>,
     /// Held so `changed` stays open while no source runs (it would fire at once).
@@ -255,7 +268,7 @@ pub struct Monitor {
 impl Monitor {
     pub fn start(
         plan: HealthPlan,
-        control: &Arc<Control>,
+        fleet: Arc<dyn NodeProbes>,
         experiment: &str,
         nodes: &[String],
     ) -> Self {
@@ -309,25 +322,19 @@ impl Monitor {
                 )))),
                 Some(n) => {
                     let probe_id = format!("{experiment}-{}-{n}", p.name);
-                    let mut results = control.expect_probe(&probe_id);
-                    let sent = control.send(
-                        &n,
-                        Body::StartProbe(StartProbe {
-                            probe_id: probe_id.clone(),
-                            probe: Some(ProbeSpec {
-                                url: p.url.clone(),
-                                rate_hz: p.hz,
-                                timeout: p.timeout.try_into().ok(),
-                            }),
-                        }),
-                    );
+                    let spec = ProbeSpec {
+                        url: p.url.clone(),
+                        rate_hz: p.hz,
+                        timeout: p.timeout.try_into().ok(),
+                    };
+                    let (mut results, sent) = fleet.start_probe(&n, &probe_id, spec);
                     if let Err(e) = sent {
-                        lock(&shared).probes[i].last_error = Some(e.message().to_owned());
+                        lock(&shared).probes[i].last_error = Some(e);
                     }
                     node_probes.push((n, probe_id));
                     let (shared, tx) = (shared.clone(), tx.clone());
                     tasks.push(AbortOnDrop(tokio::spawn(async move {
-                        while let Some(batch) = results.rx.recv().await {
+                        while let Some(batch) = results.recv().await {
                             let mut s = lock(&shared);
                             if !batch.refused.is_empty() {
                                 s.probes[i].refused = Some(batch.refused.clone());
@@ -373,7 +380,7 @@ impl Monitor {
             changed: rx,
             started: Instant::now(),
             started_at: SystemTime::now(),
-            control: control.clone(),
+            fleet,
             node_probes,
             _tasks: tasks,
             _changed: tx,
@@ -463,13 +470,7 @@ impl Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         for (node, probe_id) in &self.node_probes {
-            let _ = self.control.send(
-                node,
-                Body::StopProbe(StopProbe {
-                    probe_id: probe_id.clone(),
-                }),
-            );
-            self.control.forget_probe(probe_id);
+            self.fleet.stop_probe(node, probe_id);
         }
     }
 }

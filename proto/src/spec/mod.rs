@@ -132,6 +132,19 @@ impl Scenario {
 
     /// The scenario of a name as specs, the store and the CLI write it (the report's
     /// name, or the short name of earlier spec files): the one parser of names.
+    /// The scenario (the fault kind) of an order's fault.
+    pub fn of(fault: &crate::v1::fault_spec::Fault) -> Scenario {
+        use crate::v1::fault_spec::Fault;
+        match fault {
+            Fault::Loss(_) => Scenario::PacketLoss,
+            Fault::Latency(_) => Scenario::LatencyInjection,
+            Fault::Cpu(_) => Scenario::CpuStress,
+            Fault::Memory(_) => Scenario::MemoryStress,
+            Fault::Gc(_) => Scenario::GcPressure,
+            Fault::Cache(_) => Scenario::CacheInvalidation,
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Scenario> {
         Scenario::ALL
             .into_iter()
@@ -738,6 +751,17 @@ mod tests {
         assert_eq!(crate::v1::fault_spec::Fault::KINDS.len(), names.len());
         for name in crate::v1::fault_spec::Fault::KINDS {
             assert!(names.contains(&name), "{name}");
+        }
+        use crate::v1::{fault_spec::Fault, *};
+        for f in [
+            Fault::Loss(LossFault::default()),
+            Fault::Latency(LatencyFault::default()),
+            Fault::Cpu(CpuFault::default()),
+            Fault::Memory(MemoryFault::default()),
+            Fault::Gc(GcFault::default()),
+            Fault::Cache(CacheFault::default()),
+        ] {
+            assert_eq!(f.kind(), Scenario::of(&f).kind_name());
         }
     }
 
