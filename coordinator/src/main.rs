@@ -4,7 +4,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
-use faultline_coordinator::{auth, certs, server};
+use faultline_coordinator::{
+    api::{auth, certs},
+    server,
+};
 use faultline_proto::limits::{ChaosLimits, Profile};
 
 #[derive(Parser)]

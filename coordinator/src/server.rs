@@ -16,11 +16,11 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::{
-    agents::Agents,
+    api::auth::Tokens,
     api::{Chaos, Http, http_router},
-    auth::Tokens,
     config::Settings,
-    control::{Config, Control},
+    fleet::agents::Agents,
+    fleet::control::{Config, Control},
     store::Store,
 };
 
@@ -102,7 +102,8 @@ pub fn load_schedule(
     limits_source: &str,
 ) -> Result<crate::schedule::ScheduleFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let check = |spec: &str| crate::plan::check_offline(spec, settings, limits, limits_source);
+    let check =
+        |spec: &str| crate::engine::plan::check_offline(spec, settings, limits, limits_source);
     crate::schedule::file::parse(&text, &path.display().to_string(), &check)
         .map_err(|e| anyhow::anyhow!("schedule {}: {e}", path.display()))
 }
@@ -132,14 +133,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut settings = Settings::load(args.config.as_deref(), args.profile)?;
     if let Some(b) = args.baseline {
         anyhow::ensure!(
-            (crate::plan::MIN_BASELINE..=crate::plan::MAX_WINDOW).contains(&b),
+            (crate::engine::plan::MIN_BASELINE..=crate::engine::plan::MAX_WINDOW).contains(&b),
             "--baseline must be between 1s and 10m"
         );
         settings.baseline = b;
     }
     if let Some(r) = args.recovery {
         anyhow::ensure!(
-            !r.is_zero() && r <= crate::plan::MAX_WINDOW,
+            !r.is_zero() && r <= crate::engine::plan::MAX_WINDOW,
             "--recovery must be between 1ms and 10m"
         );
         settings.recovery.timeout = Some(faultline_proto::spec::Dur(r));

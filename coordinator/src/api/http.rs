@@ -13,8 +13,8 @@ use serde_json::json;
 use tonic::Status;
 
 use crate::{
-    auth::{Role, Tokens},
-    control::Control,
+    api::auth::{Role, Tokens},
+    fleet::control::Control,
 };
 
 #[derive(Clone)]

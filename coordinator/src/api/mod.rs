@@ -1,6 +1,8 @@
 //! ChaosService (gRPC, for people and CI) and the HTTP surface (`POST /abort`,
 //! `GET /status`, `GET /healthz`). Every call but health needs a bearer token; the
 //! role each needs is stated at the call.
+pub mod auth;
+pub mod certs;
 mod http;
 pub mod https;
 mod start;
@@ -27,9 +29,9 @@ pub use http::{Http, http_router};
 pub use start::{close_due_gamedays, spawn_clock};
 
 use crate::{
-    auth::{Caller, Role, require},
-    control::Control,
-    leases::Refusal,
+    api::auth::{Caller, Role, require},
+    fleet::control::Control,
+    fleet::leases::Refusal,
     store::Audit,
 };
 

@@ -12,8 +12,9 @@ use tonic::Status;
 
 use super::refusal;
 use crate::{
-    control::{Control, Running},
-    experiment, plan,
+    engine::experiment,
+    engine::plan,
+    fleet::control::{Control, Running},
     schedule::{Entry, Launcher},
     store::Audit,
 };
@@ -176,7 +177,7 @@ fn lease_and_launch(
 fn launch(
     c: &Arc<Control>,
     seq: u64,
-    lease: crate::leases::Lease,
+    lease: crate::fleet::leases::Lease,
     plan: plan::Plan,
     events: experiment::Events,
     origin: Origin,
@@ -440,7 +441,7 @@ pub async fn readiness(
     let probe_id = format!("readiness-{}", c.next_id());
     let mut monitor =
         crate::health::Monitor::start(plan.health.clone(), c.clone(), &probe_id, &plan.nodes);
-    let mut checks = crate::preflight::run(&plan, &mut monitor, c, None).await;
+    let mut checks = crate::engine::preflight::run(&plan, &mut monitor, c, None).await;
     let reading = monitor.reading().to_proto();
     drop(monitor);
     let state = |ok: bool| if ok { CheckStatus::Pass } else { CheckStatus::Fail } as i32;

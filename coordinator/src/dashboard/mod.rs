@@ -27,8 +27,8 @@ use faultline_proto::{
 use serde_json::{Value, json};
 
 use crate::{
+    api::auth::Role,
     api::{Http, http_caller},
-    auth::Role,
     report::stats,
     store::TimelinePoint,
     view::{experiment_json, fault_summary, phase_name},

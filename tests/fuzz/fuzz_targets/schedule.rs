@@ -5,7 +5,7 @@
 mod common;
 
 use common::context;
-use faultline_coordinator::{plan, schedule::file};
+use faultline_coordinator::{engine::plan, schedule::file};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::context;
-use faultline_coordinator::plan;
+use faultline_coordinator::engine::plan;
 use faultline_proto::spec::Spec;
 use libfuzzer_sys::fuzz_target;
 

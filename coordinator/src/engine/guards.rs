@@ -14,8 +14,8 @@ use std::{
 };
 
 use crate::{
+    engine::plan::AbortPlan,
     health::{Monitor, Reading, lock},
-    plan::AbortPlan,
 };
 
 /// A condition that held.

@@ -15,7 +15,7 @@ use faultline_proto::{
 
 use crate::{
     config::Settings,
-    faults::{self, BuildCtx},
+    engine::faults::{self, BuildCtx},
     health::HealthPlan,
 };
 
@@ -405,7 +405,7 @@ pub fn from_request(req: &StartRequest, ctx: &Context<'_>) -> Result<Plan, tonic
         .fault
         .clone()
         .ok_or_else(|| tonic::Status::invalid_argument("fault is required"))?;
-    crate::limits::check(
+    crate::engine::limits::check(
         &fault,
         ctx.limits,
         ctx.limits_source,

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::Settings,
-    leases::{Lease, LeaseTable, Refusal},
+    fleet::leases::{Lease, LeaseTable, Refusal},
     store::Store,
 };
 
@@ -451,11 +451,11 @@ impl Control {
     }
 
     /// Every registered node, as spec resolution sees it.
-    pub fn node_views(&self) -> Vec<crate::plan::NodeView> {
+    pub fn node_views(&self) -> Vec<crate::engine::plan::NodeView> {
         let mut v: Vec<_> = self
             .nodes()
             .iter()
-            .map(|(name, e)| crate::plan::NodeView {
+            .map(|(name, e)| crate::engine::plan::NodeView {
                 name: name.clone(),
                 labels: e.info.labels.clone(),
                 connected: e.session.is_some(),

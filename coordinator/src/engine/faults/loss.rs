@@ -8,7 +8,7 @@ use faultline_proto::{
 };
 
 use super::{BuildCtx, Refused, check_filter, loss_percent};
-use crate::experiment::window::Window;
+use crate::engine::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<LossFault, SpecError> {
     Ok(LossFault {

@@ -18,7 +18,7 @@ use faultline_proto::{
     v1::{Capabilities, Direction, Hook, TrafficFilter, fault_spec::Fault},
 };
 
-use crate::{config::Settings, experiment::window::Window};
+use crate::{config::Settings, engine::experiment::window::Window};
 
 /// A limit or rule a requested fault breaks: the spec field it is about, and why.
 #[derive(Debug, PartialEq)]

@@ -17,9 +17,9 @@ use faultline_proto::{
 };
 
 use crate::{
-    control::Control,
+    engine::plan::Plan,
+    fleet::control::Control,
     health::{Monitor, Reading, alertmanager, http, lock, prometheus},
-    plan::Plan,
 };
 
 /// Probe results a preflight p99 is taken over when they arrive within

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use super::window::Values;
 use crate::{
+    engine::plan::RecoveryPlan,
     health::{Monitor, http, lock, score},
-    plan::RecoveryPlan,
 };
 
 const BUCKET: Duration = Duration::from_secs(1);

@@ -11,7 +11,7 @@ use faultline_proto::{
 };
 
 use super::{BuildCtx, Refused, check_cgroup, check_hooks};
-use crate::experiment::window::Window;
+use crate::engine::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<CacheFault, SpecError> {
     let mut paths = spec.paths.clone();

@@ -1,171 +1,35 @@
-//! Local mode: `faultline-agent inject loss|latency ...` applies one fault directly, shows
-//! live counters, and removes everything on exit, SIGINT, SIGTERM, SIGHUP and at the
-//! deadline. The same validation and caps apply as under a coordinator lease.
+//! The lifecycle of a network fault in local mode and under an order: attach the
+//! program and arm it, watch its counters until the deadline or a signal, disarm and
+//! detach, with every step journaled so a crash leaves nothing a restart cannot remove.
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
 use faultline_common::{FLAG_LOG, FaultConfig, Filter, LossModel};
-use faultline_proto::limits::{ChaosLimits, Profile};
 use serde_json::json;
 
 use crate::{
     clock,
     delay_line::{Report, StatsView},
     ebpf::{AttachKind, Dir, DirCounters, Programs, TcMode},
-    errors::UsageError,
-    faults::{
-        latency::{self, LatencyArgs, LatencyPlan},
-        loss::LossArgs,
-    },
-    filter::FilterArgs,
+    faults::latency::{self, LatencyArgs, LatencyPlan},
     journal::{Entry, Journal, JournalFile},
     output::Output,
     preflight, reconcile,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Direction {
-    Ingress,
-    Egress,
-    Both,
-}
-
-impl Direction {
-    fn dirs(self) -> &'static [Dir] {
-        match self {
-            Direction::Ingress => &[Dir::Ingress],
-            Direction::Egress => &[Dir::Egress],
-            Direction::Both => &[Dir::Ingress, Dir::Egress],
-        }
-    }
-}
-
-/// Where the fault's program attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Attach {
-    /// tc (TCX or clsact): both directions.
-    Tc,
-    /// XDP: ingress only, earliest point in the receive path.
-    Xdp,
-}
-
-/// Where and for how long a network fault applies, and how it is shown.
-#[derive(Args, Clone, Debug)]
-pub struct TargetArgs {
-    /// Interface to act on (in the agent's network namespace).
-    #[arg(long)]
-    pub iface: String,
-    #[arg(long, value_enum, default_value_t = Direction::Ingress)]
-    pub direction: Direction,
-    /// How long the fault lasts, e.g. 60s or 2m; also written into the kernel as a deadline.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    /// Where the program attaches: tc (both directions) or xdp (ingress only).
-    #[arg(long, value_enum, default_value_t = Attach::Tc)]
-    pub attach: Attach,
-    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
-    pub tc_mode: TcMode,
-    #[command(flatten)]
-    pub filter: FilterArgs,
-    /// Emit aya-log records from the eBPF programs (costly; for debugging).
-    #[arg(long)]
-    pub debug_ebpf: bool,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
-    /// Attach with the fault disarmed: the programs run and count but never act.
-    /// For benchmarks of the idle cost of an attached program.
-    #[arg(long, hide = true)]
-    pub disarmed: bool,
-    /// How often live counters are printed.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
-    pub interval: Duration,
-}
-
-/// Which caps apply: a built-in profile or an operator's `chaos_limits` file.
-#[derive(Args, Clone, Debug)]
-pub struct LimitArgs {
-    /// Built-in caps: production (reference limits) or staging.
-    #[arg(long, global = true, default_value = "production")]
-    pub profile: Profile,
-    /// A chaos_limits YAML file that replaces the built-in profile's caps.
-    #[arg(long, global = true, env = "FAULTLINE_LIMITS")]
-    pub limits: Option<PathBuf>,
-}
-
-impl LimitArgs {
-    /// These options as command-line arguments, for the daemon's fault children.
-    pub fn to_args(&self) -> Vec<String> {
-        match &self.limits {
-            Some(path) => vec!["--limits".into(), path.display().to_string()],
-            None => vec!["--profile".into(), self.profile.to_string()],
-        }
-    }
-
-    pub fn load(&self) -> Result<(ChaosLimits, String)> {
-        Ok(
-            ChaosLimits::load(self.limits.as_deref(), self.profile, "agent")
-                .map_err(|e| UsageError(e.to_string()))?,
-        )
-    }
-}
-
-impl TargetArgs {
-    /// An order's target: what the flags would give, with the defaults of the flags
-    /// an order does not carry (tc, the automatic tc mode, armed, no eBPF logs).
-    pub fn ordered(
-        iface: String,
-        direction: Direction,
-        duration: Duration,
-        filter: FilterArgs,
-        interval: Duration,
-    ) -> Self {
-        Self {
-            iface,
-            direction,
-            duration,
-            attach: Attach::Tc,
-            tc_mode: TcMode::Auto,
-            filter,
-            debug_ebpf: false,
-            output: Output::Json,
-            disarmed: false,
-            interval,
-        }
-    }
-
-    fn validate(&self) -> Result<(), UsageError> {
-        if self.duration.is_zero() {
-            return Err(UsageError("--duration must be greater than zero".into()));
-        }
-        if self.interval.is_zero() {
-            return Err(UsageError("--interval must be greater than zero".into()));
-        }
-        if self.attach == Attach::Xdp {
-            if self.direction != Direction::Ingress {
-                return Err(UsageError(
-                    "--attach xdp only sees ingress traffic; use --attach tc for egress".into(),
-                ));
-            }
-            if self.tc_mode != TcMode::Auto {
-                return Err(UsageError("--tc-mode applies to --attach tc only".into()));
-            }
-        }
-        Ok(())
-    }
-}
+use super::{Attach, TargetArgs};
 
 /// Everything decided before the kernel is touched.
-struct Plan {
+pub(super) struct Plan {
     cfg_template: FaultConfig,
-    summary: String,
-    latency: Option<(LatencyArgs, LatencyPlan, latency::Backend)>,
+    pub(super) summary: String,
+    pub(super) latency: Option<(LatencyArgs, LatencyPlan, latency::Backend)>,
 }
 
-fn plan(target: &TargetArgs, filter: Filter, loss: LossModel, what: String) -> Plan {
+pub(super) fn plan(target: &TargetArgs, filter: Filter, loss: LossModel, what: String) -> Plan {
     let directions = target
         .direction
         .dirs()
@@ -186,106 +50,12 @@ fn plan(target: &TargetArgs, filter: Filter, loss: LossModel, what: String) -> P
     }
 }
 
-pub async fn loss(
+pub(super) async fn run(
     state_dir: PathBuf,
-    limits: LimitArgs,
     target: TargetArgs,
-    loss: LossArgs,
+    mode: TcMode,
+    plan: Plan,
 ) -> Result<()> {
-    // 1. Input alone: nothing below touches the system if any of this fails.
-    target.validate()?;
-    let filter = target.filter.to_kernel()?;
-    let loss_plan = loss.plan()?;
-    let (caps, caps_source) = limits.load()?;
-    caps.check_loss(loss_plan.expected, target.duration, &caps_source)
-        .map_err(|e| UsageError(e.to_string()))?;
-    let plan = plan(
-        &target,
-        filter,
-        loss_plan.model,
-        format!("loss {}", loss_plan.description),
-    );
-
-    // 2. The environment.
-    preflight::check_privileges()?;
-    preflight::check_bpf_support()?;
-    preflight::interface_index(&target.iface)?;
-    let mode = target.tc_mode.resolve()?;
-
-    run(state_dir, target, mode, plan).await
-}
-
-pub async fn latency(
-    state_dir: PathBuf,
-    limits: LimitArgs,
-    target: TargetArgs,
-    args: LatencyArgs,
-) -> Result<()> {
-    // 1. Input alone.
-    target.validate()?;
-    if target.attach == Attach::Xdp {
-        return Err(UsageError(
-            "latency needs --attach tc: XDP can drop a packet but cannot hold or re-time it".into(),
-        )
-        .into());
-    }
-    let filter = target.filter.to_kernel()?;
-    let lat = args.plan()?;
-    let (caps, caps_source) = limits.load()?;
-    caps.check_latency(lat.worst, target.duration, &caps_source)
-        .map_err(|e| UsageError(e.to_string()))?;
-    let mut loss_model = LossModel::default();
-    let mut what = lat.description.clone();
-    if let Some(percent) = args.loss_percent {
-        let loss = LossArgs {
-            percent: Some(percent),
-            ..LossArgs::default()
-        }
-        .plan()?;
-        caps.check_loss(loss.expected, target.duration, &caps_source)
-            .map_err(|e| UsageError(e.to_string()))?;
-        loss_model = loss.model;
-        what = format!("{what} + loss {}", loss.description);
-    }
-
-    // 2. The environment.
-    preflight::check_privileges()?;
-    preflight::check_bpf_support()?;
-    preflight::interface_index(&target.iface)?;
-    let mode = target.tc_mode.resolve()?;
-    let backend = latency::resolve_backend(args.backend).await?;
-    let mut plan = plan(&target, filter, loss_model, what);
-    plan.summary = format!("{} via {}", plan.summary, backend.name());
-    plan.latency = Some((args, lat, backend));
-    run(state_dir, target, mode, plan).await
-}
-
-pub async fn cpu(limits: LimitArgs, args: crate::faults::cpu::CpuArgs) -> Result<()> {
-    args.stress.validate()?;
-    let (caps, source) = limits.load()?;
-    caps.check_cpu(args.percent, args.stress.duration, &source)
-        .map_err(|e| UsageError(e.to_string()))?;
-    preflight::check_root_for_cgroups()?;
-    // The node's CPUs, not the agent's own allowance: under a Kubernetes limit of
-    // 500m (deploy/kubernetes/agent.yaml) or a systemd CPUQuota the standard
-    // library reports one CPU, and a share of the node would be sized on it.
-    let cpus = crate::node::NodeSample::now(&args.stress.cgroup_root)?.cpus;
-    let plan = crate::faults::cpu::plan(&args, cpus);
-    crate::stress::run(args.stress, plan).await
-}
-
-pub async fn memory(limits: LimitArgs, args: crate::faults::memory::MemoryArgs) -> Result<()> {
-    args.stress.validate()?;
-    let (caps, source) = limits.load()?;
-    caps.check_memory(args.percent, args.stress.duration, &source)
-        .map_err(|e| UsageError(e.to_string()))?;
-    preflight::check_root_for_cgroups()?;
-    let node = crate::node::NodeSample::now(&args.stress.cgroup_root)?;
-    let plan = crate::faults::memory::plan(&args, &node)?;
-    crate::stress::run(args.stress, plan).await
-}
-
-async fn run(state_dir: PathBuf, target: TargetArgs, mode: TcMode, plan: Plan) -> Result<()> {
     let mut signals = crate::signals::Signals::install()?;
     let journal = JournalFile::open(&state_dir)?;
     let mut out = Printer::new(target.output, target.direction.dirs());

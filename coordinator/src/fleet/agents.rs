@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::control::{Control, NodeEntry, Session};
+use crate::fleet::control::{Control, NodeEntry, Session};
 
 pub struct Agents(pub Arc<Control>);
 
@@ -34,12 +34,12 @@ fn agent_identity(der: &[u8]) -> Result<String, String> {
         .to_owned();
     let agent = subject
         .iter_organizational_unit()
-        .any(|ou| ou.as_str().ok() == Some(crate::certs::AGENT_UNIT));
+        .any(|ou| ou.as_str().ok() == Some(crate::api::certs::AGENT_UNIT));
     if !agent {
         return Err(format!(
             "certificate '{cn}' is not an agent certificate (its subject needs OU={}); \
              client certificates of tools cannot register as nodes",
-            crate::certs::AGENT_UNIT
+            crate::api::certs::AGENT_UNIT
         ));
     }
     Ok(cn)

@@ -3,7 +3,7 @@
 //! next one needs, or ends the experiment with its outcome (`Step`, with `?`):
 //!
 //! 1. `preflight`: the agents are connected and their kernels can do the fault; the
-//!    health sources start and every prerequisite is evaluated (`crate::preflight`).
+//!    health sources start and every prerequisite is evaluated (`crate::engine::preflight`).
 //!    Any failure refuses the experiment (rejected) with the whole list; nothing is
 //!    applied.
 //! 2. `baseline`: health signals and node samples for the baseline window, with the
@@ -46,11 +46,11 @@ use self::{
     window::{Signals, Values, Window},
 };
 use crate::{
-    control::{AckWaiter, Control, Halt},
-    faults,
-    guards::{Breach, Guards},
+    engine::faults,
+    engine::guards::{Breach, Guards},
+    engine::plan::Plan,
+    fleet::control::{AckWaiter, Control, Halt},
     health::{Monitor, lock},
-    plan::Plan,
 };
 
 pub struct Experiment {
@@ -434,7 +434,7 @@ async fn preflight(r: &mut Run) -> Step<()> {
         r.c.store
             .recorded_baseline_p99(&probe_names(&r.exp.plan))
             .unwrap_or(None);
-    let checks = crate::preflight::run(&r.exp.plan, &mut monitor, &r.c, baseline_p99).await;
+    let checks = crate::engine::preflight::run(&r.exp.plan, &mut monitor, &r.c, baseline_p99).await;
     let mut guards = Guards::new(r.exp.plan.abort.clone(), monitor.plan.dark_grace);
     guards.note_preexisting(&monitor);
     r.outcome.preflight = checks;

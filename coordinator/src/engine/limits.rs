@@ -22,7 +22,7 @@ pub fn check(
     let fault = spec.fault.as_ref().ok_or_else(|| {
         Status::invalid_argument("fault: one of loss, latency, cpu, memory, gc, cache")
     })?;
-    crate::faults::check(fault, duration, caps, source, endpoints)
+    crate::engine::faults::check(fault, duration, caps, source, endpoints)
         .map_err(|r| Status::invalid_argument(r.message))
 }
 
