@@ -5,11 +5,12 @@ use faultline_coordinator::report::markdown::utc;
 use faultline_proto::v1::ListAuditRequest;
 use serde_json::{Value, json};
 
+use crate::table::Table;
 use crate::{
     args::{Cli, Output},
     connection::{authed, connect},
     exit::Fail,
-    render::{millis, printable},
+    render::millis,
 };
 
 pub async fn audit(cli: &Cli, since: Duration, limit: u32) -> Result<u8, Fail> {
@@ -39,27 +40,17 @@ pub async fn audit(cli: &Cli, since: Duration, limit: u32) -> Result<u8, Fail> {
         println!("{}", Value::from(v));
         return Ok(0);
     }
-    println!(
-        "{:<24} {:<12} {:<22} {:<18} {:<12} DETAIL",
-        "AT", "WHO", "PEER", "ACTION", "TARGET"
-    );
+    let mut t = Table::new(["AT", "WHO", "PEER", "ACTION", "TARGET", "DETAIL"]);
     for e in entries {
-        let or_dash = |s: &str| {
-            if s.is_empty() {
-                "-".to_owned()
-            } else {
-                printable(s).into_owned()
-            }
-        };
-        println!(
-            "{:<24} {:<12} {:<22} {:<18} {:<12} {}",
-            millis(e.at.as_ref()).map_or("-".into(), utc),
-            printable(&e.who),
-            or_dash(&e.peer),
-            printable(&e.action),
-            or_dash(&e.target),
-            printable(&e.detail)
-        );
+        t.row([
+            millis(e.at.as_ref()).map_or(String::new(), utc),
+            e.who,
+            e.peer,
+            e.action,
+            e.target,
+            e.detail,
+        ]);
     }
+    t.print();
     Ok(0)
 }

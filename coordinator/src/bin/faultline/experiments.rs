@@ -3,6 +3,7 @@
 use faultline_proto::v1::{GetExperimentRequest, ListExperimentsRequest};
 use serde_json::Value;
 
+use crate::table::Table;
 use crate::{
     args::{Cli, Output, secs},
     connection::{authed, connect},
@@ -30,24 +31,24 @@ pub async fn list(cli: &Cli, limit: u32) -> Result<u8, Fail> {
         );
         return Ok(0);
     }
-    println!(
-        "{:<11} {:<10} {:<13} {:<14} {:<9} {:<26} {:<9} RESULT",
-        "ID", "PHASE", "VERDICT", "CLASS", "NODES", "FAULT", "RECOVERY"
-    );
+    let mut t = Table::new([
+        "ID", "PHASE", "VERDICT", "CLASS", "NODES", "FAULT", "RECOVERY", "RESULT",
+    ])
+    .right(&[6]);
     for e in list {
         let o = e.outcome.clone().unwrap_or_default();
-        println!(
-            "{:<11} {:<10} {:<13} {:<14} {:<9} {:<26} {:<9} {}",
-            e.id,
-            phase_name(e.phase),
-            verdict(&o),
-            classification(&o),
+        t.row([
+            e.id.clone(),
+            phase_name(e.phase).to_owned(),
+            verdict(&o).to_owned(),
+            classification(&o).to_owned(),
             e.nodes.join(","),
             fault_summary(&e),
-            secs(e.recovery_time.as_ref()).map_or("-".into(), |s| format!("{s:.2}s")),
-            e.result.chars().take(90).collect::<String>()
-        );
+            secs(e.recovery_time.as_ref()).map_or(String::new(), |s| format!("{s:.2}s")),
+            e.result.chars().take(90).collect(),
+        ]);
     }
+    t.print();
     Ok(0)
 }
 

@@ -4,6 +4,7 @@ use faultline_proto::v1::{
 };
 use serde_json::json;
 
+use crate::table::Table;
 use crate::{
     args::{Cli, FindingAction, FindingStatusArg, Output},
     connection::{authed, connect},
@@ -38,20 +39,17 @@ fn show(cli: &Cli, fs: &[Finding]) {
         println!("{}", serde_json::Value::from(v));
         return;
     }
-    println!(
-        "{:<9} {:<11} {:<19} {:<10} TITLE",
-        "ID", "EXPERIMENT", "SCENARIO", "STATUS"
-    );
+    let mut t = Table::new(["ID", "EXPERIMENT", "SCENARIO", "STATUS", "TITLE"]);
     for f in fs {
-        println!(
-            "{:<9} {:<11} {:<19} {:<10} {}",
-            f.id,
-            f.experiment_id,
-            f.scenario,
-            status_name(f.status),
-            f.title
-        );
+        t.row([
+            f.id.clone(),
+            f.experiment_id.clone(),
+            f.scenario.clone(),
+            status_name(f.status).to_owned(),
+            f.title.clone(),
+        ]);
     }
+    t.print();
 }
 
 pub async fn finding(cli: &Cli, action: &FindingAction) -> Result<u8, Fail> {

@@ -15,6 +15,7 @@ mod run;
 mod schedule;
 mod spec;
 mod status;
+mod table;
 
 use std::process::ExitCode;
 

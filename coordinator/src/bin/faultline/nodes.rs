@@ -2,6 +2,7 @@
 use faultline_proto::v1::ListNodesRequest;
 use serde_json::{Value, json};
 
+use crate::table::Table;
 use crate::{
     args::{Cli, Output},
     connection::{authed, connect},
@@ -31,25 +32,19 @@ pub async fn nodes(cli: &Cli) -> Result<u8, Fail> {
         println!("{}", Value::from(v));
         return Ok(0);
     }
-    println!(
-        "{:<12} {:<10} {:<16} {:<8} {:<12} LEASE",
-        "NODE", "STATE", "KERNEL", "CGROUP", "LATENCY"
-    );
+    let mut t = Table::new(["NODE", "STATE", "KERNEL", "CGROUP", "LATENCY", "LEASE"]);
     for n in nodes {
         let c = n.capabilities.unwrap_or_default();
-        println!(
-            "{:<12} {:<10} {:<16} {:<8} {:<12} {}",
+        let state = if n.connected { "connected" } else { "gone" };
+        t.row([
             n.name,
-            if n.connected { "connected" } else { "gone" },
+            state.to_owned(),
             c.kernel,
             c.cgroup,
             c.latency_backend,
-            if n.lease_id.is_empty() {
-                "-"
-            } else {
-                &n.lease_id
-            }
-        );
+            n.lease_id,
+        ]);
     }
+    t.print();
     Ok(0)
 }

@@ -5,6 +5,7 @@ pub use faultline_coordinator::view::*;
 use faultline_proto::v1::{Check, CheckStatus, Outcome};
 
 use crate::args::secs;
+use crate::table::Table;
 
 /// An outcome for people: verdict line, breach, preflight failures, signal table.
 pub fn outcome_text(o: &Outcome) -> String {
@@ -29,23 +30,27 @@ pub fn outcome_text(o: &Outcome) -> String {
         ));
     }
     if !o.signals.is_empty() {
-        lines.push(format!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10}  {}",
-            "signal", "baseline", "during", "worst", "after", "unit/source"
-        ));
-        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+        let mut t = Table::new([
+            "signal",
+            "baseline",
+            "during",
+            "worst",
+            "after",
+            "unit/source",
+        ])
+        .right(&[1, 2, 3, 4]);
+        let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
         for s in &o.signals {
-            lines.push(format!(
-                "{:<14} {:>10} {:>10} {:>10} {:>10}  {} ({})",
-                s.name,
+            t.row([
+                s.name.clone(),
                 f(s.baseline),
                 f(s.during),
                 f(s.max_impact),
                 f(s.after),
-                s.unit,
-                s.source
-            ));
+                format!("{} ({})", s.unit, s.source),
+            ]);
         }
+        lines.extend(t.lines());
     }
     for i in &o.incidents {
         lines.push(format!(

@@ -8,6 +8,7 @@ use faultline_proto::v1::{
 };
 use serde_json::{Value, json};
 
+use crate::table::Table;
 use crate::{
     args::{Cli, Output, ScheduleAction},
     connection::{authed, connect},
@@ -85,24 +86,22 @@ pub async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, Fail> {
                 return Ok(0);
             }
             println!("schedule file: {}", list.source);
-            println!(
-                "{:<36} {:<30} {:<19} {:<24} LAST",
-                "NAME", "WHEN", "SCENARIO", "NEXT"
-            );
+            let mut t = Table::new(["NAME", "WHEN", "SCENARIO", "NEXT", "LAST"]);
             for s in &list.schedules {
-                println!(
-                    "{:<36} {:<30} {:<19} {:<24} {}",
-                    s.name,
-                    s.when,
-                    s.scenario,
-                    if s.paused {
-                        format!("paused by {}", s.paused_by)
-                    } else {
-                        when(s.next_run.as_ref())
-                    },
-                    last(s)
-                );
+                let next = if s.paused {
+                    format!("paused by {}", s.paused_by)
+                } else {
+                    when(s.next_run.as_ref())
+                };
+                t.row([
+                    s.name.clone(),
+                    s.when.clone(),
+                    s.scenario.clone(),
+                    next,
+                    last(s),
+                ]);
             }
+            t.print();
             for b in &list.blackouts {
                 println!(
                     "blackout {}: {} — {}",
@@ -234,24 +233,17 @@ pub async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, Fail> {
                 );
                 return Ok(0);
             }
-            println!(
-                "{:<24} {:<36} {:<8} {:<11} REASONS",
-                "SLOT", "SCHEDULE", "STATUS", "EXPERIMENT"
-            );
+            let mut t = Table::new(["SLOT", "SCHEDULE", "STATUS", "EXPERIMENT", "REASONS"]);
             for r in runs {
-                println!(
-                    "{:<24} {:<36} {:<8} {:<11} {}",
+                t.row([
                     when(r.slot.as_ref()),
                     r.schedule,
-                    run_status(r.status),
-                    if r.experiment_id.is_empty() {
-                        "-"
-                    } else {
-                        &r.experiment_id
-                    },
-                    r.reasons.join("; ")
-                );
+                    run_status(r.status).to_owned(),
+                    r.experiment_id,
+                    r.reasons.join("; "),
+                ]);
             }
+            t.print();
         }
     }
     Ok(0)
