@@ -557,6 +557,28 @@ fn bad_schedule_files_name_the_entry_the_field_and_the_line() {
         e("starting_deadline: 0s\n"),
         "line 1: starting_deadline: must be at least 1s"
     );
+    // Each value is read by its own type, so the path and the line come with it.
+    let two = |second: &str| e(&format!("{base}  - scenario: cpu_stress\n{second}"));
+    for (second, expected) in [
+        (
+            "    time: 2\n",
+            "line 8: schedule[1].time: must be text; write it in quotes (YAML read 2 as a number)",
+        ),
+        (
+            "    time: 03:00 UTC\n    day: [Monday, Funday]\n",
+            "line 9: schedule[1].day[1]: unknown day \"Funday\" (Monday .. Sunday)",
+        ),
+        (
+            "    every: 1h\n    paused: yes\n",
+            "line 9: schedule[1].paused: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "    every: 1h\n    name: ' '\n",
+            "line 9: schedule[1].name: must not be empty",
+        ),
+    ] {
+        assert_eq!(two(second), expected, "{second}");
+    }
 }
 
 /// Found by the schedule fuzz target (tests/fuzz/corpus/schedule/crash-0d8c0f...): a
