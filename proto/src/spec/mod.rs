@@ -743,6 +743,37 @@ fn check_health(h: &Health, text: &str) -> Result<(), SpecError> {
 mod tests {
     use super::*;
 
+    /// The CLI's flags cross the wire as a spec document (`overrides_yaml`) that the
+    /// coordinator reads with this same parser; the magnitudes must arrive exactly as
+    /// parsed, not rounded by their way through text.
+    #[test]
+    fn a_spec_written_out_reads_back_with_every_magnitude_exact() {
+        use std::time::Duration;
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..10_000 {
+            let fraction = (next() >> 11) as f64 / (1u64 << 53) as f64;
+            let percent = Percent::new(100.0 * fraction).unwrap();
+            let ns = next() % 86_400_000_000_000;
+            let spec = Spec {
+                scenario: Some(Scenario::LatencyInjection),
+                packet_loss: Some(percent),
+                cpu_stress: Some(Percent::new(fraction).unwrap()),
+                latency: Some(Dur(Duration::from_nanos(ns))),
+                jitter: Some(Dur(Duration::from_nanos(ns % 1_000_000_007))),
+                duration: Some(Dur(Duration::from_secs(next() % 100_000))),
+                ..Default::default()
+            };
+            let back = Spec::parse(&spec.to_yaml()).unwrap();
+            assert_eq!(back, spec, "{}", spec.to_yaml());
+        }
+    }
+
     #[test]
     fn all_lists_every_scenario_once_in_order() {
         use strum::IntoEnumIterator;
