@@ -31,10 +31,7 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use faultline_proto::{
-    exposition,
-    v1::{FaultCounters, fault_spec::Fault},
-};
+use faultline_proto::{exposition, spec::Scenario, v1::FaultCounters};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -234,7 +231,7 @@ impl AgentMetrics {
             order_apply_seconds,
             loop_tick_ns: AtomicU64::new(crate::clock::monotonic_ns()),
         };
-        for kind in Fault::KINDS {
+        for kind in Scenario::short_names() {
             m.active_faults.get_or_create(&fault(kind)).set(0);
         }
         for d in ["ingress", "egress"] {
@@ -415,7 +412,7 @@ mod tests {
     fn every_series_exists_at_zero_and_counters_add_only_rises() {
         let m = AgentMetrics::new();
         let text = exposition::to_prometheus_text(&m.encode());
-        for kind in Fault::KINDS {
+        for kind in Scenario::short_names() {
             assert!(
                 text.contains(&format!(
                     "faultline_agent_active_faults{{fault=\"{kind}\"}} 0"

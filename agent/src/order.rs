@@ -82,6 +82,38 @@ pub fn fault(spec: &FaultSpec) -> Result<Fault, UsageError> {
     })
 }
 
+/// What the daemon must know of an order before a child runs it: the URLs the child
+/// would call (checked against the agent's own `--allow-endpoint`) and the share of
+/// the node a stress consumes.
+#[derive(Default)]
+pub struct Needs<'a> {
+    pub hooks: &'a [Hook],
+    pub stress_share: Option<f64>,
+}
+
+pub fn needs(f: &fault_spec::Fault) -> Needs<'_> {
+    let share = |percent| faultline_proto::spec::Scenario::of(f).stress_share(percent);
+    match f {
+        fault_spec::Fault::Gc(g) => Needs {
+            hooks: &g.hooks,
+            stress_share: None,
+        },
+        fault_spec::Fault::Cache(c) => Needs {
+            hooks: &c.hooks,
+            stress_share: None,
+        },
+        fault_spec::Fault::Cpu(c) => Needs {
+            hooks: &[],
+            stress_share: share(c.percent),
+        },
+        fault_spec::Fault::Memory(m) => Needs {
+            hooks: &[],
+            stress_share: share(m.percent),
+        },
+        fault_spec::Fault::Loss(_) | fault_spec::Fault::Latency(_) => Needs::default(),
+    }
+}
+
 fn target(
     iface: &str,
     direction: i32,

@@ -121,24 +121,10 @@ pub fn experiment_json(e: &Experiment) -> Value {
 
 /// The fault in a few words.
 pub fn fault_summary(e: &Experiment) -> String {
-    use faultline_proto::v1::fault_spec::Fault;
-    match e.fault.as_ref().and_then(|f| f.fault.as_ref()) {
-        Some(Fault::Loss(l)) => format!("loss {}% on {}", l.percent, l.interface),
-        Some(Fault::Latency(l)) => format!(
-            "latency {:.0}ms on {}",
-            secs(l.delay.as_ref()).unwrap_or(0.0) * 1e3,
-            l.interface
-        ),
-        Some(Fault::Cpu(c)) => format!("cpu {}%", c.percent),
-        Some(Fault::Memory(m)) => format!("memory {}%", m.percent),
-        Some(Fault::Gc(g)) => format!("gc pressure on {}", g.target_cgroup),
-        Some(Fault::Cache(c)) => format!(
-            "cache invalidation ({} path(s), {} hook(s))",
-            c.paths.len(),
-            c.hooks.len()
-        ),
-        None => "-".into(),
-    }
+    e.fault
+        .as_ref()
+        .and_then(|f| f.fault.as_ref())
+        .map_or("-".into(), |f| crate::engine::faults::kind(f).summary())
 }
 
 /// Text as a terminal or a log line may show it: control characters (an escape

@@ -73,26 +73,6 @@ impl GcFault {
     pub const DEFAULT_TO_PERCENT: f64 = 80.0;
 }
 
-impl fault_spec::Fault {
-    /// Every fault kind's short name (`Scenario::kind_name`, pinned by a test), for
-    /// series that exist at zero.
-    pub const KINDS: [&'static str; 6] = ["loss", "latency", "cpu", "memory", "gc", "cache"];
-
-    /// The fault kind's short name, as metrics label it and logs print it (the same as
-    /// its scenario's `kind_name`, pinned by a test; the contract does not depend on
-    /// the spec).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Loss(_) => "loss",
-            Self::Latency(_) => "latency",
-            Self::Cpu(_) => "cpu",
-            Self::Memory(_) => "memory",
-            Self::Gc(_) => "gc",
-            Self::Cache(_) => "cache",
-        }
-    }
-}
-
 impl FaultReadings {
     /// A GC squeeze's readings, if these are.
     pub fn gc(&self) -> Option<&GcReadings> {

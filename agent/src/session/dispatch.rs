@@ -10,7 +10,7 @@ use faultline_proto::{
     spec::Scenario,
     v1::{
         Ack, AgentMessage, ApplyFault, EffectState, ProbeResults, agent_message::Body as Out,
-        coordinator_message::Body as In, fault_spec::Fault,
+        coordinator_message::Body as In,
     },
 };
 use tokio::{sync::mpsc, time::Instant};
@@ -35,12 +35,11 @@ pub(super) struct Ctx<'a> {
 
 /// Every URL an order would have this agent call, checked against its own policy.
 fn endpoints_allowed(policy: &EndpointPolicy, a: &ApplyFault) -> Result<(), String> {
-    let hooks = match a.spec.as_ref().and_then(|s| s.fault.as_ref()) {
-        Some(Fault::Gc(g)) => g.hooks.as_slice(),
-        Some(Fault::Cache(c)) => c.hooks.as_slice(),
-        Some(Fault::Loss(_) | Fault::Latency(_) | Fault::Cpu(_) | Fault::Memory(_)) | None => &[],
-    };
-    for h in hooks {
+    let fault = a.spec.as_ref().and_then(|s| s.fault.as_ref());
+    for h in fault
+        .map(|f| crate::order::needs(f).hooks)
+        .unwrap_or_default()
+    {
         policy
             .check(&h.url)
             .map_err(|e| format!("hook {}: {e} (agent --allow-endpoint)", h.name))?;
@@ -82,11 +81,7 @@ pub(super) fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)
             };
             let scenario = Scenario::of(fault);
             let kind = scenario.kind_name();
-            let stress_share = match fault {
-                Fault::Cpu(c) => scenario.stress_share(c.percent),
-                Fault::Memory(m) => scenario.stress_share(m.percent),
-                Fault::Loss(_) | Fault::Latency(_) | Fault::Gc(_) | Fault::Cache(_) => None,
-            };
+            let stress_share = crate::order::needs(fault).stress_share;
             let ttl = a
                 .lease_ttl
                 .and_then(|t| Duration::try_from(t).ok())

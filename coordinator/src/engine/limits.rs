@@ -22,7 +22,8 @@ pub fn check(
     let fault = spec.fault.as_ref().ok_or_else(|| {
         Status::invalid_argument("fault: one of loss, latency, cpu, memory, gc, cache")
     })?;
-    crate::engine::faults::check(fault, duration, caps, source, endpoints)
+    crate::engine::faults::kind(fault)
+        .check(duration, caps, source, endpoints)
         .map_err(|r| Status::invalid_argument(r.message))
 }
 

@@ -134,14 +134,14 @@ pub fn resolve(text: &str, overrides: &str, ctx: &Context<'_>) -> Result<Plan, S
         },
     )?;
     let duration = spec.duration.expect("checked by check_shape").0;
-    faults::check(
-        &fault,
-        duration,
-        ctx.limits,
-        ctx.limits_source,
-        &ctx.settings.endpoints,
-    )
-    .map_err(|r| err(r.field, r.message))?;
+    faults::kind(&fault)
+        .check(
+            duration,
+            ctx.limits,
+            ctx.limits_source,
+            &ctx.settings.endpoints,
+        )
+        .map_err(|r| err(r.field, r.message))?;
 
     let health_cfg = ctx
         .settings

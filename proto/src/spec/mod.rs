@@ -53,6 +53,149 @@ pub enum Scenario {
     GcPressure,
 }
 
+/// Everything about a fault kind that is data, in one row per kind
+/// (`Scenario::info`): a new kind is one row, not an arm in each accessor.
+pub struct KindInfo {
+    /// The report's name (`packet_loss`), as specs, the store and reports write it.
+    pub name: &'static str,
+    /// The short name (`loss`), as metrics label it, logs print it and earlier spec
+    /// files wrote it (`fault: loss`).
+    pub short: &'static str,
+    /// The report's heading (`Packet Loss`).
+    pub title: &'static str,
+    /// The spec fields that give the scenario its shape; any other scenario's field
+    /// in a spec is a mistake worth naming.
+    pub fields: &'static [&'static str],
+    /// Acts once (an eviction) rather than for its duration: its recovery is timed
+    /// from the moment it acted, not from a removal.
+    pub one_shot: bool,
+    /// Consumes a share of a node resource (CPU, memory) that its short name names.
+    pub stress: bool,
+    /// Its magnitude in a spec (its report-named field, or the older `percent`).
+    pub magnitude: fn(&Spec) -> Option<Percent>,
+    /// The field a bare percentage (`faultline run --percent`) sets, if it has one.
+    pub percent_field: Option<fn(&mut Spec) -> &mut Option<Percent>>,
+    /// What a spec of it cannot do without.
+    pub required: Option<Required>,
+}
+
+/// A field a spec of a kind cannot do without.
+pub struct Required {
+    pub field: &'static str,
+    /// Whether the spec gives it.
+    pub given: fn(&Spec) -> bool,
+    /// An example for the message ("required for ..., e.g. 50ms").
+    pub example: &'static str,
+}
+
+const NETWORK_FIELDS: [&str; 3] = ["interface", "direction", "filter"];
+
+const LATENCY: KindInfo = KindInfo {
+    name: "latency_injection",
+    short: "latency",
+    title: "Latency Injection",
+    fields: &[
+        "latency",
+        "jitter",
+        "jitter_distribution",
+        "allow_reorder",
+        "packet_loss",
+        "percent",
+        NETWORK_FIELDS[0],
+        NETWORK_FIELDS[1],
+        NETWORK_FIELDS[2],
+    ],
+    one_shot: false,
+    stress: false,
+    magnitude: |s| s.packet_loss.or(s.percent),
+    percent_field: Some(|s| &mut s.packet_loss),
+    required: Some(Required {
+        field: "latency",
+        given: |s| s.latency.is_some(),
+        example: "50ms",
+    }),
+};
+
+const LOSS: KindInfo = KindInfo {
+    name: "packet_loss",
+    short: "loss",
+    title: "Packet Loss",
+    fields: &[
+        "packet_loss",
+        "percent",
+        NETWORK_FIELDS[0],
+        NETWORK_FIELDS[1],
+        NETWORK_FIELDS[2],
+    ],
+    one_shot: false,
+    stress: false,
+    magnitude: |s| s.packet_loss.or(s.percent),
+    percent_field: Some(|s| &mut s.packet_loss),
+    required: Some(Required {
+        field: "packet_loss",
+        given: |s| s.packet_loss.or(s.percent).is_some(),
+        example: "packet_loss: 1.0%",
+    }),
+};
+
+const CPU: KindInfo = KindInfo {
+    name: "cpu_stress",
+    short: "cpu",
+    title: "CPU Stress",
+    fields: &["cpu_stress", "percent"],
+    one_shot: false,
+    stress: true,
+    magnitude: |s| s.cpu_stress.or(s.percent),
+    percent_field: Some(|s| &mut s.cpu_stress),
+    required: Some(Required {
+        field: "cpu_stress",
+        given: |s| s.cpu_stress.or(s.percent).is_some(),
+        example: "cpu_stress: 1.0%",
+    }),
+};
+
+const MEMORY: KindInfo = KindInfo {
+    name: "memory_stress",
+    short: "memory",
+    title: "Memory Stress",
+    fields: &["memory_stress", "percent"],
+    one_shot: false,
+    stress: true,
+    magnitude: |s| s.memory_stress.or(s.percent),
+    percent_field: Some(|s| &mut s.memory_stress),
+    required: Some(Required {
+        field: "memory_stress",
+        given: |s| s.memory_stress.or(s.percent).is_some(),
+        example: "memory_stress: 1.0%",
+    }),
+};
+
+// Components, paths, hooks or the config's defaults: resolution decides what the
+// two hook-driven kinds need.
+const CACHE: KindInfo = KindInfo {
+    name: "cache_invalidation",
+    short: "cache",
+    title: "Cache Invalidation",
+    fields: &["components", "paths", "target_cgroup", "hooks"],
+    one_shot: true,
+    stress: false,
+    magnitude: |_| None,
+    percent_field: None,
+    required: None,
+};
+
+const GC: KindInfo = KindInfo {
+    name: "gc_pressure",
+    short: "gc",
+    title: "GC Pressure",
+    fields: &["components", "target_cgroup", "to_percent", "hooks"],
+    one_shot: false,
+    stress: false,
+    magnitude: |_| None,
+    percent_field: None,
+    required: None,
+};
+
 impl Scenario {
     pub const ALL: [Scenario; 6] = [
         Scenario::LatencyInjection,
@@ -63,75 +206,18 @@ impl Scenario {
         Scenario::GcPressure,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    /// The kind's row.
+    pub const fn info(self) -> &'static KindInfo {
         match self {
-            Scenario::LatencyInjection => "latency_injection",
-            Scenario::PacketLoss => "packet_loss",
-            Scenario::CpuStress => "cpu_stress",
-            Scenario::MemoryStress => "memory_stress",
-            Scenario::CacheInvalidation => "cache_invalidation",
-            Scenario::GcPressure => "gc_pressure",
+            Scenario::LatencyInjection => &LATENCY,
+            Scenario::PacketLoss => &LOSS,
+            Scenario::CpuStress => &CPU,
+            Scenario::MemoryStress => &MEMORY,
+            Scenario::CacheInvalidation => &CACHE,
+            Scenario::GcPressure => &GC,
         }
     }
 
-    /// The fault kind's short name, as metrics label it, logs print it and earlier
-    /// spec files wrote it (`fault: loss`).
-    pub fn kind_name(self) -> &'static str {
-        match self {
-            Scenario::LatencyInjection => "latency",
-            Scenario::PacketLoss => "loss",
-            Scenario::CpuStress => "cpu",
-            Scenario::MemoryStress => "memory",
-            Scenario::CacheInvalidation => "cache",
-            Scenario::GcPressure => "gc",
-        }
-    }
-
-    /// Whether the fault acts once (an eviction) rather than for its duration: its
-    /// recovery is timed from the moment it acted, not from a removal.
-    pub fn one_shot(self) -> bool {
-        match self {
-            Scenario::CacheInvalidation => true,
-            Scenario::LatencyInjection
-            | Scenario::PacketLoss
-            | Scenario::CpuStress
-            | Scenario::MemoryStress
-            | Scenario::GcPressure => false,
-        }
-    }
-
-    /// Whether the fault consumes a share of a node resource (CPU, memory): its kind
-    /// names the resource.
-    pub fn is_stress(self) -> bool {
-        match self {
-            Scenario::CpuStress | Scenario::MemoryStress => true,
-            Scenario::LatencyInjection
-            | Scenario::PacketLoss
-            | Scenario::CacheInvalidation
-            | Scenario::GcPressure => false,
-        }
-    }
-
-    /// The share of the node a stress of `percent` consumes (0-1); None for the
-    /// faults that are no stress.
-    pub fn stress_share(self, percent: f64) -> Option<f64> {
-        self.is_stress().then_some(percent / 100.0)
-    }
-
-    /// The report's heading for the scenario, e.g. "Latency Injection".
-    pub fn title(self) -> &'static str {
-        match self {
-            Scenario::LatencyInjection => "Latency Injection",
-            Scenario::PacketLoss => "Packet Loss",
-            Scenario::CpuStress => "CPU Stress",
-            Scenario::MemoryStress => "Memory Stress",
-            Scenario::CacheInvalidation => "Cache Invalidation",
-            Scenario::GcPressure => "GC Pressure",
-        }
-    }
-
-    /// The scenario of a name as specs, the store and the CLI write it (the report's
-    /// name, or the short name of earlier spec files): the one parser of names.
     /// The scenario (the fault kind) of an order's fault.
     pub fn of(fault: &crate::v1::fault_spec::Fault) -> Scenario {
         use crate::v1::fault_spec::Fault;
@@ -145,33 +231,47 @@ impl Scenario {
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        self.info().name
+    }
+
+    pub fn kind_name(self) -> &'static str {
+        self.info().short
+    }
+
+    pub fn one_shot(self) -> bool {
+        self.info().one_shot
+    }
+
+    pub fn is_stress(self) -> bool {
+        self.info().stress
+    }
+
+    /// The share of the node a stress of `percent` consumes (0-1); None for the
+    /// faults that are no stress.
+    pub fn stress_share(self, percent: f64) -> Option<f64> {
+        self.is_stress().then_some(percent / 100.0)
+    }
+
+    pub fn title(self) -> &'static str {
+        self.info().title
+    }
+
+    /// Every kind's short name, for series that exist at zero.
+    pub fn short_names() -> [&'static str; 6] {
+        Scenario::ALL.map(Scenario::kind_name)
+    }
+
+    /// The scenario of a name as specs, the store and the CLI write it (the report's
+    /// name, or the short name of earlier spec files): the one parser of names.
     pub fn from_name(name: &str) -> Option<Scenario> {
         Scenario::ALL
             .into_iter()
             .find(|s| s.as_str() == name || s.kind_name() == name)
     }
 
-    /// The fields that give this scenario its shape; any other scenario's field in a
-    /// spec is a mistake worth naming.
     fn fields(self) -> &'static [&'static str] {
-        match self {
-            Scenario::LatencyInjection => &[
-                "latency",
-                "jitter",
-                "jitter_distribution",
-                "allow_reorder",
-                "packet_loss",
-                "percent",
-                "interface",
-                "direction",
-                "filter",
-            ],
-            Scenario::PacketLoss => &["packet_loss", "percent", "interface", "direction", "filter"],
-            Scenario::CpuStress => &["cpu_stress", "percent"],
-            Scenario::MemoryStress => &["memory_stress", "percent"],
-            Scenario::CacheInvalidation => &["components", "paths", "target_cgroup", "hooks"],
-            Scenario::GcPressure => &["components", "target_cgroup", "to_percent", "hooks"],
-        }
+        self.info().fields
     }
 }
 
@@ -412,13 +512,7 @@ impl Spec {
     /// The scenario's magnitude for loss, CPU and memory: its report-named field, or
     /// the older `percent`.
     pub fn magnitude(&self) -> Option<Percent> {
-        match self.scenario? {
-            Scenario::PacketLoss => self.packet_loss.or(self.percent),
-            Scenario::CpuStress => self.cpu_stress.or(self.percent),
-            Scenario::MemoryStress => self.memory_stress.or(self.percent),
-            Scenario::LatencyInjection => self.packet_loss.or(self.percent),
-            Scenario::CacheInvalidation | Scenario::GcPressure => None,
-        }
+        (self.scenario?.info().magnitude)(self)
     }
 
     /// The checks that need nothing but the document (the coordinator checks the
@@ -479,26 +573,13 @@ impl Spec {
             }
         }
         // What each scenario cannot do without.
-        let missing = match scenario {
-            Scenario::LatencyInjection => self.latency.is_none().then(|| {
-                (
-                    "latency",
-                    "required for latency_injection, e.g. 50ms".to_owned(),
-                )
-            }),
-            Scenario::PacketLoss | Scenario::CpuStress | Scenario::MemoryStress => {
-                self.magnitude().is_none().then(|| {
-                    (
-                        scenario.as_str(),
-                        format!("required for {scenario}, e.g. {scenario}: 1.0%"),
-                    )
-                })
-            }
-            // Components, paths, hooks or the config's defaults: resolution decides.
-            Scenario::CacheInvalidation | Scenario::GcPressure => None,
-        };
-        if let Some((field, message)) = missing {
-            return Err(err(field, message));
+        if let Some(r) = &scenario.info().required
+            && !(r.given)(self)
+        {
+            return Err(err(
+                r.field,
+                format!("required for {scenario}, e.g. {}", r.example),
+            ));
         }
         if let Some(p) = self.to_percent
             && !crate::v1::GcFault::TO_PERCENT.contains(&p)
@@ -778,11 +859,6 @@ mod tests {
     fn all_lists_every_scenario_once_in_order() {
         use strum::IntoEnumIterator;
         assert_eq!(Scenario::iter().collect::<Vec<_>>(), Scenario::ALL);
-        let names = Scenario::ALL.map(Scenario::kind_name);
-        assert_eq!(crate::v1::fault_spec::Fault::KINDS.len(), names.len());
-        for name in crate::v1::fault_spec::Fault::KINDS {
-            assert!(names.contains(&name), "{name}");
-        }
         use crate::v1::{fault_spec::Fault, *};
         for f in [
             Fault::Loss(LossFault::default()),
@@ -792,7 +868,8 @@ mod tests {
             Fault::Gc(GcFault::default()),
             Fault::Cache(CacheFault::default()),
         ] {
-            assert_eq!(f.kind(), Scenario::of(&f).kind_name());
+            let s = Scenario::of(&f);
+            assert_eq!(Scenario::from_name(s.kind_name()), Some(s));
         }
     }
 

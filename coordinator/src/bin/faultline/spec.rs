@@ -62,21 +62,15 @@ fn overrides(args: &RunArgs, file: &Spec) -> Result<Spec, Fail> {
     o.recovery = value::<Dur>("recovery", &args.recovery)?.map(Recovery::Timeout);
     if let Some(p) = value::<Percent>("percent", &args.percent)? {
         // The flag is the magnitude of whichever scenario runs.
-        match o.scenario.or(file.scenario) {
-            Some(Scenario::PacketLoss | Scenario::LatencyInjection) => o.packet_loss = Some(p),
-            Some(Scenario::CpuStress) => o.cpu_stress = Some(p),
-            Some(Scenario::MemoryStress) => o.memory_stress = Some(p),
-            Some(s @ (Scenario::CacheInvalidation | Scenario::GcPressure)) => {
-                return Err(usage(format!(
-                    "--percent is not a setting of {s} (see --to-percent)"
-                )));
-            }
-            None => {
-                return Err(usage(
-                    "--percent needs a scenario: --fault or `scenario:` in the spec",
-                ));
-            }
-        }
+        let scenario = o.scenario.or(file.scenario).ok_or_else(|| {
+            usage("--percent needs a scenario: --fault or `scenario:` in the spec")
+        })?;
+        let field = scenario.info().percent_field.ok_or_else(|| {
+            usage(format!(
+                "--percent is not a setting of {scenario} (see --to-percent)"
+            ))
+        })?;
+        *field(&mut o) = Some(p);
     }
     let flags = [
         ("protocol", &args.proto),

@@ -519,7 +519,7 @@ async fn order(r: &mut Run) -> Step<AckWaiter> {
             return r.end(Verdict::Failed, e.message().to_owned());
         }
         info!(experiment = %r.exp.id, lease = %r.exp.lease_id, %node, order = %order_id,
-              fault = r.exp.plan.fault.fault.as_ref().map_or("", |f| f.kind()), "fault ordered");
+              fault = r.exp.plan.scenario.kind_name(), "fault ordered");
     }
     Ok(acks)
 }
@@ -677,7 +677,7 @@ async fn remove(r: &mut Run, during: &Collect) -> Step<Instant> {
     let removed_at = Instant::now();
     r.outcome.fault_removed_at = ts(SystemTime::now());
     if let Some(fault) = r.exp.plan.fault.fault.as_ref() {
-        r.outcome.kernel_summary = faults::kernel_summary(fault, &during.node);
+        r.outcome.kernel_summary = faults::kind(fault).kernel_summary(&during.node);
     }
     Ok(removed_at)
 }
@@ -948,7 +948,7 @@ fn node_preflight(c: &Control, plan: &Plan) -> Result<(), String> {
             .get(n)
             .and_then(|e| e.info.capabilities.clone())
             .unwrap_or_default();
-        faults::preflight(fault, n, &caps)?;
+        faults::kind(fault).preflight(n, &caps)?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use faultline_proto::{
     v1::{CacheFault, Capabilities, FaultReadings},
 };
 
-use super::{BuildCtx, Refused, check_cgroup, check_hooks};
+use super::{BuildCtx, FaultKind, Refused, check_cgroup, check_hooks};
 use crate::engine::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<CacheFault, SpecError> {
@@ -35,32 +35,51 @@ pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<CacheFault, SpecError> {
     Ok(f)
 }
 
-pub fn check(
-    c: &CacheFault,
-    duration: Duration,
-    caps: &ChaosLimits,
-    source: &str,
-    endpoints: &EndpointPolicy,
-) -> Result<(), Refused> {
-    if c.paths.is_empty() && c.target_cgroup.is_empty() && c.hooks.is_empty() {
-        return Err(Refused::new(
-            "components",
-            "cache: name what to evict (paths, target_cgroup and/or hooks)",
-        ));
+impl FaultKind for CacheFault {
+    fn check(
+        &self,
+        duration: Duration,
+        caps: &ChaosLimits,
+        source: &str,
+        endpoints: &EndpointPolicy,
+    ) -> Result<(), Refused> {
+        let c = self;
+        if c.paths.is_empty() && c.target_cgroup.is_empty() && c.hooks.is_empty() {
+            return Err(Refused::new(
+                "components",
+                "cache: name what to evict (paths, target_cgroup and/or hooks)",
+            ));
+        }
+        if let Some(p) = c.paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(Refused::new(
+                "paths",
+                format!("cache.paths: '{p}' is not an absolute path"),
+            ));
+        }
+        check_cgroup(&c.target_cgroup)?;
+        check_hooks(&c.hooks, endpoints)?;
+        caps.check_memory_duration(duration, source)
+            .map_err(|e| Refused::limit("duration", e))
     }
-    if let Some(p) = c.paths.iter().find(|p| !p.starts_with('/')) {
-        return Err(Refused::new(
-            "paths",
-            format!("cache.paths: '{p}' is not an absolute path"),
-        ));
+
+    fn preflight(&self, node: &str, caps: &Capabilities) -> Result<(), String> {
+        preflight(self, node, caps)
     }
-    check_cgroup(&c.target_cgroup)?;
-    check_hooks(&c.hooks, endpoints)?;
-    caps.check_memory_duration(duration, source)
-        .map_err(|e| Refused::limit("duration", e))
+
+    fn kernel_summary(&self, during: &Window) -> String {
+        summary(during)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "cache invalidation ({} path(s), {} hook(s))",
+            self.paths.len(),
+            self.hooks.len()
+        )
+    }
 }
 
-pub fn preflight(c: &CacheFault, node: &str, caps: &Capabilities) -> Result<(), String> {
+fn preflight(c: &CacheFault, node: &str, caps: &Capabilities) -> Result<(), String> {
     if !c.target_cgroup.is_empty() && caps.cgroup != "v2" {
         return Err(format!(
             "node {node} has cgroup {}: a workload's file cache can be reclaimed on cgroup v2 \

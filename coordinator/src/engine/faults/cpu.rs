@@ -2,12 +2,13 @@
 use std::time::Duration;
 
 use faultline_proto::{
+    endpoint::EndpointPolicy,
     limits::ChaosLimits,
     spec::{Spec, SpecError},
     v1::{Capabilities, CpuFault},
 };
 
-use super::{BuildCtx, Refused, percent};
+use super::{BuildCtx, FaultKind, Refused, percent};
 use crate::engine::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<CpuFault, SpecError> {
@@ -19,22 +20,30 @@ pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<CpuFault, SpecError> {
     })
 }
 
-pub fn check(
-    c: &CpuFault,
-    duration: Duration,
-    caps: &ChaosLimits,
-    source: &str,
-) -> Result<(), Refused> {
-    caps.check_cpu(percent(c.percent, "cpu_stress")?, duration, source)
-        .map_err(|e| Refused::limit("cpu_stress", e))
-}
-
-/// The stress faults live in cgroups.
-pub fn needs_cgroups(node: &str, caps: &Capabilities) -> Result<(), String> {
-    if caps.cgroup == "none" {
-        return Err(format!("node {node} has no cgroup filesystem"));
+impl FaultKind for CpuFault {
+    fn check(
+        &self,
+        duration: Duration,
+        caps: &ChaosLimits,
+        source: &str,
+        _endpoints: &EndpointPolicy,
+    ) -> Result<(), Refused> {
+        let c = self;
+        caps.check_cpu(percent(c.percent, "cpu_stress")?, duration, source)
+            .map_err(|e| Refused::limit("cpu_stress", e))
     }
-    Ok(())
+
+    fn preflight(&self, node: &str, caps: &Capabilities) -> Result<(), String> {
+        super::needs_cgroups(node, caps)
+    }
+
+    fn kernel_summary(&self, during: &Window) -> String {
+        summary(during)
+    }
+
+    fn summary(&self) -> String {
+        format!("cpu {}%", self.percent)
+    }
 }
 
 /// Node CPU and memory (the stress faults' own effect).

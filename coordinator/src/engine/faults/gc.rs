@@ -7,10 +7,10 @@ use faultline_proto::{
     endpoint::EndpointPolicy,
     limits::ChaosLimits,
     spec::{Spec, SpecError},
-    v1::{FaultReadings, GcFault},
+    v1::{Capabilities, FaultReadings, GcFault},
 };
 
-use super::{BuildCtx, Refused, check_cgroup, check_hooks};
+use super::{BuildCtx, FaultKind, Refused, check_cgroup, check_hooks};
 use crate::engine::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<GcFault, SpecError> {
@@ -36,29 +36,44 @@ pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<GcFault, SpecError> {
     })
 }
 
-pub fn check(
-    g: &GcFault,
-    duration: Duration,
-    caps: &ChaosLimits,
-    source: &str,
-    endpoints: &EndpointPolicy,
-) -> Result<(), Refused> {
-    if g.target_cgroup.is_empty() {
-        return Err(Refused::new(
-            "target_cgroup",
-            "gc.target_cgroup is required: the workload cgroup to squeeze",
-        ));
+impl FaultKind for GcFault {
+    fn check(
+        &self,
+        duration: Duration,
+        caps: &ChaosLimits,
+        source: &str,
+        endpoints: &EndpointPolicy,
+    ) -> Result<(), Refused> {
+        let g = self;
+        if g.target_cgroup.is_empty() {
+            return Err(Refused::new(
+                "target_cgroup",
+                "gc.target_cgroup is required: the workload cgroup to squeeze",
+            ));
+        }
+        check_cgroup(&g.target_cgroup)?;
+        if g.to_percent != 0.0 && !GcFault::TO_PERCENT.contains(&g.to_percent) {
+            return Err(Refused::new(
+                "to_percent",
+                format!("gc.to_percent {} is outside 50-99", g.to_percent),
+            ));
+        }
+        check_hooks(&g.hooks, endpoints)?;
+        caps.check_memory_duration(duration, source)
+            .map_err(|e| Refused::limit("duration", e))
     }
-    check_cgroup(&g.target_cgroup)?;
-    if g.to_percent != 0.0 && !GcFault::TO_PERCENT.contains(&g.to_percent) {
-        return Err(Refused::new(
-            "to_percent",
-            format!("gc.to_percent {} is outside 50-99", g.to_percent),
-        ));
+
+    fn preflight(&self, node: &str, caps: &Capabilities) -> Result<(), String> {
+        super::needs_cgroups(node, caps)
     }
-    check_hooks(&g.hooks, endpoints)?;
-    caps.check_memory_duration(duration, source)
-        .map_err(|e| Refused::limit("duration", e))
+
+    fn kernel_summary(&self, during: &Window) -> String {
+        summary(during)
+    }
+
+    fn summary(&self) -> String {
+        format!("gc pressure on {}", self.target_cgroup)
+    }
 }
 
 pub fn summary(during: &Window) -> String {

@@ -2,13 +2,15 @@
 use std::time::Duration;
 
 use faultline_proto::{
+    endpoint::EndpointPolicy,
     jitter,
     limits::ChaosLimits,
     spec::{JitterShape, Spec, SpecError},
-    v1::{Direction, JitterDistribution, LatencyFault},
+    v1::{Capabilities, Direction, JitterDistribution, LatencyFault},
 };
 
-use super::{BuildCtx, Refused, check_filter, loss_percent};
+use super::{BuildCtx, FaultKind, Refused, check_filter, loss_percent};
+use crate::engine::experiment::window::Window;
 
 fn dur(d: Duration) -> Option<prost_types::Duration> {
     d.try_into().ok()
@@ -38,44 +40,74 @@ fn to_duration(d: &prost_types::Duration, field: &'static str) -> Result<Duratio
     Duration::try_from(*d).map_err(|_| Refused::new(field, "must be a non-negative duration"))
 }
 
-pub fn check(
-    l: &LatencyFault,
-    duration: Duration,
-    caps: &ChaosLimits,
-    source: &str,
-) -> Result<(), Refused> {
-    let delay = to_duration(
-        l.delay
-            .as_ref()
-            .ok_or_else(|| Refused::new("latency", "latency.delay is required"))?,
-        "latency",
-    )?;
-    let jitter = match &l.jitter {
-        Some(j) => to_duration(j, "jitter")?,
-        None => Duration::ZERO,
-    };
-    let shape = match JitterDistribution::try_from(l.jitter_distribution) {
-        Ok(JitterDistribution::Normal) => jitter::Shape::Normal,
-        Ok(JitterDistribution::Uniform | JitterDistribution::Unspecified) => jitter::Shape::Uniform,
-        Err(_) => {
-            return Err(Refused::new(
-                "jitter_distribution",
-                format!(
-                    "latency.jitter_distribution: unknown value {}",
-                    l.jitter_distribution
-                ),
-            ));
+impl FaultKind for LatencyFault {
+    fn check(
+        &self,
+        duration: Duration,
+        caps: &ChaosLimits,
+        source: &str,
+        _endpoints: &EndpointPolicy,
+    ) -> Result<(), Refused> {
+        let l = self;
+        let delay = to_duration(
+            l.delay
+                .as_ref()
+                .ok_or_else(|| Refused::new("latency", "latency.delay is required"))?,
+            "latency",
+        )?;
+        let jitter = match &l.jitter {
+            Some(j) => to_duration(j, "jitter")?,
+            None => Duration::ZERO,
+        };
+        let shape = match JitterDistribution::try_from(l.jitter_distribution) {
+            Ok(JitterDistribution::Normal) => jitter::Shape::Normal,
+            Ok(JitterDistribution::Uniform | JitterDistribution::Unspecified) => {
+                jitter::Shape::Uniform
+            }
+            Err(_) => {
+                return Err(Refused::new(
+                    "jitter_distribution",
+                    format!(
+                        "latency.jitter_distribution: unknown value {}",
+                        l.jitter_distribution
+                    ),
+                ));
+            }
+        };
+        caps.check_latency(jitter::worst_case(delay, jitter, shape), duration, source)
+            .map_err(|e| Refused::limit("latency", e))?;
+        if l.loss_percent != 0.0 {
+            caps.check_loss(
+                loss_percent(l.loss_percent, "packet_loss")?,
+                duration,
+                source,
+            )
+            .map_err(|e| Refused::limit("packet_loss", e))?;
         }
-    };
-    caps.check_latency(jitter::worst_case(delay, jitter, shape), duration, source)
-        .map_err(|e| Refused::limit("latency", e))?;
-    if l.loss_percent != 0.0 {
-        caps.check_loss(
-            loss_percent(l.loss_percent, "packet_loss")?,
-            duration,
-            source,
-        )
-        .map_err(|e| Refused::limit("packet_loss", e))?;
+        check_filter(l.filter.as_ref())
     }
-    check_filter(l.filter.as_ref())
+
+    fn preflight(&self, node: &str, caps: &Capabilities) -> Result<(), String> {
+        super::needs_bpf(node, caps)
+    }
+
+    fn interface(&self) -> Option<&str> {
+        Some(&self.interface)
+    }
+
+    fn kernel_summary(&self, during: &Window) -> String {
+        super::loss::summary(during)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "latency {:.0}ms on {}",
+            self.delay
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
+            self.interface
+        )
+    }
 }

@@ -2,12 +2,13 @@
 use std::time::Duration;
 
 use faultline_proto::{
+    endpoint::EndpointPolicy,
     limits::ChaosLimits,
     spec::{Spec, SpecError},
-    v1::{Direction, LossFault},
+    v1::{Capabilities, Direction, LossFault},
 };
 
-use super::{BuildCtx, Refused, check_filter, loss_percent};
+use super::{BuildCtx, FaultKind, Refused, check_filter, loss_percent};
 use crate::engine::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<LossFault, SpecError> {
@@ -24,16 +25,36 @@ pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<LossFault, SpecError> {
     })
 }
 
-pub fn check(
-    l: &LossFault,
-    duration: Duration,
-    caps: &ChaosLimits,
-    source: &str,
-) -> Result<(), Refused> {
-    let p = loss_percent(l.percent, "packet_loss")?;
-    check_filter(l.filter.as_ref())?;
-    caps.check_loss(p, duration, source)
-        .map_err(|e| Refused::limit("packet_loss", e))
+impl FaultKind for LossFault {
+    fn check(
+        &self,
+        duration: Duration,
+        caps: &ChaosLimits,
+        source: &str,
+        _endpoints: &EndpointPolicy,
+    ) -> Result<(), Refused> {
+        let l = self;
+        let p = loss_percent(l.percent, "packet_loss")?;
+        check_filter(l.filter.as_ref())?;
+        caps.check_loss(p, duration, source)
+            .map_err(|e| Refused::limit("packet_loss", e))
+    }
+
+    fn preflight(&self, node: &str, caps: &Capabilities) -> Result<(), String> {
+        super::needs_bpf(node, caps)
+    }
+
+    fn interface(&self) -> Option<&str> {
+        Some(&self.interface)
+    }
+
+    fn kernel_summary(&self, during: &Window) -> String {
+        summary(during)
+    }
+
+    fn summary(&self) -> String {
+        format!("loss {}% on {}", self.percent, self.interface)
+    }
 }
 
 /// Packet counters for the network faults (loss and latency share them).

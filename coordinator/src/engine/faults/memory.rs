@@ -2,12 +2,14 @@
 use std::time::Duration;
 
 use faultline_proto::{
+    endpoint::EndpointPolicy,
     limits::ChaosLimits,
     spec::{Spec, SpecError},
-    v1::MemoryFault,
+    v1::{Capabilities, MemoryFault},
 };
 
-use super::{BuildCtx, Refused, percent};
+use super::{BuildCtx, FaultKind, Refused, percent};
+use crate::engine::experiment::window::Window;
 
 pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<MemoryFault, SpecError> {
     Ok(MemoryFault {
@@ -18,12 +20,28 @@ pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<MemoryFault, SpecError> 
     })
 }
 
-pub fn check(
-    m: &MemoryFault,
-    duration: Duration,
-    caps: &ChaosLimits,
-    source: &str,
-) -> Result<(), Refused> {
-    caps.check_memory(percent(m.percent, "memory_stress")?, duration, source)
-        .map_err(|e| Refused::limit("memory_stress", e))
+impl FaultKind for MemoryFault {
+    fn check(
+        &self,
+        duration: Duration,
+        caps: &ChaosLimits,
+        source: &str,
+        _endpoints: &EndpointPolicy,
+    ) -> Result<(), Refused> {
+        let m = self;
+        caps.check_memory(percent(m.percent, "memory_stress")?, duration, source)
+            .map_err(|e| Refused::limit("memory_stress", e))
+    }
+
+    fn preflight(&self, node: &str, caps: &Capabilities) -> Result<(), String> {
+        super::needs_cgroups(node, caps)
+    }
+
+    fn kernel_summary(&self, during: &Window) -> String {
+        super::cpu::summary(during)
+    }
+
+    fn summary(&self) -> String {
+        format!("memory {}%", self.percent)
+    }
 }

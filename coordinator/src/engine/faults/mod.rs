@@ -1,7 +1,8 @@
 //! One module per fault kind, each owning how its order is built from a spec, its
 //! safety limits, what its node must offer (preflight) and its kernel summary.
-//! Adding a kind is a compiler-checked change: every dispatch here is an exhaustive
-//! match over `Fault` or `Scenario`.
+//! Each module implements `FaultKind` for its order message; `build` (from the
+//! spec's scenario) and `kind` (from the order) are the two dispatches, both
+//! exhaustive matches the compiler checks.
 pub mod cache;
 pub mod cpu;
 pub mod gc;
@@ -168,54 +169,65 @@ pub fn build(spec: &Spec, ctx: &BuildCtx<'_>) -> Result<Fault, SpecError> {
     })
 }
 
-/// The fault against the safety limits (and the rules every order follows), before
-/// any lease. The agent checks the same limits again.
-pub fn check(
-    f: &Fault,
-    duration: Duration,
-    caps: &ChaosLimits,
-    source: &str,
-    endpoints: &EndpointPolicy,
-) -> Result<(), Refused> {
-    match f {
-        Fault::Loss(l) => loss::check(l, duration, caps, source),
-        Fault::Latency(l) => latency::check(l, duration, caps, source),
-        Fault::Cpu(c) => cpu::check(c, duration, caps, source),
-        Fault::Memory(m) => memory::check(m, duration, caps, source),
-        Fault::Gc(g) => gc::check(g, duration, caps, source, endpoints),
-        Fault::Cache(c) => cache::check(c, duration, caps, source, endpoints),
+/// What the engine asks of a fault kind's order; each kind's module implements it
+/// for its message, and `kind` is the one dispatch over them.
+pub trait FaultKind {
+    /// The fault against the safety limits (and the rules every order follows),
+    /// before any lease. The agent checks the same limits again.
+    fn check(
+        &self,
+        duration: Duration,
+        caps: &ChaosLimits,
+        source: &str,
+        endpoints: &EndpointPolicy,
+    ) -> Result<(), Refused>;
+
+    /// What the node must offer for the fault; Err says what it lacks.
+    fn preflight(&self, node: &str, caps: &Capabilities) -> Result<(), String>;
+
+    /// The interface it acts on, if it is a network fault.
+    fn interface(&self) -> Option<&str> {
+        None
     }
+
+    /// What the kernel saw while the fault was applied, for the result.
+    fn kernel_summary(&self, during: &Window) -> String;
+
+    /// The fault in a few words (lists, the dashboard).
+    fn summary(&self) -> String;
 }
 
-/// What the node must offer for the fault; Err says what it lacks.
-pub fn preflight(f: &Fault, node: &str, caps: &Capabilities) -> Result<(), String> {
+/// The kind's module, for an order's fault.
+pub fn kind(f: &Fault) -> &dyn FaultKind {
     match f {
-        Fault::Loss(_) | Fault::Latency(_) if !caps.bpf => {
-            Err(format!("node {node} cannot load BPF programs"))
-        }
-        Fault::Loss(_) | Fault::Latency(_) => Ok(()),
-        Fault::Cpu(_) | Fault::Memory(_) | Fault::Gc(_) => cpu::needs_cgroups(node, caps),
-        Fault::Cache(c) => cache::preflight(c, node, caps),
+        Fault::Loss(l) => l,
+        Fault::Latency(l) => l,
+        Fault::Cpu(c) => c,
+        Fault::Memory(m) => m,
+        Fault::Gc(g) => g,
+        Fault::Cache(c) => c,
     }
 }
 
 /// The interface whose attach the rollback self-test exercises.
 pub fn interface<'a>(f: &'a Fault, default: &'a str) -> &'a str {
-    match f {
-        Fault::Loss(l) => &l.interface,
-        Fault::Latency(l) => &l.interface,
-        Fault::Cpu(_) | Fault::Memory(_) | Fault::Gc(_) | Fault::Cache(_) => default,
-    }
+    kind(f).interface().unwrap_or(default)
 }
 
-/// What the kernel saw while the fault was applied, for the result.
-pub fn kernel_summary(f: &Fault, during: &Window) -> String {
-    match f {
-        Fault::Loss(_) | Fault::Latency(_) => loss::summary(during),
-        Fault::Cpu(_) | Fault::Memory(_) => cpu::summary(during),
-        Fault::Gc(_) => gc::summary(during),
-        Fault::Cache(_) => cache::summary(during),
+/// The network faults load BPF programs.
+fn needs_bpf(node: &str, caps: &Capabilities) -> Result<(), String> {
+    if !caps.bpf {
+        return Err(format!("node {node} cannot load BPF programs"));
     }
+    Ok(())
+}
+
+/// The stress faults live in cgroups.
+fn needs_cgroups(node: &str, caps: &Capabilities) -> Result<(), String> {
+    if caps.cgroup == "none" {
+        return Err(format!("node {node} has no cgroup filesystem"));
+    }
+    Ok(())
 }
 
 /// A percentage from a request, named.
