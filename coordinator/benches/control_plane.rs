@@ -36,7 +36,7 @@ fn start() -> Coordinator {
     common::start(
         "bench",
         &names,
-        "admin",
+        common::Role::Admin,
         &["--baseline", "1s", "--recovery", "1s"],
     )
 }

@@ -20,7 +20,7 @@ use common::{Coordinator, authed, channel};
 /// A coordinator with node-1's certificate, plus a second CA and an expired
 /// certificate in its directory to present.
 fn start(tag: &str) -> Coordinator {
-    let c = common::start(tag, &["node-1".to_owned()], "viewer", &[]);
+    let c = common::start(tag, &["node-1".to_owned()], common::Role::Viewer, &[]);
     let d = |p: &str| c.dir.join(p).display().to_string();
     common::run(&[
         "certs",

@@ -10,7 +10,7 @@ mod common;
 /// but the first one's HTTP port: refused at once, with the port named.
 #[test]
 fn an_address_in_use_stops_the_start_with_the_address_named() {
-    let c = common::start("in-use", &[], "viewer", &[]);
+    let c = common::start("in-use", &[], common::Role::Viewer, &[]);
     let grpc = c.url.trim_start_matches("https://").to_owned();
     let d = |p: &str| c.dir.join(p).display().to_string();
     for (listen, http, named) in [

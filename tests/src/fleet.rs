@@ -15,18 +15,13 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Netns, TempPath, agent::binary, netns::ip};
+use crate::{Netns, TempPath, agent::binary, coordinator::Home, netns::ip};
 
 pub const NODE_IFACE: &str = "eth0";
 const GRPC_PORT: u16 = 7443;
 const HTTP_PORT: u16 = 7080;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Viewer,
-    Operator,
-    Admin,
-}
+pub use crate::coordinator::Role;
 
 pub struct FleetNode {
     pub name: String,
@@ -41,7 +36,7 @@ pub struct Fleet {
     pub ctl: Netns,
     pub nodes: Vec<FleetNode>,
     pub dir: TempPath,
-    tokens: [String; 3],
+    home: Home,
     coordinator_args: Vec<String>,
     agent_args: Vec<String>,
     /// Per node (0-based): extra `faultline-agent run` options, e.g. labels.
@@ -119,24 +114,12 @@ impl Fleet {
         let (n, coordinator_args, agent_args) = (o.nodes, o.coordinator_args, o.agent_args);
         let dir = TempPath::dir("faultline-fleet");
         let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
-        run(Command::new(binary("faultline-coordinator"))
-            .args(["certs", "init", "--dir"])
-            .arg(dir.join("tls"))
-            .arg("--agents")
-            .arg(names.join(",")));
-        let token = |name: &str, role: &str| {
-            let out = run(Command::new(binary("faultline-coordinator"))
-                .args(["tokens", "add", "--file"])
-                .arg(dir.join("tokens.yaml"))
-                .args(["--name", name, "--role", role]));
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        };
-        let tokens = [
-            token("dashboard", "viewer"),
-            token("ci", "operator"),
-            token("sre", "admin"),
-        ];
-        std::fs::write(dir.join("config.yaml"), o.config).expect("write config");
+        let home = Home::create(
+            binary("faultline-coordinator"),
+            &dir,
+            &names,
+            Some(o.config),
+        );
         let store_mount = o.store_tmpfs.map(|size| {
             let m = dir.join("store");
             std::fs::create_dir_all(&m).expect("store dir");
@@ -193,7 +176,7 @@ impl Fleet {
             ctl,
             nodes,
             dir,
-            tokens,
+            home,
             coordinator_args: coordinator_args.iter().map(|s| (*s).to_owned()).collect(),
             agent_args: agent_args.iter().map(|s| (*s).to_owned()).collect(),
             node_args: o.node_args,
@@ -210,7 +193,7 @@ impl Fleet {
     }
 
     pub fn token(&self, role: Role) -> &str {
-        &self.tokens[role as usize]
+        self.home.token(role)
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
@@ -235,18 +218,10 @@ impl Fleet {
         assert!(self.coordinator.is_none(), "coordinator already running");
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ctl.name])
-            .arg(binary("faultline-coordinator"))
-            .arg("serve")
+            .arg(&self.home.bin)
+            .args(self.home.serve_args("store/coordinator.db"))
             .args(["--listen", &format!("0.0.0.0:{GRPC_PORT}")])
             .args(["--http", &format!("127.0.0.1:{HTTP_PORT}")])
-            .arg("--tls-dir")
-            .arg(self.dir.join("tls"))
-            .arg("--tokens")
-            .arg(self.dir.join("tokens.yaml"))
-            .arg("--store")
-            .arg(self.dir.join("store/coordinator.db"))
-            .arg("--config")
-            .arg(self.dir.join("config.yaml"))
             .args(&self.coordinator_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -1,12 +1,15 @@
 //! The real coordinator binary on loopback, for the mTLS tests and the control-plane
-//! benchmark: its own directory (certificates, tokens, store), removed with it.
+//! benchmark: its own directory, removed with it, set up by the same `Home` the
+//! end-to-end fleet uses (certificates, a token per role, the store).
 #![allow(dead_code)] // each user takes what it needs
 
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
+
+pub use faultline_tests::coordinator::Role;
+use faultline_tests::coordinator::{Home, serving_addresses};
 
 use tonic::{
     Request,
@@ -35,49 +38,25 @@ impl Drop for Coordinator {
 
 /// Runs `faultline-coordinator <args>`; its trimmed stdout.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run coordinator");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?}: {err}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    faultline_tests::coordinator::run(Path::new(BIN), args)
 }
 
-/// Certificates for `agents`, a token of `role`, and `serve <extra>` on ports the
-/// coordinator picks itself (port 0), read back from its "coordinator serving" log
-/// line, in `<temp>/fl-coordinator-<pid>-<tag>` (`tag` keeps concurrent users apart).
+/// The home the harness shares with the end-to-end tests (certificates for `agents`,
+/// a token per role), a token of `role`, and `serve <extra>` on ports the coordinator
+/// picks itself (port 0), read back from its "coordinator serving" log line, in
+/// `<temp>/fl-coordinator-<pid>-<tag>` (`tag` keeps concurrent users apart).
 ///
 /// The ports are not chosen here: a port probed free and then handed over can be
 /// taken in between (by a concurrent test, or by the probe's own connect landing on
 /// it), and a coordinator that then failed to bind looked ready to a connect loop.
-pub fn start(tag: &str, agents: &[String], role: &str, extra: &[&str]) -> Coordinator {
+pub fn start(tag: &str, agents: &[String], role: Role, extra: &[&str]) -> Coordinator {
     let dir = std::env::temp_dir().join(format!("fl-coordinator-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let d = |p: &str| dir.join(p).display().to_string();
-    let mut init = vec!["certs", "init", "--dir"];
-    let tls = d("tls");
-    init.push(&tls);
-    let names = agents.join(",");
-    if !agents.is_empty() {
-        init.extend(["--agents", &names]);
-    }
-    run(&init);
-    let tokens = d("tokens.yaml");
-    let token = run(&[
-        "tokens", "add", "--file", &tokens, "--name", "t", "--role", role,
-    ]);
+    let home = Home::create(BIN.into(), &dir, agents, None);
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(home.serve_args("db/c.db"))
+        .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(["--log-format", "json"])
-        .args([
-            "--tls-dir",
-            &tls,
-            "--tokens",
-            &tokens,
-            "--store",
-            &d("db/c.db"),
-        ])
         .args(extra)
         .env("RUST_LOG", "error,faultline_coordinator::server=info")
         .stdout(Stdio::null())
@@ -90,52 +69,7 @@ pub fn start(tag: &str, agents: &[String], role: &str, extra: &[&str]) -> Coordi
         dir,
         url: format!("https://{grpc}"),
         http,
-        token,
-    }
-}
-
-/// The gRPC and HTTP addresses in the child's "coordinator serving" line; its later log lines
-/// are passed on to this process's stderr. Panics with what it logged if it exits
-/// first, and after 20 s.
-fn serving_addresses(child: &mut Child) -> (String, String) {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut found = false;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if !found && v["message"] == "coordinator serving" {
-                found = true;
-                let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-                let _ = tx.send(Ok((field("grpc"), field("http"))));
-            } else if found {
-                eprintln!("{line}");
-            } else {
-                let _ = tx.send(Err(line));
-            }
-        }
-    });
-    let until = Instant::now() + Duration::from_secs(20);
-    let mut logged = Vec::new();
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(Ok((grpc, http))) => {
-                assert!(
-                    !grpc.is_empty() && !http.is_empty(),
-                    "no grpc or http field in the serving line"
-                );
-                return (grpc, http);
-            }
-            Ok(Err(line)) => logged.push(line),
-            Err(e) => panic!(
-                "coordinator not serving ({e:?}; exit: {:?}):\n{}",
-                child.try_wait(),
-                logged.join("\n")
-            ),
-        }
+        token: home.token(role).to_owned(),
     }
 }
 
