@@ -463,17 +463,21 @@ fn schedules_reports_findings_game_days_and_the_dashboard() {
                 && e["target"].as_str().unwrap().starts_with(target)
         })
     };
-    assert!(has("scheduler", "experiment.start", &id), "{log}");
-    assert!(has("ci", "schedule.pause", "micro-latency"), "{log}");
-    assert!(has("ci", "schedule.resume", "yearly"), "{log}");
-    assert!(has("ci", "experiment.start", "exp-"), "{log}");
-    assert!(has("ci", "abort", "all"), "{log}");
-    assert!(has("sre", "kill_switch.clear", ""), "{log}");
-    assert!(has("sre", "gameday.open", "gd-0001"), "{log}");
-    assert!(has("sre", "gameday.close", "gd-0001"), "{log}");
-    assert!(has("coordinator", "gameday.close", "gd-0002"), "{log}");
-    assert!(has("ci", "finding.add", "fnd-0001"), "{log}");
-    assert!(has("ci", "finding.update", "fnd-0001"), "{log}");
+    for (who, action, target) in [
+        ("scheduler", "experiment.start", id.as_str()),
+        ("ci", "schedule.pause", "micro-latency"),
+        ("ci", "schedule.resume", "yearly"),
+        ("ci", "experiment.start", "exp-"),
+        ("ci", "abort", "all"),
+        ("sre", "kill_switch.clear", ""),
+        ("sre", "gameday.open", "gd-0001"),
+        ("sre", "gameday.close", "gd-0001"),
+        ("coordinator", "gameday.close", "gd-0002"),
+        ("ci", "finding.add", "fnd-0001"),
+        ("ci", "finding.update", "fnd-0001"),
+    ] {
+        assert!(has(who, action, target), "{who} {action} {target}: {log}");
+    }
     let peer = entries.iter().find(|e| e["who"] == "ci").unwrap()["peer"]
         .as_str()
         .unwrap();

@@ -98,6 +98,37 @@ fn assert_only_failing(run: &Run, failing: &str, dependent: &[&str]) {
     );
 }
 
+/// A prerequisite failing on its own: the spec that makes `failing` fail (and
+/// `dependent`, which read the same broken source, may fail with it), and what its
+/// check must say (`(field, text)`).
+struct Case {
+    spec: String,
+    failing: &'static str,
+    dependent: &'static [&'static str],
+    says: Option<(&'static str, &'static str)>,
+}
+
+impl Case {
+    fn check(&self, run: &Run) {
+        assert_only_failing(run, self.failing, self.dependent);
+        if let Some((field, text)) = self.says {
+            let said = run.check(self.failing)[field]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                said.contains(text),
+                "{}: {field} {said:?} lacks {text:?}",
+                self.failing
+            );
+        }
+    }
+
+    fn check_in(&self, lab: &Lab) {
+        self.check(&lab.run(&self.spec, ""));
+    }
+}
+
 #[test]
 fn each_prerequisite_failing_on_its_own_refuses_the_experiment_with_its_name_and_value() {
     let _g = serial();
@@ -117,105 +148,73 @@ fn each_prerequisite_failing_on_its_own_refuses_the_experiment_with_its_name_and
     }
 
     let short = "baseline: 1s\n";
-    // Thresholds that real values fail.
-    let run = lab.run(
-        &cpu(
-            "2s",
-            &format!("{short}prerequisites: {{health_score_above: 100}}\n"),
-        ),
-        "",
-    );
-    assert_only_failing(&run, "health_score_above", &[]);
-    let run = lab.run(
-        &cpu(
-            "2s",
-            &format!("{short}prerequisites: {{traffic_below_peak: 10%}}\n"),
-        ),
-        "",
-    );
-    assert_only_failing(&run, "traffic_below_peak", &[]);
-    assert!(
-        run.check("traffic_below_peak")["value"]
-            .as_str()
-            .unwrap()
-            .contains("% of peak")
-    );
+    let with = |extra: &str| cpu("2s", &format!("{short}{extra}"));
+    // Thresholds that real values fail, and required systems that do not answer.
+    let cases = [
+        Case {
+            spec: with("prerequisites: {health_score_above: 100}\n"),
+            failing: "health_score_above",
+            dependent: &[],
+            says: None,
+        },
+        Case {
+            spec: with("prerequisites: {traffic_below_peak: 10%}\n"),
+            failing: "traffic_below_peak",
+            dependent: &[],
+            says: Some(("value", "% of peak")),
+        },
+        Case {
+            spec: "scenario: packet_loss\ntarget_node: node-1\npacket_loss: 0.1%\ninterface: eth9\nduration: 2s\nbaseline: 1s\n".into(),
+            failing: "required.rollback",
+            dependent: &[],
+            says: Some(("detail", "eth9")),
+        },
+        Case {
+            spec: with("health: {http: [{name: api, url: 'http://10.201.1.2:8081/api/item'}]}\n"),
+            failing: "required.health_checker",
+            dependent: &[],
+            says: None,
+        },
+        Case {
+            spec: with("health: {prometheus: {url: 'http://127.0.0.1:9999', queries: {traffic_vs_peak: 'vector(0)'}}}\n"),
+            failing: "required.monitoring",
+            // Prometheus also answers traffic_vs_peak and the backup check.
+            dependent: &["traffic_below_peak", "required.recent_backup"],
+            says: None,
+        },
+        Case {
+            spec: with("health: {alertmanager: {url: 'http://127.0.0.1:9999'}}\n"),
+            failing: "required.alerting",
+            // Alertmanager also answers no_incidents and lists the receivers.
+            dependent: &["no_incidents", "required.incident_response"],
+            says: None,
+        },
+        Case {
+            spec: with(
+                "health:\n  checks:\n    incident_response: {url: 'http://127.0.0.1:9/pager'}\n    \
+                 recent_backup: {promql: 'time() - max(sample_backup_last_success_timestamp_seconds) < bool 86400'}\n",
+            ),
+            failing: "required.incident_response",
+            dependent: &[],
+            says: None,
+        },
+    ];
+    for case in &cases {
+        case.check(&lab.run(&case.spec, ""));
+    }
 
     // An open incident (a P3 alert also lowers the health score, so that check is
     // set aside for this case).
     lab.alertmanager.fire("QueueBacklog", "P3");
-    let run = lab.run(
-        &cpu(
-            "2s",
-            &format!("{short}prerequisites: {{health_score_above: 0}}\n"),
-        ),
-        "",
-    );
-    assert_only_failing(&run, "no_incidents", &[]);
-    assert!(
-        run.check("no_incidents")["value"]
-            .as_str()
-            .unwrap()
-            .contains("QueueBacklog (P3)")
-    );
+    Case {
+        spec: with("prerequisites: {health_score_above: 0}\n"),
+        failing: "no_incidents",
+        dependent: &[],
+        says: Some(("value", "QueueBacklog (P3)")),
+    }
+    .check_in(&lab);
     lab.alertmanager.resolve("QueueBacklog", "P3");
 
-    // Required systems that do not answer.
-    let run = lab.run(
-        "scenario: packet_loss\ntarget_node: node-1\npacket_loss: 0.1%\ninterface: eth9\nduration: 2s\nbaseline: 1s\n",
-        "",
-    );
-    assert_only_failing(&run, "required.rollback", &[]);
-    assert!(
-        run.check("required.rollback")["detail"]
-            .as_str()
-            .unwrap()
-            .contains("eth9")
-    );
-    let run = lab.run(
-        &cpu(
-            "2s",
-            &format!(
-                "{short}health: {{http: [{{name: api, url: 'http://10.201.1.2:8081/api/item'}}]}}\n"
-            ),
-        ),
-        "",
-    );
-    assert_only_failing(&run, "required.health_checker", &[]);
-    let run = lab.run(
-        &cpu("2s", &format!("{short}health: {{prometheus: {{url: 'http://127.0.0.1:9999', queries: {{traffic_vs_peak: 'vector(0)'}}}}}}\n")),
-        "",
-    );
-    // Prometheus also answers traffic_vs_peak and the backup check.
-    assert_only_failing(
-        &run,
-        "required.monitoring",
-        &["traffic_below_peak", "required.recent_backup"],
-    );
-    let run = lab.run(
-        &cpu(
-            "2s",
-            &format!("{short}health: {{alertmanager: {{url: 'http://127.0.0.1:9999'}}}}\n"),
-        ),
-        "",
-    );
-    // Alertmanager also answers no_incidents and lists the receivers.
-    assert_only_failing(
-        &run,
-        "required.alerting",
-        &["no_incidents", "required.incident_response"],
-    );
-    let run = lab.run(
-        &cpu(
-            "2s",
-            &format!(
-                "{short}health:\n  checks:\n    incident_response: {{url: 'http://127.0.0.1:9/pager'}}\n    \
-                 recent_backup: {{promql: 'time() - max(sample_backup_last_success_timestamp_seconds) < bool 86400'}}\n"
-            ),
-        ),
-        "",
-    );
-    assert_only_failing(&run, "required.incident_response", &[]);
     lab.service.backup_age("48h");
     let backup = "time() - max(sample_backup_last_success_timestamp_seconds) < bool 86400";
     wait_for_value(&lab, backup, 0.0);
