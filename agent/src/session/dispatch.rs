@@ -9,8 +9,8 @@ use faultline_proto::{
     endpoint::EndpointPolicy,
     spec::Scenario,
     v1::{
-        Ack, AgentMessage, ApplyFault, EffectState, ProbeResults, agent_message::Body as Out,
-        coordinator_message::Body as In,
+        Ack, AgentMessage, ApplyFault, EffectState, LeaseRenewal, ProbeResults, RemoveFault,
+        StartProbe, agent_message::Body as Out, coordinator_message::Body as In,
     },
 };
 use tokio::{sync::mpsc, time::Instant};
@@ -52,115 +52,13 @@ fn endpoints_allowed(policy: &EndpointPolicy, a: &ApplyFault) -> Result<(), Stri
     Ok(())
 }
 
+/// A message from the coordinator.
 pub(super) fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
     match body {
-        In::Apply(a) => {
-            if st.effects.contains_key(&a.order_id) {
-                return; // a resent order: the first one's acks stand
-            }
-            if let Err(e) = endpoints_allowed(&st.policy, &a) {
-                st.metrics.order(OrderResult::Refused);
-                return send(ack(&a.order_id, EffectState::Refused, e));
-            }
-            // Converted here first, as the child converts it again: a malformed
-            // order is refused without a process.
-            let spec = match a
-                .spec
-                .as_ref()
-                .ok_or_else(|| UsageError("no fault spec".into()))
-                .and_then(|s| crate::order::fault(s).map(|_| s))
-            {
-                Ok(spec) => spec,
-                Err(e) => {
-                    st.metrics.order(OrderResult::Refused);
-                    return send(ack(&a.order_id, EffectState::Refused, e.0));
-                }
-            };
-            let Some(fault) = spec.fault.as_ref() else {
-                return; // converted above: an order without a fault was refused there
-            };
-            let scenario = Scenario::of(fault);
-            let kind = scenario.kind_name();
-            let stress_share = crate::order::needs(fault).stress_share;
-            let ttl = a
-                .lease_ttl
-                .and_then(|t| Duration::try_from(t).ok())
-                .filter(|t| !t.is_zero())
-                .unwrap_or(DEFAULT_TTL);
-            match orders::spawn(&a.order_id, ctx.global, spec, ctx.reports.clone()) {
-                Ok(handle) => {
-                    info!(order = %a.order_id, lease = %a.lease_id, fault = kind, "applying the order");
-                    st.leases
-                        .insert(a.lease_id.clone(), (Instant::now() + ttl, ttl));
-                    let guard = a.guard.map(|g| {
-                        AbortOnDrop(tokio::spawn(crate::guard::run(
-                            a.order_id.clone(),
-                            a.lease_id.clone(),
-                            g,
-                            ctx.breaches.clone(),
-                        )))
-                    });
-                    st.effects.insert(
-                        a.order_id,
-                        Effect {
-                            lease_id: a.lease_id,
-                            handle,
-                            scenario,
-                            stress_share,
-                            pending_since: Some(Instant::now()),
-                            expired: false,
-                            breach: None,
-                            _guard: guard,
-                        },
-                    );
-                }
-                Err(e) => {
-                    st.metrics.order(OrderResult::Failed);
-                    send(ack(&a.order_id, EffectState::Failed, format!("spawn: {e}")))
-                }
-            }
-        }
-        In::Remove(r) => {
-            let matching: HashSet<String> = st
-                .effects
-                .iter()
-                .filter(|(id, e)| {
-                    (r.lease_id.is_empty() || e.lease_id == r.lease_id)
-                        && (r.order_id.is_empty() || **id == r.order_id)
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in &matching {
-                st.effects[id].handle.stop();
-            }
-            if matching.is_empty() {
-                if !r.lease_id.is_empty() {
-                    st.leases.remove(&r.lease_id);
-                }
-                send(ack(&r.request_id, EffectState::Removed, "nothing applied"));
-            } else {
-                info!(lease = %r.lease_id, "removing {} effect(s)", matching.len());
-                st.removals.insert(r.request_id, matching);
-            }
-        }
+        In::Apply(a) => apply(st, a, ctx, send),
+        In::Remove(r) => remove(st, r, send),
         In::SampleRate(s) => st.sample_hz = s.hz.clamp(0.1, 10.0),
-        In::StartProbe(p) => {
-            let Some(spec) = p.probe else { return };
-            if let Err(e) = st.policy.check(&spec.url) {
-                warn!(probe = %p.probe_id, "refusing a node-side probe: {e}");
-                let _ = ctx.outbox.try_send(AgentMessage {
-                    body: Some(Out::Probe(ProbeResults {
-                        probe_id: p.probe_id,
-                        results: Vec::new(),
-                        refused: format!("{e} (agent --allow-endpoint)"),
-                    })),
-                });
-                return;
-            }
-            info!(probe = %p.probe_id, url = %spec.url, hz = spec.rate_hz, "node-side probe started");
-            let task = tokio::spawn(forward_probe(p.probe_id.clone(), spec, ctx.outbox.clone()));
-            st.probes.insert(p.probe_id, AbortOnDrop(task));
-        }
+        In::StartProbe(p) => start_probe(st, p, ctx),
         In::StopProbe(p) => {
             if st.probes.remove(&p.probe_id).is_some() {
                 info!(probe = %p.probe_id, "node-side probe stopped");
@@ -183,18 +81,134 @@ pub(super) fn order(st: &mut State, body: In, ctx: &Ctx<'_>, send: &impl Fn(Out)
         In::ReportReceived(r) => st
             .unconfirmed
             .retain(|a| a.guard.as_ref().is_none_or(|g| g.report_id != r.report_id)),
-        In::Renewal(r) => {
-            let ttl = r
-                .ttl
-                .and_then(|t| Duration::try_from(t).ok())
-                .filter(|t| !t.is_zero());
-            let now = Instant::now();
-            for id in r.lease_ids {
-                if let Some((until, lease_ttl)) = st.leases.get_mut(&id) {
-                    *lease_ttl = ttl.unwrap_or(*lease_ttl);
-                    *until = now + *lease_ttl;
-                }
-            }
+        In::Renewal(r) => renew(st, r),
+    }
+}
+
+/// A fault order: checked against this agent's policy and converted (a malformed
+/// order is refused without a process), then its child started.
+fn apply(st: &mut State, a: ApplyFault, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
+    if st.effects.contains_key(&a.order_id) {
+        return; // a resent order: the first one's acks stand
+    }
+    if let Err(e) = endpoints_allowed(&st.policy, &a) {
+        st.metrics.order(OrderResult::Refused);
+        return send(ack(&a.order_id, EffectState::Refused, e));
+    }
+    // Converted here first, as the child converts it again: a malformed
+    // order is refused without a process.
+    let spec = match a
+        .spec
+        .as_ref()
+        .ok_or_else(|| UsageError("no fault spec".into()))
+        .and_then(|s| crate::order::fault(s).map(|_| s))
+    {
+        Ok(spec) => spec,
+        Err(e) => {
+            st.metrics.order(OrderResult::Refused);
+            return send(ack(&a.order_id, EffectState::Refused, e.0));
+        }
+    };
+    let Some(fault) = spec.fault.as_ref() else {
+        return; // converted above: an order without a fault was refused there
+    };
+    let scenario = Scenario::of(fault);
+    let kind = scenario.kind_name();
+    let stress_share = crate::order::needs(fault).stress_share;
+    let ttl = a
+        .lease_ttl
+        .and_then(|t| Duration::try_from(t).ok())
+        .filter(|t| !t.is_zero())
+        .unwrap_or(DEFAULT_TTL);
+    match orders::spawn(&a.order_id, ctx.global, spec, ctx.reports.clone()) {
+        Ok(handle) => {
+            info!(order = %a.order_id, lease = %a.lease_id, fault = kind, "applying the order");
+            st.leases
+                .insert(a.lease_id.clone(), (Instant::now() + ttl, ttl));
+            let guard = a.guard.map(|g| {
+                AbortOnDrop(tokio::spawn(crate::guard::run(
+                    a.order_id.clone(),
+                    a.lease_id.clone(),
+                    g,
+                    ctx.breaches.clone(),
+                )))
+            });
+            st.effects.insert(
+                a.order_id,
+                Effect {
+                    lease_id: a.lease_id,
+                    handle,
+                    scenario,
+                    stress_share,
+                    pending_since: Some(Instant::now()),
+                    expired: false,
+                    breach: None,
+                    _guard: guard,
+                },
+            );
+        }
+        Err(e) => {
+            st.metrics.order(OrderResult::Failed);
+            send(ack(&a.order_id, EffectState::Failed, format!("spawn: {e}")))
+        }
+    }
+}
+
+/// Stops the effects a removal names; acknowledged once their children exit.
+fn remove(st: &mut State, r: RemoveFault, send: &impl Fn(Out)) {
+    let matching: HashSet<String> = st
+        .effects
+        .iter()
+        .filter(|(id, e)| {
+            (r.lease_id.is_empty() || e.lease_id == r.lease_id)
+                && (r.order_id.is_empty() || **id == r.order_id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &matching {
+        st.effects[id].handle.stop();
+    }
+    if matching.is_empty() {
+        if !r.lease_id.is_empty() {
+            st.leases.remove(&r.lease_id);
+        }
+        send(ack(&r.request_id, EffectState::Removed, "nothing applied"));
+    } else {
+        info!(lease = %r.lease_id, "removing {} effect(s)", matching.len());
+        st.removals.insert(r.request_id, matching);
+    }
+}
+
+/// A node-side probe the coordinator asks for, if this agent's policy allows its URL.
+fn start_probe(st: &mut State, p: StartProbe, ctx: &Ctx<'_>) {
+    let Some(spec) = p.probe else { return };
+    if let Err(e) = st.policy.check(&spec.url) {
+        warn!(probe = %p.probe_id, "refusing a node-side probe: {e}");
+        let _ = ctx.outbox.try_send(AgentMessage {
+            body: Some(Out::Probe(ProbeResults {
+                probe_id: p.probe_id,
+                results: Vec::new(),
+                refused: format!("{e} (agent --allow-endpoint)"),
+            })),
+        });
+        return;
+    }
+    info!(probe = %p.probe_id, url = %spec.url, hz = spec.rate_hz, "node-side probe started");
+    let task = tokio::spawn(forward_probe(p.probe_id.clone(), spec, ctx.outbox.clone()));
+    st.probes.insert(p.probe_id, AbortOnDrop(task));
+}
+
+/// A renewal moves each named lease's deadline (the dead-man switch's) on.
+fn renew(st: &mut State, r: LeaseRenewal) {
+    let ttl = r
+        .ttl
+        .and_then(|t| Duration::try_from(t).ok())
+        .filter(|t| !t.is_zero());
+    let now = Instant::now();
+    for id in r.lease_ids {
+        if let Some((until, lease_ttl)) = st.leases.get_mut(&id) {
+            *lease_ttl = ttl.unwrap_or(*lease_ttl);
+            *until = now + *lease_ttl;
         }
     }
 }

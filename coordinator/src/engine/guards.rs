@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     engine::plan::AbortPlan,
-    health::{Monitor, Reading, lock},
+    health::{Monitor, Reading, Sources, lock},
 };
 
 /// A condition that held.
@@ -87,128 +87,143 @@ impl Guards {
         *run >= self.abort.consecutive
     }
 
-    /// The first condition that holds now, if any.
+    /// The first condition that holds now, if any: each source's new data point,
+    /// each source gone dark, then the health score if anything moved.
     pub fn evaluate(&mut self, m: &Monitor, r: &Reading, now: Instant) -> Option<Breach> {
+        self.sources(m, r, now).err()
+    }
+
+    fn sources(&mut self, m: &Monitor, r: &Reading, now: Instant) -> Result<(), Breach> {
         let s = lock(&m.shared);
-        let started = m.started;
-        let wall = SystemTime::now();
         let a = self.abort.clone();
-        // Probes: a new result since the last evaluation.
+        let mut fresh = self.probes(&s, r, &a)?;
+        fresh |= self.prometheus(m, &s, r, &a, now)?;
+        fresh |= self.alertmanager(&s, &a, now, m.started)?;
+        self.silent_probes(&s, now, m.started)?;
+        drop(s);
+        match r.health_score {
+            Some(v) if fresh => found(self.check(&HEALTH_SCORE, &a, "score", v, SystemTime::now())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Probes: a new result since the last evaluation (whether there was one).
+    fn probes(&mut self, s: &Sources, r: &Reading, a: &AbortPlan) -> Result<bool, Breach> {
         let newest = s
             .probes
             .iter()
             .filter_map(|p| p.hits.back())
             .max_by_key(|h| h.mono)
             .copied();
-        let http_new = newest.is_some_and(|h| self.http_seen.is_none_or(|seen| h.mono > seen));
-        let mut fresh = http_new;
-        if let Some(h) = newest {
-            self.http_seen = Some(h.mono);
-        }
-        let http_source = || {
-            format!(
-                "http:{}",
-                s.probes
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
+        let Some(h) = newest.filter(|h| self.http_seen.is_none_or(|seen| h.mono > seen)) else {
+            return Ok(false);
         };
-        if http_new && let (Some(stats), Some(h)) = (r.http, newest) {
-            let src = http_source();
+        self.http_seen = Some(h.mono);
+        if let Some(stats) = r.http {
+            let names: Vec<&str> = s.probes.iter().map(|p| p.name.as_str()).collect();
+            let src = format!("http:{}", names.join(","));
             for (t, observed) in [
                 (&ERROR_RATE, stats.error_rate),
                 (&LATENCY_P99, stats.p99_ms),
             ] {
-                if let Some(b) = self.check(t, &a, &src, observed, h.at) {
-                    return Some(b);
+                found(self.check(t, a, &src, observed, h.at))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Prometheus: a new round of queries (whether there was one), or dark.
+    fn prometheus(
+        &mut self,
+        m: &Monitor,
+        s: &Sources,
+        r: &Reading,
+        a: &AbortPlan,
+        now: Instant,
+    ) -> Result<bool, Breach> {
+        let Some(p) = &s.prometheus else {
+            return Ok(false);
+        };
+        let fresh = p.rounds > self.prom_rounds;
+        if fresh {
+            self.prom_rounds = p.rounds;
+            let at = p
+                .values
+                .values()
+                .map(|v| v.at)
+                .max()
+                .unwrap_or(SystemTime::now());
+            for (t, src, observed) in [
+                (&ERROR_RATE, "prometheus:error_rate", r.prom_error_rate),
+                (&LATENCY_P99, "prometheus:latency_p99", r.prom_p99_ms),
+            ] {
+                if let Some(v) = observed {
+                    found(self.check(t, a, src, v, at))?;
                 }
             }
         }
-        // Prometheus: a new round of queries.
-        if let Some(p) = &s.prometheus {
-            if p.rounds > self.prom_rounds {
-                self.prom_rounds = p.rounds;
-                fresh = true;
-                let at = p.values.values().map(|v| v.at).max().unwrap_or(wall);
-                for (t, src, observed) in [
-                    (&ERROR_RATE, "prometheus:error_rate", r.prom_error_rate),
-                    (&LATENCY_P99, "prometheus:latency_p99", r.prom_p99_ms),
-                ] {
-                    if let Some(v) = observed
-                        && let Some(b) = self.check(t, &a, src, v, at)
-                    {
-                        return Some(b);
-                    }
-                }
-            }
-            let live = m
-                .plan
-                .prometheus
-                .as_ref()
-                .is_some_and(|pp| !pp.live().is_empty());
-            if live
-                && let Some(b) = self.dark(
-                    "prometheus".into(),
-                    now.duration_since(p.last_ok.unwrap_or(started)),
-                    &p.last_error,
-                )
-            {
-                return Some(b);
+        let live = m
+            .plan
+            .prometheus
+            .as_ref()
+            .is_some_and(|pp| !pp.live().is_empty());
+        if live {
+            let dark_for = now.duration_since(p.last_ok.unwrap_or(m.started));
+            found(self.dark("prometheus".into(), dark_for, &p.last_error))?;
+        }
+        Ok(fresh)
+    }
+
+    /// Alertmanager: a new poll (whether there was one) with a new incident, or dark.
+    fn alertmanager(
+        &mut self,
+        s: &Sources,
+        a: &AbortPlan,
+        now: Instant,
+        started: Instant,
+    ) -> Result<bool, Breach> {
+        let Some(am) = &s.alertmanager else {
+            return Ok(false);
+        };
+        let fresh = am.polls > self.am_polls;
+        if fresh {
+            self.am_polls = am.polls;
+            let new = am
+                .active
+                .iter()
+                .filter(|al| al.severity.is_some_and(|sv| a.new_incident.contains(&sv)))
+                .find(|al| {
+                    !self
+                        .preexisting
+                        .as_ref()
+                        .is_some_and(|p| p.contains(&al.fingerprint))
+                });
+            if let Some(al) = new {
+                let mut b = breach(
+                    "abort_conditions.new_incident",
+                    "alertmanager".into(),
+                    1.0,
+                    0.0,
+                    "alerts",
+                    SystemTime::now(),
+                );
+                b.detail = format!("{} ({})", al.name, al.severity.map_or("?", |s| s.as_str()));
+                return Err(b);
             }
         }
-        // Alertmanager: a new poll.
-        if let Some(am) = &s.alertmanager {
-            if am.polls > self.am_polls {
-                self.am_polls = am.polls;
-                fresh = true;
-                let new: Vec<_> = am
-                    .active
-                    .iter()
-                    .filter(|al| al.severity.is_some_and(|sv| a.new_incident.contains(&sv)))
-                    .filter(|al| {
-                        !self
-                            .preexisting
-                            .as_ref()
-                            .is_some_and(|p| p.contains(&al.fingerprint))
-                    })
-                    .collect();
-                if let Some(al) = new.first() {
-                    let mut b = breach(
-                        "abort_conditions.new_incident",
-                        "alertmanager".into(),
-                        1.0,
-                        0.0,
-                        "alerts",
-                        wall,
-                    );
-                    b.detail = format!("{} ({})", al.name, al.severity.map_or("?", |s| s.as_str()));
-                    return Some(b);
-                }
-            }
-            if let Some(b) = self.dark(
-                "alertmanager".into(),
-                now.duration_since(am.last_ok.unwrap_or(started)),
-                &am.last_error,
-            ) {
-                return Some(b);
-            }
-        }
-        // Probes whose results stopped arriving (node-side probes, or a refused one).
+        let dark_for = now.duration_since(am.last_ok.unwrap_or(started));
+        found(self.dark("alertmanager".into(), dark_for, &am.last_error))?;
+        Ok(fresh)
+    }
+
+    /// Probes whose results stopped arriving (node-side probes, or a refused one).
+    fn silent_probes(&self, s: &Sources, now: Instant, started: Instant) -> Result<(), Breach> {
         for p in &s.probes {
             let last = p.hits.back().map_or(started, |h| h.mono);
             let why = p.refused.clone().or_else(|| p.last_error.clone());
-            if let Some(b) = self.dark(format!("http:{}", p.name), now.duration_since(last), &why) {
-                return Some(b);
-            }
+            found(self.dark(format!("http:{}", p.name), now.duration_since(last), &why))?;
         }
-        drop(s);
-        // The health score, whenever anything moved.
-        match r.health_score {
-            Some(v) if fresh => self.check(&HEALTH_SCORE, &a, "score", v, wall),
-            _ => None,
-        }
+        Ok(())
     }
 
     /// One data point of `source` against threshold `t`: a breach once it has held
@@ -257,6 +272,11 @@ const HEALTH_SCORE: Threshold = Threshold {
     limit: |a| a.health_score_below,
     breached: |observed, limit| observed < limit,
 };
+
+/// A breach found ends the evaluation.
+fn found(b: Option<Breach>) -> Result<(), Breach> {
+    b.map_or(Ok(()), Err)
+}
 
 fn breach(
     guard: &str,

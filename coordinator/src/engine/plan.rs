@@ -143,53 +143,8 @@ pub fn resolve(text: &str, overrides: &str, ctx: &Context<'_>) -> Result<Plan, S
         )
         .map_err(|r| err(r.field, r.message))?;
 
-    let health_cfg = ctx
-        .settings
-        .health
-        .clone()
-        .merged(spec.health.clone().unwrap_or_default());
-    let health = HealthPlan::from_config(&health_cfg);
-    for (i, p) in health.probes.iter().enumerate() {
-        if p.from == faultline_proto::spec::ProbeFrom::Node {
-            ctx.settings.endpoints.check(&p.url).map_err(|e| {
-                err(
-                    &format!("health.http.{i}.url"),
-                    format!("{e} (coordinator node_endpoints.allow)"),
-                )
-            })?;
-        }
-    }
-    let agent_guard = match &spec.agent_guard {
-        None => None,
-        Some(g) => {
-            let probe = match &g.http {
-                Some(p) => {
-                    ctx.settings.endpoints.check(&p.url).map_err(|e| {
-                        err(
-                            "agent_guard.http.url",
-                            format!("{e} (coordinator node_endpoints.allow)"),
-                        )
-                    })?;
-                    Some(ProbeSpec {
-                        url: p.url.clone(),
-                        rate_hz: p.rate.map_or(10.0, |r| r.0),
-                        timeout: p.timeout.and_then(|t| t.0.try_into().ok()),
-                    })
-                }
-                None => None,
-            };
-            Some(AgentGuard {
-                probe,
-                error_rate_above_percent: g.error_rate_above.map_or(0.0, |p| p.value()),
-                latency_p99_above: g.latency_p99_above.and_then(|d| d.0.try_into().ok()),
-                psi_cpu_above: g.psi_cpu_above.unwrap_or(0.0),
-                psi_memory_above: g.psi_memory_above.unwrap_or(0.0),
-                tcp_retransmits_per_s_above: g.tcp_retransmits_above.unwrap_or(0.0),
-                consecutive: g.consecutive.unwrap_or(1),
-                window: g.window.and_then(|w| w.0.try_into().ok()),
-            })
-        }
-    };
+    let health = health_plan(&spec, ctx, text)?;
+    let agent_guard = agent_guard(&spec, ctx, text)?;
 
     let prerequisites = ctx
         .settings
@@ -242,6 +197,68 @@ pub fn resolve(text: &str, overrides: &str, ctx: &Context<'_>) -> Result<Plan, S
         self_test_iface,
         spec_yaml: spec.to_yaml(),
     })
+}
+
+/// The config's health sources with the spec's over them; a node-side probe's URL
+/// must be one the coordinator lets agents call.
+fn health_plan(spec: &Spec, ctx: &Context<'_>, text: &str) -> Result<HealthPlan, SpecError> {
+    let health_cfg = ctx
+        .settings
+        .health
+        .clone()
+        .merged(spec.health.clone().unwrap_or_default());
+    let health = HealthPlan::from_config(&health_cfg);
+    for (i, p) in health.probes.iter().enumerate() {
+        if p.from == faultline_proto::spec::ProbeFrom::Node {
+            ctx.settings.endpoints.check(&p.url).map_err(|e| {
+                SpecError::at(
+                    text,
+                    &format!("health.http.{i}.url"),
+                    format!("{e} (coordinator node_endpoints.allow)"),
+                )
+            })?;
+        }
+    }
+    Ok(health)
+}
+
+/// The guard that travels with the order, if the spec sets one; its probe's URL
+/// must be one the coordinator lets agents call.
+fn agent_guard(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    text: &str,
+) -> Result<Option<AgentGuard>, SpecError> {
+    let Some(g) = &spec.agent_guard else {
+        return Ok(None);
+    };
+    let probe = match &g.http {
+        Some(p) => {
+            ctx.settings.endpoints.check(&p.url).map_err(|e| {
+                SpecError::at(
+                    text,
+                    "agent_guard.http.url",
+                    format!("{e} (coordinator node_endpoints.allow)"),
+                )
+            })?;
+            Some(ProbeSpec {
+                url: p.url.clone(),
+                rate_hz: p.rate.map_or(10.0, |r| r.0),
+                timeout: p.timeout.and_then(|t| t.0.try_into().ok()),
+            })
+        }
+        None => None,
+    };
+    Ok(Some(AgentGuard {
+        probe,
+        error_rate_above_percent: g.error_rate_above.map_or(0.0, |p| p.value()),
+        latency_p99_above: g.latency_p99_above.and_then(|d| d.0.try_into().ok()),
+        psi_cpu_above: g.psi_cpu_above.unwrap_or(0.0),
+        psi_memory_above: g.psi_memory_above.unwrap_or(0.0),
+        tcp_retransmits_per_s_above: g.tcp_retransmits_above.unwrap_or(0.0),
+        consecutive: g.consecutive.unwrap_or(1),
+        window: g.window.and_then(|w| w.0.try_into().ok()),
+    }))
 }
 
 fn check_baseline(b: Duration) -> Result<(), String> {

@@ -67,21 +67,43 @@ pub async fn run(
     // The self-tests first, so the health window that follows does not measure the
     // target while its agent loads programs.
     let self_tests = if required.contains(&System::Rollback) {
-        let mut out = Vec::new();
-        for n in &plan.nodes {
-            out.push((
-                n.clone(),
-                c.self_test(n, &plan.self_test_iface, Duration::from_secs(25))
-                    .await,
-            ));
-        }
-        Some(out)
+        Some(self_tests(plan, c).await)
     } else {
         None
     };
-    // Then a whole window of data, and enough probe results that their p99 is not
-    // the single slowest one: latency_within_baseline reads the probes' p99 over
-    // everything since here, the other checks the sliding window.
+    let probes = settle(monitor).await;
+    let reading = monitor.reading();
+    let mut checks = thresholds(&Seen {
+        plan,
+        monitor,
+        reading: &reading,
+        probes,
+        required: &required,
+        baseline_p99,
+    })
+    .await;
+    checks.extend(required_systems(plan, monitor, &reading, &required).await);
+    checks.extend(self_tests.map(|results| rollback(&results)));
+    checks
+}
+
+/// Every target agent's rollback self-test, in turn.
+async fn self_tests(plan: &Plan, c: &Arc<Control>) -> Vec<(String, Result<String, String>)> {
+    let mut out = Vec::new();
+    for n in &plan.nodes {
+        let result = c
+            .self_test(n, &plan.self_test_iface, Duration::from_secs(25))
+            .await;
+        out.push((n.clone(), result));
+    }
+    out
+}
+
+/// Waits for a whole window of data, and for enough probe results that their p99 is
+/// not the single slowest one: latency_within_baseline reads the probes' p99 over
+/// everything since the start of this wait (returned), the other checks the sliding
+/// window.
+async fn settle(monitor: &mut Monitor) -> Option<http::Stats> {
     let from = std::time::Instant::now();
     monitor.settle(monitor.plan.window.min(SETTLE_MAX)).await;
     let probes_since_from = || {
@@ -100,17 +122,18 @@ pub async fn run(
     {
         tokio::time::sleep(Duration::from_secs_f64(1.0 / hz)).await;
     }
-    let probes = probes_since_from();
-    let reading = monitor.reading();
-    let mut checks = thresholds(&Seen {
-        plan,
-        monitor,
-        reading: &reading,
-        probes,
-        required: &required,
-        baseline_p99,
-    })
-    .await;
+    probes_since_from()
+}
+
+/// The required systems but rollback (its self-tests are judged by `rollback`), each
+/// operational, failing, or waived by the spec.
+async fn required_systems(
+    plan: &Plan,
+    monitor: &Monitor,
+    reading: &Reading,
+    required: &BTreeSet<System>,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
     for system in System::ALL {
         let name = format!("required.{}", system.as_str());
         if plan.waivers.contains(&system) {
@@ -123,17 +146,16 @@ pub async fn run(
             ));
             continue;
         }
-        // Rollback's self-tests run concurrently; their check is added below.
-        if !required.contains(&system) || system == System::Rollback {
+        if !required.contains(&system) {
             continue;
         }
         let (ok, value, detail) = match system {
-            System::HealthChecker => health_checker(plan, monitor, &reading),
+            System::Rollback => continue,
+            System::HealthChecker => health_checker(plan, monitor, reading),
             System::Monitoring => monitoring(plan).await,
             System::Alerting => alerting(monitor),
             System::IncidentResponse => incident_response(plan).await,
             System::RecentBackup => yes_no(plan, "recent_backup").await,
-            System::Rollback => unreachable!("skipped above"),
         };
         checks.push(check(
             &name,
@@ -143,35 +165,33 @@ pub async fn run(
             detail,
         ));
     }
-    if let Some(results) = self_tests {
-        let failed: Vec<String> = results
-            .iter()
-            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
-            .collect();
-        let passed: Vec<String> = results
-            .iter()
-            .filter_map(|(n, r)| r.as_ref().ok().map(|d| format!("{n}: {d}")))
-            .collect();
-        checks.push(check(
-            "required.rollback",
-            pass_fail(failed.is_empty() && !results.is_empty()),
-            if failed.is_empty() {
-                "self-test passed".into()
-            } else {
-                "self-test failed".into()
-            },
-            "operational".into(),
-            if failed.is_empty() {
-                passed.join("; ")
-            } else {
-                failed.join("; ")
-            },
-        ));
-    }
     checks
 }
 
-/// The threshold prerequisites.
+/// Rollback is operational when every target's self-test passed.
+fn rollback(results: &[(String, Result<String, String>)]) -> Check {
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+        .collect();
+    let passed: Vec<String> = results
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().ok().map(|d| format!("{n}: {d}")))
+        .collect();
+    let (value, detail) = if failed.is_empty() {
+        ("self-test passed", passed.join("; "))
+    } else {
+        ("self-test failed", failed.join("; "))
+    };
+    check(
+        "required.rollback",
+        pass_fail(failed.is_empty() && !results.is_empty()),
+        value.into(),
+        "operational".into(),
+        detail,
+    )
+}
+
 /// What the prerequisite checks read.
 struct Seen<'a> {
     plan: &'a Plan,
