@@ -19,7 +19,7 @@ use crate::{
 };
 
 const PARENT: &str = "faultline";
-const PREFIX: &str = "stress-";
+pub const PREFIX: &str = "stress-";
 /// The CFS bandwidth period of a CPU stress group: the quota is the exact share per
 /// period, a hard ceiling the paced burners stay under. The longest period the kernel
 /// takes (1 s), because each time the ceiling clips a run it does so at a timer tick,

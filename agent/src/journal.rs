@@ -7,19 +7,20 @@
 //! lock exist per network namespace: only one agent may manage a namespace at a
 //! time, otherwise a starting agent would remove a running agent's faults.
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::Write,
-    os::{
-        fd::AsRawFd,
-        unix::fs::{MetadataExt, OpenOptionsExt},
-    },
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{ebpf::Dir, errors::UsageError};
+use crate::{
+    ebpf::Dir,
+    errors::UsageError,
+    lockfile::{LockFile, Wait},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Journal {
@@ -59,33 +60,34 @@ pub struct Entry {
 /// The locked journal of this network namespace.
 pub struct JournalFile {
     path: PathBuf,
-    _lock: File,
+    _lock: LockFile,
 }
 
 impl JournalFile {
-    /// Takes the namespace's lock (refusing if another agent holds it).
+    /// Takes the namespace's lock (refusing if another agent holds it). Lock files of
+    /// namespaces whose journal is empty and that nobody holds are removed on the way
+    /// (a killed agent's; namespace inode numbers are reused).
     pub fn open(state_dir: &Path) -> Result<Self> {
         fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
         let netns = fs::metadata("/proc/self/ns/net")
             .context("reading /proc/self/ns/net")?
             .ino();
+        LockFile::sweep(state_dir, |name| {
+            name.strip_prefix("netns-")
+                .and_then(|n| n.strip_suffix(".lock"))
+                .is_some_and(|ino| {
+                    ino != netns.to_string()
+                        && !state_dir.join(format!("netns-{ino}.journal.json")).exists()
+                })
+        });
         let lock_path = state_dir.join(format!("netns-{netns}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        // SAFETY: valid fd owned by `lock`.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(UsageError(format!(
+        let lock = LockFile::take(&lock_path, 0o600, Wait::No)?.ok_or_else(|| {
+            UsageError(format!(
                 "another faultline-agent is managing this network namespace (lock {} is held)",
                 lock_path.display()
             ))
-            .into());
-        }
+        })?;
         Ok(Self {
             path: state_dir.join(format!("netns-{netns}.journal.json")),
             _lock: lock,

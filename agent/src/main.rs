@@ -13,6 +13,7 @@ mod filter;
 mod guard;
 mod inject;
 mod journal;
+mod lockfile;
 mod metrics;
 mod node;
 mod order;
@@ -109,6 +110,9 @@ enum Command {
     SelfTest(selftest::SelfTestArgs),
     #[command(name = "__stressor", hide = true)]
     Stressor(stress::StressorArgs),
+    /// A stress group's warden (started by the stress itself, see `stress::warden`).
+    #[command(name = "__warden", hide = true)]
+    Warden(stress::WardenArgs),
     /// An order's child (started by the agent itself): reads the order on stdin,
     /// reports on stdout (see `order`).
     #[command(name = "__order", hide = true)]
@@ -221,6 +225,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Warden(args) = &cli.command {
+        return match stress::warden(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("faultline-agent warden: error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Command::Stressor(args) = &cli.command {
         // No runtime, no logging: a stressor is a tight loop or a memory block.
         return match stress::stressor(args.clone()) {
@@ -258,7 +271,7 @@ fn main() -> ExitCode {
                 cgroup_root,
                 output,
             } => capabilities::report(&cgroup_root, output).await,
-            Command::Stressor(_) | Command::Restorer(_) => {
+            Command::Stressor(_) | Command::Restorer(_) | Command::Warden(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

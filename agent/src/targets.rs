@@ -7,14 +7,15 @@
 //! lock; each entry names the agent pid that made the change, so a starting agent
 //! restores only changes whose agent is gone.
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::Write,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::lockfile::{LockFile, Wait};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
@@ -29,15 +30,6 @@ pub struct TargetJournal {
     lock_path: PathBuf,
 }
 
-struct Locked(File);
-
-impl Drop for Locked {
-    fn drop(&mut self) {
-        // SAFETY: valid fd owned by self.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
 impl TargetJournal {
     pub fn new(state_dir: &Path) -> Result<Self> {
         fs::create_dir_all(state_dir)
@@ -48,17 +40,10 @@ impl TargetJournal {
         })
     }
 
-    fn lock(&self) -> Result<Locked> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)?;
-        // SAFETY: valid fd; blocking exclusive lock, held briefly.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(Locked(f))
+    /// Held briefly around each read-modify-write; the file goes with it.
+    fn lock(&self) -> Result<LockFile> {
+        LockFile::take(&self.lock_path, 0o600, Wait::Yes)?
+            .ok_or_else(|| anyhow::anyhow!("{} stayed locked", self.lock_path.display()))
     }
 
     fn load(&self) -> Result<Vec<Change>> {

@@ -44,6 +44,19 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// The lock files in an agent's state directory (one per network namespace it
+/// manages while it runs).
+fn lock_files(state: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(state)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn bernoulli_loss_is_binomial_and_counters_match_the_receiver() {
     let pair = Pair::new();
@@ -96,6 +109,8 @@ fn bernoulli_loss_is_binomial_and_counters_match_the_receiver() {
     );
     assert!(counter(&removed, "ingress", "seen") >= u64::from(N));
     assert_nothing_attached(&pair);
+    // Nothing of the run stays in the state directory either.
+    assert_eq!(lock_files(&pair.b.state_dir()), Vec::<String>::new());
 }
 
 #[test]
@@ -503,6 +518,7 @@ fn cleanup_command_removes_leftovers_of_a_killed_agent() {
     );
     agent.signal(libc::SIGKILL);
     agent.child.wait().unwrap();
+    assert_eq!(lock_files(&state).len(), 1, "the killed agent's lock");
     let out = faultline_tests::agent::run_agent(
         Some(&pair.b.name),
         &["--state-dir", state.to_str().unwrap(), "cleanup"],
@@ -515,6 +531,7 @@ fn cleanup_command_removes_leftovers_of_a_killed_agent() {
     );
     assert!(text.contains("removed the clsact qdisc"), "{text}");
     assert_nothing_attached(&pair);
+    assert_eq!(lock_files(&state), Vec::<String>::new());
 }
 
 #[test]

@@ -445,16 +445,20 @@ fn stressors_stop_at_the_deadline_while_the_agent_is_frozen() {
     assert_no_stress_cgroups();
 }
 
-#[test]
-fn sigkill_leaves_no_stressor_and_the_next_start_removes_the_cgroup() {
-    let _g = serial();
-    let (mut agent, armed) = start(&["inject", "cpu", "--percent", "10", "--duration", "30s"]);
+/// SIGKILLs the agent of `armed` (and first its warden, when `with_warden`) and waits
+/// until every stressor has exited.
+fn kill_stress(agent: &mut Agent, armed: &serde_json::Value, with_warden: bool) {
     let pids: Vec<u64> = armed["pids"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p.as_u64().unwrap())
         .collect();
+    if with_warden {
+        let warden = armed["warden"].as_u64().expect("the warden's pid") as i32;
+        // SAFETY: kill(2) on the agent's own warden.
+        unsafe { libc::kill(warden, libc::SIGKILL) };
+    }
     agent.signal(libc::SIGKILL);
     agent.child.wait().unwrap();
     let until = Instant::now() + Duration::from_secs(2);
@@ -468,7 +472,32 @@ fn sigkill_leaves_no_stressor_and_the_next_start_removes_the_cgroup() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    // The fence group outlives a SIGKILLed agent; cleanup (or the next start) removes it.
+}
+
+#[test]
+fn sigkill_leaves_no_stressor_and_the_warden_removes_the_cgroup() {
+    let _g = serial();
+    let (mut agent, armed) = start(&["inject", "cpu", "--percent", "10", "--duration", "30s"]);
+    let t0 = Instant::now();
+    kill_stress(&mut agent, &armed, false);
+    // The fence group (and its quota) goes with the agent: its warden removes it.
+    let dirs = cgroup_dirs(&armed);
+    while dirs.iter().any(|d| std::path::Path::new(d).exists()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(slack(2, 10)),
+            "the fence group outlived the agent: {dirs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "fence group removed {} ms after the SIGKILL",
+        t0.elapsed().as_millis()
+    );
+    assert_no_stress_cgroups();
+
+    // With its warden killed too, cleanup (or the next start) removes it.
+    let (mut agent, armed) = start(&["inject", "cpu", "--percent", "10", "--duration", "30s"]);
+    kill_stress(&mut agent, &armed, true);
     assert!(
         cgroup_dirs(&armed)
             .iter()

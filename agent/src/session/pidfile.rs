@@ -5,38 +5,27 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use tokio::time::Instant;
 
-use crate::errors::UsageError;
+use crate::{
+    errors::UsageError,
+    lockfile::{LockFile, Wait},
+};
 
 /// `<state dir>/agent.pid` while the daemon runs: how `faultline-agent stop` (a
 /// Kubernetes preStop hook, an operator) finds it. The daemon holds an exclusive
 /// lock on it for its whole life, so a second daemon on the same state directory is
 /// refused before it touches anything; only the holder removes the file.
 pub(super) struct PidFile {
-    path: PathBuf,
-    _lock: std::fs::File,
+    _lock: LockFile,
 }
 
 impl PidFile {
     pub(super) fn write(state_dir: &std::path::Path) -> Result<Self> {
-        use std::{
-            io::{Read, Seek, Write},
-            os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
-        };
+        use std::io::{Seek, Write};
         let path = state_dir.join("agent.pid");
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o644)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock(2) on a descriptor `file` owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+        let Some(mut lock) = LockFile::take(&path, 0o644, Wait::No)? else {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
             return Err(UsageError(format!(
                 "another faultline-agent daemon (pid {}) runs with state directory {}; one \
                  daemon per state directory (stop it with `faultline-agent stop`)",
@@ -44,20 +33,14 @@ impl PidFile {
                 state_dir.display()
             ))
             .into());
-        }
+        };
+        let file = lock.file();
         file.set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "{}", std::process::id()))
             .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { path, _lock: file })
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        // Removed while the lock is still held, so it is never another daemon's file.
-        let _ = std::fs::remove_file(&self.path);
+        Ok(Self { _lock: lock })
     }
 }
 

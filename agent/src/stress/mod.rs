@@ -28,10 +28,12 @@ use crate::{
 
 mod pacing;
 mod stressor;
+mod warden;
 
 pub use pacing::run_ns;
 use stressor::WORKING;
 pub use stressor::{StressorArgs, stressor};
+pub use warden::{WardenArgs, warden};
 
 /// Duration, ramp and placement shared by the stress faults.
 #[derive(Args, Clone, Debug)]
@@ -115,6 +117,8 @@ struct Running {
     fs: Arc<dyn CgroupFs>,
     group: Group,
     children: Vec<Child>,
+    /// Removes the group if this process ends without doing so.
+    warden: Child,
 }
 
 impl Running {
@@ -125,7 +129,12 @@ impl Running {
         for c in &mut self.children {
             let _ = c.wait();
         }
-        self.group.remove()
+        let removed = self.group.remove();
+        // The group is gone (or this reports why not): the warden, let go, finds
+        // nothing to remove, or tries once more itself.
+        drop(self.warden.stdin.take());
+        let _ = self.warden.wait();
+        removed
     }
 }
 
@@ -198,10 +207,18 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
         );
     }
     let group = fs.create(&cgroup::group_name(plan.kind))?;
+    let warden = match warden::spawn(&group) {
+        Ok(w) => w,
+        Err(e) => {
+            group.remove()?;
+            return Err(e);
+        }
+    };
     let mut running = Running {
         fs,
         group,
         children: Vec::new(),
+        warden,
     };
     let (working_tx, mut working_rx) = tokio::sync::mpsc::unbounded_channel();
     // The reading thread's files are opened before anything runs, so a node
@@ -227,7 +244,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
             "event": "armed", "kind": plan.kind, "cgroup": running.group.dirs,
             "cgroup_version": running.fs.version(), "workers": running.children.len(),
             "pids": running.children.iter().map(Child::id).collect::<Vec<_>>(),
-            "pid": std::process::id(), "fault": plan.summary,
+            "pid": std::process::id(), "warden": running.warden.id(), "fault": plan.summary,
             "duration_ms": args.duration.as_millis() as u64,
         }),
         format!(
