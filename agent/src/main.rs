@@ -1,6 +1,7 @@
 //! faultline-agent: the privileged node-local daemon. `run` holds a session with the
 //! coordinator and applies its fault orders under leases; `inject` runs one fault
 //! locally; `cleanup` removes what a killed agent left behind.
+mod active;
 mod capabilities;
 mod cgroup;
 mod clock;
@@ -94,6 +95,14 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "25s")]
         timeout: std::time::Duration,
     },
+    /// What faultline is doing on this node now: every active effect (kind, magnitude,
+    /// filter, order and lease, since, deadline) from the state directory. Exit 0
+    /// when none, 10 when one is active, 11 when only a killed agent's records remain
+    /// (its effects may still be in place: run `cleanup`).
+    Status {
+        #[arg(long, short = 'o', value_enum, default_value_t = output::Output::Text)]
+        output: output::Output,
+    },
     /// Validate a `--config` file of `run` options; exit 2 naming the key if invalid.
     CheckConfig { file: PathBuf },
     /// Report what this kernel offers (TCX, sch_fq, IFB, TAP, cgroup version, ...).
@@ -155,7 +164,9 @@ async fn run_fault(
     limits: inject::LimitArgs,
     fault: Fault,
 ) -> anyhow::Result<()> {
-    match fault {
+    // The fault records itself for `status` when armed; the record goes with it.
+    active::set_state_dir(&state_dir);
+    let result = match fault {
         Fault::Loss { target, loss } => inject::loss(state_dir, limits, target, loss).await,
         Fault::Latency { target, latency } => {
             inject::latency(state_dir, limits, target, latency).await
@@ -168,7 +179,9 @@ async fn run_fault(
             .await
             .map_err(anyhow::Error::from)
             .and_then(|r| r),
-    }
+    };
+    active::clear();
+    result
 }
 
 /// Removes what a killed agent left in this network namespace and every orphaned
@@ -184,6 +197,12 @@ pub(crate) async fn cleanup(
         removed.extend(cgroup::reconcile(fs.as_ref())?);
     }
     removed.extend(targets::TargetJournal::new(&state_dir)?.reconcile()?);
+    let records = active::sweep(&state_dir);
+    if records > 0 {
+        removed.push(format!(
+            "removed {records} record(s) of killed agents' effects"
+        ));
+    }
     Ok(removed)
 }
 
@@ -224,6 +243,12 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         };
+    }
+    if let Command::Status { output } = &cli.command {
+        return ExitCode::from(active::status(
+            &cli.state_dir,
+            *output == output::Output::Json,
+        ));
     }
     if let Command::Warden(args) = &cli.command {
         return match stress::warden(args) {
@@ -271,7 +296,10 @@ fn main() -> ExitCode {
                 cgroup_root,
                 output,
             } => capabilities::report(&cgroup_root, output).await,
-            Command::Stressor(_) | Command::Restorer(_) | Command::Warden(_) => {
+            Command::Stressor(_)
+            | Command::Restorer(_)
+            | Command::Warden(_)
+            | Command::Status { .. } => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -120,11 +120,15 @@ fn child(global: &[String], args: &[&str]) -> std::io::Result<Command> {
 /// Starts the child for one order; its reports arrive on `reports`.
 pub fn spawn(
     order_id: &str,
+    lease_id: &str,
     global: &[String],
     spec: &FaultSpec,
     reports: mpsc::UnboundedSender<Report>,
 ) -> std::io::Result<Handle> {
-    let mut child = child(global, &["__order"])?.spawn()?;
+    let mut child = child(global, &["__order"])?
+        .env(crate::active::ORDER_ENV, order_id)
+        .env(crate::active::LEASE_ENV, lease_id)
+        .spawn()?;
     let mut stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
     let order = frame(spec);

@@ -37,8 +37,10 @@ fn send(report: Report) {
     let _ = out.write_all(&frame).and_then(|()| out.flush());
 }
 
-/// The effect is in place.
-pub fn armed(detail: &str) {
+/// The effect (`kind`, in a few words: `detail`) is in place for `duration`; it is
+/// also recorded for `faultline-agent status` (`crate::active`).
+pub fn armed(kind: &str, detail: &str, duration: std::time::Duration) {
+    crate::active::armed(kind, detail, duration);
     send(Report::Armed(ChildArmed {
         detail: detail.to_owned(),
     }));
@@ -64,6 +66,7 @@ pub fn counters(ingress: FaultCounters, egress: FaultCounters, delay_line: Optio
 
 /// The effect is gone, for `reason`.
 pub fn removed(reason: &str) {
+    crate::active::clear();
     send(Report::Removed(ChildRemoved {
         reason: reason.to_owned(),
     }));

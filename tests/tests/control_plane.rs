@@ -358,6 +358,32 @@ fn agent_stop_removes_every_effect_and_the_daemon_exits() {
         std::fs::read_to_string(&pid_file).unwrap().trim(),
         fleet.agent_pid(0).to_string()
     );
+    // A person on the node sees the effect, its order and its lease.
+    let state_dir = fleet.agent_state_dir(0);
+    let status = || {
+        std::process::Command::new(faultline_tests::agent_binary())
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["status", "-o", "json"])
+            .output()
+            .unwrap()
+    };
+    let out = status();
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let effect = &seen["effects"][0];
+    let nodes: Value =
+        serde_json::from_slice(&fleet.cli(Role::Viewer, &["nodes", "-o", "json"]).stdout).unwrap();
+    assert_eq!(effect["kind"], "loss", "{seen}");
+    assert!(
+        effect["order"].as_str().is_some_and(|o| !o.is_empty()),
+        "{seen}"
+    );
+    assert_eq!(effect["lease"], nodes[0]["lease"], "{seen} / {nodes}");
+    assert!(
+        effect["lease"].as_str().is_some_and(|l| !l.is_empty()),
+        "{seen}"
+    );
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", fleet.nodes[0].ns.name))
         .arg(faultline_tests::agent_binary())
@@ -375,6 +401,8 @@ fn agent_stop_removes_every_effect_and_the_daemon_exits() {
     assert!(fleet.wait_agent(0).success());
     assert!(faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE).is_empty());
     assert!(!pid_file.exists(), "pid file left behind");
+    let out = status();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let e = fleet.wait_phase(
         &id,
         &["failed", "aborted", "completed"],

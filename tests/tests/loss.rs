@@ -636,3 +636,82 @@ fn debug_ebpf_logs_each_drop_only_when_asked() {
         }
     }
 }
+
+/// A person on the node sees what faultline does there: `status` lists the effect
+/// while it runs (exit 10), a killed agent's record with what to do (exit 11), and
+/// nothing once `cleanup` has run (exit 0).
+#[test]
+fn status_shows_the_active_effect_and_a_killed_agents_leftovers() {
+    let pair = Pair::new();
+    let limits = limits_file("100%", "300s");
+    let state = pair.b.state_dir();
+    let status = |format: &str| {
+        faultline_tests::agent::run_agent(
+            None,
+            &[
+                "--state-dir",
+                state.to_str().unwrap(),
+                "status",
+                "-o",
+                format,
+            ],
+        )
+    };
+    let (mut agent, armed) = Agent::start(
+        &pair.b.name,
+        &state,
+        &[
+            "--limits",
+            limits.to_str().unwrap(),
+            "inject",
+            "loss",
+            "--iface",
+            IFACE,
+            "--percent",
+            "10",
+            "--duration",
+            "60s",
+            "--tc-mode",
+            "netlink",
+            "--dport",
+            "7000",
+        ],
+    );
+    let out = status("json");
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &v["effects"][0];
+    assert_eq!(e["kind"], "loss", "{v}");
+    assert_eq!(e["running"], true, "{v}");
+    assert_eq!(e["pid"], armed["pid"], "{v}");
+    let detail = e["detail"].as_str().unwrap();
+    assert!(detail.contains("loss 10") && detail.contains("7000"), "{v}");
+    let since = e["since_ms"].as_u64().unwrap();
+    assert_eq!(e["deadline_ms"].as_u64().unwrap() - since, 60_000, "{v}");
+    let text = String::from_utf8_lossy(&status("text").stdout).into_owned();
+    assert!(
+        text.starts_with("loss: ") && text.contains("local inject"),
+        "{text}"
+    );
+
+    agent.signal(libc::SIGKILL);
+    agent.child.wait().unwrap();
+    let out = status("text");
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("faultline-agent cleanup"),
+        "{out:?}"
+    );
+    let out = faultline_tests::agent::run_agent(
+        Some(&pair.b.name),
+        &["--state-dir", state.to_str().unwrap(), "cleanup"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = status("text");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no faultline effect"),
+        "{out:?}"
+    );
+    assert_nothing_attached(&pair);
+}

@@ -239,7 +239,11 @@ pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
             kind: Some(faultline_proto::v1::fault_readings::Kind::Cache(*r)),
         })
     };
-    crate::report::armed("cache evicted");
+    crate::report::armed(
+        faultline_proto::spec::Scenario::CacheInvalidation.kind_name(),
+        &format!("evicted {} file(s), watching the rebuild", files.len()),
+        args.observe,
+    );
     report(&readings);
     print(
         json!({"event": "evicted", "files": files.len(),

@@ -183,7 +183,15 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     };
     let started = Instant::now();
     let reclaim0 = reclaimed(&t).unwrap_or(0);
-    crate::report::armed("gc armed");
+    crate::report::armed(
+        faultline_proto::spec::Scenario::GcPressure.kind_name(),
+        &format!(
+            "{} limited to {squeezed} bytes (was {})",
+            t.limit_file.display(),
+            change.original.trim()
+        ),
+        args.duration,
+    );
     print(
         json!({"event": "armed", "kind": "gc", "file": t.limit_file, "original": change.original.trim(),
                "squeezed": squeezed, "usage": usage, "cgroup_version": t.version, "pid": std::process::id()}),

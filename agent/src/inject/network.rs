@@ -90,7 +90,17 @@ pub(super) async fn run(
         }
     };
     let started = Instant::now();
-    out.armed(&target, &attached, programs.program_ids(), &plan.summary);
+    let kind = match plan.latency {
+        Some(_) => faultline_proto::spec::Scenario::LatencyInjection,
+        None => faultline_proto::spec::Scenario::PacketLoss,
+    };
+    out.armed(
+        &target,
+        &attached,
+        programs.program_ids(),
+        kind.kind_name(),
+        &plan.summary,
+    );
 
     let reason = watch(
         &programs,
@@ -248,10 +258,11 @@ impl Printer {
         target: &TargetArgs,
         attached: &[AttachKind],
         program_ids: &[u32],
+        kind: &str,
         summary: &str,
     ) {
         let how: Vec<String> = attached.iter().map(ToString::to_string).collect();
-        crate::report::armed(summary);
+        crate::report::armed(kind, summary, target.duration);
         self.emit(
             json!({
                 "event": "armed",

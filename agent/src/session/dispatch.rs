@@ -120,7 +120,13 @@ fn apply(st: &mut State, a: ApplyFault, ctx: &Ctx<'_>, send: &impl Fn(Out)) {
         .and_then(|t| Duration::try_from(t).ok())
         .filter(|t| !t.is_zero())
         .unwrap_or(DEFAULT_TTL);
-    match orders::spawn(&a.order_id, ctx.global, spec, ctx.reports.clone()) {
+    match orders::spawn(
+        &a.order_id,
+        &a.lease_id,
+        ctx.global,
+        spec,
+        ctx.reports.clone(),
+    ) {
         Ok(handle) => {
             info!(order = %a.order_id, lease = %a.lease_id, fault = kind, "applying the order");
             st.leases

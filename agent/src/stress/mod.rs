@@ -238,7 +238,7 @@ pub async fn run(args: StressArgs, plan: StressPlan) -> Result<()> {
     };
     let started = Instant::now();
     let started_ns = clock::monotonic_ns();
-    crate::report::armed(&plan.summary);
+    crate::report::armed(plan.kind, &plan.summary, args.duration);
     out.emit(
         json!({
             "event": "armed", "kind": plan.kind, "cgroup": running.group.dirs,
