@@ -241,7 +241,7 @@ pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
     };
     crate::report::armed(
         faultline_proto::spec::Scenario::CacheInvalidation.kind_name(),
-        &format!("evicted {} file(s), watching the rebuild", files.len()),
+        &format!("cache evicted: {} file(s), watching the rebuild", files.len()),
         args.observe,
     );
     report(&readings);
