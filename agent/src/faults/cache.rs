@@ -241,7 +241,10 @@ pub fn run(limits: LimitArgs, args: CacheArgs) -> Result<()> {
     };
     crate::report::armed(
         faultline_proto::spec::Scenario::CacheInvalidation.kind_name(),
-        &format!("cache evicted: {} file(s), watching the rebuild", files.len()),
+        &format!(
+            "cache evicted: {} file(s), watching the rebuild",
+            files.len()
+        ),
         args.observe,
     );
     report(&readings);
