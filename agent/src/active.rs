@@ -90,12 +90,6 @@ pub fn clear() {
     }
 }
 
-/// Whether `pid` is a live faultline-agent (a reused pid is not).
-fn alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("faultline-agent"))
-}
-
 /// Every record, with whether its process still runs.
 pub fn list(state_dir: &Path) -> Vec<(Active, bool)> {
     let Ok(entries) = std::fs::read_dir(dir(state_dir)) else {
@@ -107,7 +101,8 @@ pub fn list(state_dir: &Path) -> Vec<(Active, bool)> {
         .filter_map(|e| std::fs::read(e.path()).ok())
         .filter_map(|b| serde_json::from_slice::<Active>(&b).ok())
         .map(|a| {
-            let live = alive(a.pid);
+            // A reused pid is not the record's process: it must be a faultline-agent.
+            let live = crate::cgroup::agent_alive(a.pid as i32);
             (a, live)
         })
         .collect();
