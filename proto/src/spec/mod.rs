@@ -88,6 +88,19 @@ pub struct Required {
     pub example: &'static str,
 }
 
+/// The magnitudes: each kind's report-named field, or the older `percent`.
+fn packet_loss(s: &Spec) -> Option<Percent> {
+    s.packet_loss.or(s.percent)
+}
+
+fn cpu_stress(s: &Spec) -> Option<Percent> {
+    s.cpu_stress.or(s.percent)
+}
+
+fn memory_stress(s: &Spec) -> Option<Percent> {
+    s.memory_stress.or(s.percent)
+}
+
 const NETWORK_FIELDS: [&str; 3] = ["interface", "direction", "filter"];
 
 const LATENCY: KindInfo = KindInfo {
@@ -107,7 +120,7 @@ const LATENCY: KindInfo = KindInfo {
     ],
     one_shot: false,
     stress: false,
-    magnitude: |s| s.packet_loss.or(s.percent),
+    magnitude: packet_loss,
     percent_field: Some(|s| &mut s.packet_loss),
     required: Some(Required {
         field: "latency",
@@ -129,11 +142,11 @@ const LOSS: KindInfo = KindInfo {
     ],
     one_shot: false,
     stress: false,
-    magnitude: |s| s.packet_loss.or(s.percent),
+    magnitude: packet_loss,
     percent_field: Some(|s| &mut s.packet_loss),
     required: Some(Required {
         field: "packet_loss",
-        given: |s| s.packet_loss.or(s.percent).is_some(),
+        given: |s| packet_loss(s).is_some(),
         example: "packet_loss: 1.0%",
     }),
 };
@@ -145,11 +158,11 @@ const CPU: KindInfo = KindInfo {
     fields: &["cpu_stress", "percent"],
     one_shot: false,
     stress: true,
-    magnitude: |s| s.cpu_stress.or(s.percent),
+    magnitude: cpu_stress,
     percent_field: Some(|s| &mut s.cpu_stress),
     required: Some(Required {
         field: "cpu_stress",
-        given: |s| s.cpu_stress.or(s.percent).is_some(),
+        given: |s| cpu_stress(s).is_some(),
         example: "cpu_stress: 1.0%",
     }),
 };
@@ -161,11 +174,11 @@ const MEMORY: KindInfo = KindInfo {
     fields: &["memory_stress", "percent"],
     one_shot: false,
     stress: true,
-    magnitude: |s| s.memory_stress.or(s.percent),
+    magnitude: memory_stress,
     percent_field: Some(|s| &mut s.memory_stress),
     required: Some(Required {
         field: "memory_stress",
-        given: |s| s.memory_stress.or(s.percent).is_some(),
+        given: |s| memory_stress(s).is_some(),
         example: "memory_stress: 1.0%",
     }),
 };
