@@ -137,7 +137,8 @@ fn main() -> Result<()> {
             // packet rates of the statistical tests well inside this machine's means.
             run(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))?;
             // The main job, as a new user runs it: it fails on any error or residue.
-            build_daemons()?;
+            // The workspace build above made its binaries; `build_daemons` would build
+            // them again with other features (a second copy of every dependency).
             demo::run(0.1)?;
             // Every fuzz target briefly, seeds (and fixed crashes) included, on fixed
             // inputs. `cargo xtask fuzz` explores, for longer.
