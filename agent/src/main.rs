@@ -100,23 +100,34 @@ enum Command {
     /// when none, 10 when one is active, 11 when only a killed agent's records remain
     /// (its effects may still be in place: run `cleanup`).
     Status {
+        /// Text for a person, JSON for a script.
         #[arg(long, short = 'o', value_enum, default_value_t = output::Output::Text)]
         output: output::Output,
     },
     /// Validate a `--config` file of `run` options; exit 2 naming the key if invalid.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The options file (YAML) to check.
+        file: PathBuf,
+    },
     /// Report what this kernel offers (TCX, sch_fq, IFB, TAP, cgroup version, ...).
     Capabilities {
         #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
         cgroup_root: PathBuf,
+        /// Text for a person, JSON for a script.
         #[arg(long, short = 'o', value_enum, default_value_t = output::Output::Text)]
         output: output::Output,
     },
-    /// A stressor process (started by the agent itself).
+    /// Write this program's man pages and bash, zsh and fish completions under a
+    /// directory (`man/man1/`, `completions/<shell>/`): what the packages install.
+    Docs {
+        /// The directory to write into (created if missing).
+        dir: PathBuf,
+    },
     /// Rollback readiness: create and remove a cgroup, attach a disarmed program to
     /// the interface with its journal, and detach it (what the coordinator's
     /// `required: [rollback]` prerequisite runs).
     SelfTest(selftest::SelfTestArgs),
+    /// A stressor process (started by the agent itself).
     #[command(name = "__stressor", hide = true)]
     Stressor(stress::StressorArgs),
     /// A stress group's warden (started by the stress itself, see `stress::warden`).
@@ -250,6 +261,25 @@ fn main() -> ExitCode {
             *output == output::Output::Json,
         ));
     }
+    if let Command::Docs { dir } = &cli.command {
+        return match faultline_proto::docs::write(Cli::command(), dir) {
+            Ok(files) => {
+                println!(
+                    "faultline-agent: wrote {} file(s) under {}",
+                    files.len(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "faultline-agent: error: cannot write under {}: {e}",
+                    dir.display()
+                );
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Command::Warden(args) = &cli.command {
         return match stress::warden(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -299,6 +329,7 @@ fn main() -> ExitCode {
             Command::Stressor(_)
             | Command::Restorer(_)
             | Command::Warden(_)
+            | Command::Docs { .. }
             | Command::Status { .. } => {
                 unreachable!("handled before the runtime starts")
             }
@@ -317,5 +348,19 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The man pages are made of the help lines: a flag without one is a hole in them.
+    #[test]
+    fn every_visible_flag_has_a_help_line() {
+        assert_eq!(
+            faultline_proto::docs::undocumented(&Cli::command()),
+            Vec::<String>::new()
+        );
     }
 }

@@ -37,27 +37,45 @@ enum Command {
     },
     /// Print a built-in profile as a chaos_limits document (a starting point for a file).
     ShowLimits {
+        /// The built-in profile: production or staging.
         #[arg(long, default_value = "production")]
         profile: Profile,
     },
     /// Validate a chaos_limits file; prints it normalised, exit 2 with the reason if invalid.
-    CheckLimits { file: PathBuf },
+    CheckLimits {
+        /// The chaos_limits file (YAML) to check.
+        file: PathBuf,
+    },
     /// Print the embedded config defaults of a profile (health, prerequisites, abort
     /// conditions, recovery): a starting point for --config.
     ShowConfig {
+        /// The built-in profile: production or staging.
         #[arg(long, default_value = "production")]
         profile: Profile,
     },
     /// Validate a config file; exit 2 with the field and line if invalid.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The config file (YAML) to check.
+        file: PathBuf,
+    },
+    /// Write this program's man pages and bash, zsh and fish completions under a
+    /// directory (`man/man1/`, `completions/<shell>/`): what the packages install.
+    Docs {
+        /// The directory to write into (created if missing).
+        dir: PathBuf,
+    },
     /// Validate a schedule file against the limits (and config) it will run under;
     /// exit 2 with the entry, field and line if invalid.
     CheckSchedule {
+        /// The schedule file (YAML) to check.
         file: PathBuf,
+        /// The profile the coordinator runs with (its built-in limits and config).
         #[arg(long, default_value = "production")]
         profile: Profile,
+        /// The chaos_limits file the coordinator runs with (`serve --limits`).
         #[arg(long)]
         limits: Option<PathBuf>,
+        /// The config file the coordinator runs with (`serve --config`).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -67,6 +85,7 @@ enum Command {
 enum CertsAction {
     /// A new CA, the coordinator's server certificate and one client certificate per agent.
     Init {
+        /// Where the CA, the coordinator's and the agents' certificates and keys go.
         #[arg(long, default_value = "/etc/faultline/tls")]
         dir: PathBuf,
         /// Extra names or IP addresses the coordinator is reached at (repeatable).
@@ -75,15 +94,18 @@ enum CertsAction {
         /// Agent (node) names to issue client certificates for, comma-separated.
         #[arg(long, value_delimiter = ',')]
         agents: Vec<String>,
+        /// How long the certificates are valid, in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
     /// Issue one more agent certificate from the CA in --dir.
     Agent {
+        /// Where the CA, the coordinator's and the agents' certificates and keys go.
         #[arg(long, default_value = "/etc/faultline/tls")]
         dir: PathBuf,
         /// The node name (the certificate's common name; the agent must register with it).
         name: String,
+        /// How long the certificates are valid, in days.
         #[arg(long, default_value_t = 365)]
         days: i64,
         /// Issue it already expired (for testing that expired certificates are refused).
@@ -96,8 +118,10 @@ enum CertsAction {
 enum TokensAction {
     /// Add a token; prints it once (only its SHA-256 is stored).
     Add {
+        /// The token file the coordinator reads (`serve --tokens`).
         #[arg(long, default_value = "/etc/faultline/tokens.yaml")]
         file: PathBuf,
+        /// Who holds the token (shown in the audit log).
         #[arg(long)]
         name: String,
         /// viewer, operator (start, abort) or admin (also clears the kill switch).
@@ -219,6 +243,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Docs { dir } => faultline_proto::docs::write(Cli::command(), &dir)
+            .map(|files| println!("wrote {} file(s) under {}", files.len(), dir.display()))
+            .map_err(|e| anyhow::anyhow!("cannot write under {}: {e}", dir.display())),
         Command::CheckLimits { file } => match ChaosLimits::from_file(&file) {
             Ok(limits) => {
                 print!("{}", limits.to_yaml());
@@ -236,5 +263,19 @@ fn main() -> ExitCode {
             eprintln!("faultline-coordinator: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The man pages are made of the help lines: a flag without one is a hole in them.
+    #[test]
+    fn every_visible_flag_has_a_help_line() {
+        assert_eq!(
+            faultline_proto::docs::undocumented(&Cli::command()),
+            Vec::<String>::new()
+        );
     }
 }

@@ -10,6 +10,8 @@
 //! `spec` is the experiment spec document (the report's scenario blocks plus
 //! faultline's fields); `endpoint` is the one rule for what an agent may be ordered
 //! to call; `filter` the rules of traffic filters, cgroup paths and loss resolution.
+#[cfg(feature = "logging")]
+pub mod docs;
 pub mod endpoint;
 pub mod exposition;
 pub mod filter;

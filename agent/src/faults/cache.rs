@@ -36,8 +36,10 @@ pub struct CacheArgs {
     pub observe: Duration,
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,
+    /// Live counters and the summary as text lines or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// How often live readings are printed while the cache rebuilds.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub interval: Duration,
 }

@@ -36,6 +36,8 @@ pub struct GcArgs {
     /// Squeeze the soft limit to this share of the cgroup's current usage (50-99).
     #[arg(long, value_parser = parse_percent, default_value = "80")]
     pub to_percent: Percent,
+    /// How long the squeeze holds, e.g. 60s; the soft limit is restored after it
+    /// (by a keeper process even if the agent is killed).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// An HTTP endpoint that asks the runtime to collect: NAME=http://URL (POST once).
@@ -46,8 +48,10 @@ pub struct GcArgs {
     pub runtime_command: Option<Vec<String>>,
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,
+    /// Live counters and the summary as text lines or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// How often live readings are printed.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub interval: Duration,
 }

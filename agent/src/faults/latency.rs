@@ -66,12 +66,16 @@ pub struct LatencyArgs {
     /// Jitter around the delay (see --jitter-distribution), e.g. 5ms.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub jitter: Duration,
+    /// How the jitter spreads around the delay: uniform over [-jitter, +jitter], or
+    /// normal with standard deviation = jitter.
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
     pub jitter_distribution: Distribution,
     /// Let jitter reorder packets of one flow (netem's behaviour). By default a
     /// packet never leaves before the previous packet of its flow.
     #[arg(long)]
     pub allow_reorder: bool,
+    /// What holds the packets: EDT timestamps released by sch_fq, the agent's
+    /// delay line (any kernel), or auto (EDT where sch_fq exists).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
     /// EDT: replace a custom root qdisc (HTB, CAKE, ...) for the fault's duration.

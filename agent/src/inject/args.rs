@@ -45,6 +45,7 @@ pub struct TargetArgs {
     /// Interface to act on (in the agent's network namespace).
     #[arg(long)]
     pub iface: String,
+    /// Which packets: those arriving on the interface, leaving it, or both.
     #[arg(long, value_enum, default_value_t = Direction::Ingress)]
     pub direction: Direction,
     /// How long the fault lasts, e.g. 60s or 2m; also written into the kernel as a deadline.
@@ -53,6 +54,8 @@ pub struct TargetArgs {
     /// Where the program attaches: tc (both directions) or xdp (ingress only).
     #[arg(long, value_enum, default_value_t = Attach::Tc)]
     pub attach: Attach,
+    /// How a tc program attaches: TCX links (kernel >= 6.6), a clsact qdisc via
+    /// netlink (any kernel), or auto (TCX where the kernel has it).
     #[arg(long, value_enum, default_value_t = TcMode::Auto)]
     pub tc_mode: TcMode,
     #[command(flatten)]
@@ -60,6 +63,7 @@ pub struct TargetArgs {
     /// Emit aya-log records from the eBPF programs (costly; for debugging).
     #[arg(long)]
     pub debug_ebpf: bool,
+    /// Live counters and the summary as text lines or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Attach with the fault disarmed: the programs run and count but never act.

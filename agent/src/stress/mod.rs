@@ -51,6 +51,7 @@ pub struct StressArgs {
     /// Root of the cgroup filesystem.
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     pub cgroup_root: PathBuf,
+    /// Live counters and the summary as text lines or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// How often live readings are printed.

@@ -40,6 +40,17 @@ async fn execute(cli: &Cli) -> Result<u8, Fail> {
         Command::Nodes => nodes::nodes(cli).await,
         Command::Experiments { limit } => experiments::list(cli, *limit).await,
         Command::Experiment { id } => experiments::one(cli, id).await,
+        Command::Docs { dir } => faultline_proto::docs::write(Cli::command(), dir)
+            .map(|files| {
+                println!("wrote {} file(s) under {}", files.len(), dir.display());
+                0
+            })
+            .map_err(|e| {
+                Fail(
+                    exit::INFRA,
+                    format!("cannot write under {}: {e}", dir.display()),
+                )
+            }),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "faultline", &mut script);
@@ -72,5 +83,19 @@ fn main() -> ExitCode {
             eprintln!("faultline: error: {msg}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The man pages are made of the help lines: a flag without one is a hole in them.
+    #[test]
+    fn every_visible_flag_has_a_help_line() {
+        assert_eq!(
+            faultline_proto::docs::undocumented(&Cli::command()),
+            Vec::<String>::new()
+        );
     }
 }
