@@ -137,7 +137,16 @@ pub fn read_u64(path: &Path) -> Result<u64> {
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
-    fs::write(path, value).with_context(|| format!("writing '{value}' to {}", path.display()))
+    fs::write(path, value)
+        .map_err(|e| denied(e, format!("writing '{value}' to {}", path.display())))
+}
+
+/// An I/O error with what was attempted, and the missing capability if that is why.
+pub fn denied(err: std::io::Error, what: String) -> anyhow::Error {
+    match crate::preflight::cgroup_denied_hint(&err) {
+        Some(hint) => anyhow::anyhow!("{what}: {err}: {hint}"),
+        None => anyhow::Error::new(err).context(what),
+    }
 }
 
 /// `write` where the kernel has the file; a kernel without it lacks the feature.
@@ -227,7 +236,7 @@ pub struct V2 {
 fn ensure_dir(dir: &Path) -> Result<()> {
     match fs::create_dir(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            Err(e).with_context(|| format!("creating {}", dir.display()))
+            Err(denied(e, format!("creating {}", dir.display())))
         }
         _ => Ok(()),
     }

@@ -184,7 +184,8 @@ impl Programs {
         loader.override_global("AYA_LOG_LEVEL", &level, false);
         let mut ebpf = loader
             .load(OBJECT)
-            .context("loading the faultline eBPF object")?;
+            .context("loading the faultline eBPF object")
+            .map_err(crate::preflight::bpf_denied)?;
         let logger = if debug_log {
             Some(spawn_logger(&mut ebpf)?)
         } else {
@@ -218,7 +219,8 @@ impl Programs {
             .try_into()?;
         if prog.fd().is_err() {
             prog.load()
-                .with_context(|| format!("loading {name} into the kernel"))?;
+                .with_context(|| format!("loading {name} into the kernel"))
+                .map_err(crate::preflight::bpf_denied)?;
         }
         Ok(prog)
     }
@@ -281,7 +283,9 @@ impl Programs {
             .program_mut(PROG_XDP)
             .ok_or_else(|| anyhow!("program {PROG_XDP} missing from the object"))?
             .try_into()?;
-        prog.load().context("loading the XDP program")?;
+        prog.load()
+            .context("loading the XDP program")
+            .map_err(crate::preflight::bpf_denied)?;
         let (id, kind) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, AttachKind::XdpNative),
             Err(native_err) => {

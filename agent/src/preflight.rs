@@ -5,8 +5,10 @@ use std::ffi::CString;
 
 use crate::errors::UsageError;
 
+const CAP_DAC_OVERRIDE: u32 = 1;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 fn effective_caps() -> Result<u64, UsageError> {
@@ -19,18 +21,22 @@ fn effective_caps() -> Result<u64, UsageError> {
         .ok_or_else(|| UsageError("no CapEff line in /proc/self/status".into()))
 }
 
-/// CAP_NET_ADMIN to attach to interfaces, and CAP_BPF (or, on kernels before 5.8,
-/// CAP_SYS_ADMIN) to load programs.
+/// CAP_BPF to load programs and CAP_NET_ADMIN to attach them, checked before
+/// anything starts (kernels before 5.8 know no CAP_BPF; CAP_SYS_ADMIN stands for it
+/// there). CAP_PERFMON, which the verifier wants too, is named by the load that
+/// fails without it (`bpf_denied`), so the capability tests see the real refusal.
 pub fn check_privileges() -> Result<(), UsageError> {
     let caps = effective_caps()?;
     let has = |cap: u32| caps & (1u64 << cap) != 0;
-    let mut missing = Vec::new();
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_NET_ADMIN) {
-        missing.push("CAP_NET_ADMIN");
-    }
+    let needs = [
+        ("CAP_BPF", has(CAP_BPF) || has(CAP_SYS_ADMIN)),
+        ("CAP_NET_ADMIN", has(CAP_NET_ADMIN)),
+    ];
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|(_, held)| !held)
+        .map(|(name, _)| *name)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -40,17 +46,57 @@ pub fn check_privileges() -> Result<(), UsageError> {
     )))
 }
 
-/// Creating cgroups and moving processes into them needs root (CAP_SYS_ADMIN over
-/// the cgroup filesystem, which is owned by root).
-pub fn check_root_for_cgroups() -> Result<(), UsageError> {
-    let caps = effective_caps()?;
-    if caps & (1u64 << CAP_SYS_ADMIN) == 0 {
-        return Err(UsageError(
-            "node stress needs CAP_SYS_ADMIN to create cgroups (run faultline-agent as root)"
-                .into(),
-        ));
+/// A BPF load the kernel refused (EACCES or EPERM anywhere in the error's chain),
+/// with its likely cause named: CAP_PERFMON not in effect (measured: without it,
+/// and without CAP_SYS_ADMIN, the verifier rejects the fault programs with EACCES),
+/// or else a seccomp filter on the agent (a container runtime's default profile
+/// allows bpf(2) only with CAP_SYS_ADMIN). The error as it was otherwise.
+pub fn bpf_denied(err: anyhow::Error) -> anyhow::Error {
+    let refused = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)))
+    });
+    if !refused {
+        return err;
     }
-    Ok(())
+    let caps = effective_caps().unwrap_or(0);
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        return err.context(
+            "the kernel refused the program: the agent lacks CAP_PERFMON, without which \
+             the verifier rejects faultline's programs",
+        );
+    }
+    if seccomp_filtered() {
+        return err.context(
+            "the kernel refused bpf(2) although the agent holds CAP_BPF: a seccomp filter \
+             blocks it (a container runtime's default profile allows bpf only with \
+             CAP_SYS_ADMIN); run the agent with deploy/seccomp/faultline-agent.json",
+        );
+    }
+    err
+}
+
+/// Whether a seccomp filter is on this process (`Seccomp: 2` in its status).
+fn seccomp_filtered() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .is_some_and(|v| v.trim() == "2")
+    })
+}
+
+/// Why root was refused a cgroup file or directory, when the reason is a missing
+/// capability: the top directories of a cgroup filesystem are mode 0555 and a
+/// workload's delegated cgroup belongs to its user, so root writes there only with
+/// CAP_DAC_OVERRIDE. None when the error is another one or the capability is held.
+pub fn cgroup_denied_hint(err: &std::io::Error) -> Option<&'static str> {
+    let denied = err.kind() == std::io::ErrorKind::PermissionDenied;
+    let lacks = effective_caps().is_ok_and(|c| c & (1u64 << CAP_DAC_OVERRIDE) == 0);
+    (denied && lacks).then_some(
+        "the agent lacks CAP_DAC_OVERRIDE, which root needs to create cgroups under the \
+         cgroup filesystem's read-only top directories and to write cgroups of other owners",
+    )
 }
 
 /// A kernel built without CONFIG_BPF_SYSCALL answers every bpf() call with ENOSYS.

@@ -94,7 +94,8 @@ impl TargetJournal {
         if let Err(e) = fs::write(file, value) {
             changes.pop();
             self.store(&changes)?;
-            return Err(e).with_context(|| format!("writing '{value}' to {}", file.display()));
+            let what = format!("writing '{value}' to {}", file.display());
+            return Err(crate::cgroup::denied(e, what));
         }
         Ok(change)
     }

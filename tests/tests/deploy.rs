@@ -21,7 +21,7 @@ fn deploy() -> PathBuf {
 fn unit_root(unit: &str) -> TempPath {
     let root = TempPath::dir("fl-systemd-root");
     let units = root.join("etc/systemd/system");
-    let bin = root.join("usr/local/bin");
+    let bin = root.join("usr/bin");
     std::fs::create_dir_all(&units).unwrap();
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
@@ -218,15 +218,9 @@ fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
 /// The Kubernetes version the manifests are validated for.
 const KUBERNETES: &str = "1.33.0";
 
-/// Capabilities the agent may add, each justified where it is added.
-const AGENT_CAPABILITIES: [&str; 6] = [
-    "BPF",
-    "PERFMON",
-    "NET_ADMIN",
-    "SYS_ADMIN",
-    "SYS_RESOURCE",
-    "DAC_OVERRIDE",
-];
+/// Capabilities the agent may add, each justified where it is added (and each
+/// proved needed by tests/tests/container.rs).
+const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "NET_ADMIN", "DAC_OVERRIDE"];
 
 fn get<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a serde_yaml::Value> {
     path.iter().try_fold(v, |v, k| v.get(*k))
@@ -433,4 +427,42 @@ fn the_example_option_files_pass_each_binarys_check_and_a_wrong_key_is_named() {
             "{bin}: {err}"
         );
     }
+}
+
+/// The agent's seccomp profile is the runtime's default (Debian's containers-common,
+/// which podman and CRI-O apply as RuntimeDefault) with one change: bpf(2) moves
+/// from the rules for CAP_SYS_ADMIN holders to a rule of its own for CAP_BPF
+/// holders. Nothing else is allowed that the default refuses.
+#[test]
+fn the_agent_seccomp_profile_is_the_runtime_default_plus_bpf_for_cap_bpf() {
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (apt install golang-github-containers-common)",
+                p.display()
+            )
+        }))
+        .expect("seccomp json")
+    };
+    let mut ours = read(&deploy().join("seccomp/faultline-agent.json"));
+    let default = read(Path::new("/usr/share/containers/seccomp.json"));
+    let rules = ours["syscalls"].as_array_mut().expect("syscalls");
+    let added = rules.pop().expect("the added rule");
+    assert_eq!(added["names"], serde_json::json!(["bpf"]), "{added}");
+    assert_eq!(added["action"], "SCMP_ACT_ALLOW");
+    assert_eq!(added["includes"]["caps"], serde_json::json!(["CAP_BPF"]));
+    // With that rule taken out and bpf given back to the rules it came from, the
+    // profile is the default, field for field.
+    let mut expected = default.clone();
+    for rule in expected["syscalls"].as_array_mut().expect("syscalls") {
+        if rule["action"] == "SCMP_ACT_ERRNO"
+            && let Some(names) = rule["names"].as_array_mut()
+        {
+            names.retain(|n| n != "bpf");
+        }
+    }
+    assert_eq!(
+        ours, expected,
+        "the profile drifted from the runtime default"
+    );
 }

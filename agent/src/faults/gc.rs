@@ -24,7 +24,6 @@ use crate::{
     faults::loss::parse_percent,
     inject::LimitArgs,
     output::Output,
-    preflight,
     targets::TargetJournal,
 };
 
@@ -158,7 +157,6 @@ pub async fn run(state_dir: PathBuf, limits: LimitArgs, args: GcArgs) -> Result<
     let (caps, source) = limits.load()?;
     caps.check_memory_duration(args.duration, &source)
         .map_err(|e| UsageError(e.to_string()))?;
-    preflight::check_root_for_cgroups()?;
     let t = target(&args.cgroup_root, &args.target_cgroup)?;
 
     let mut signals = crate::signals::Signals::install()?;
