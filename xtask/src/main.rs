@@ -1,7 +1,10 @@
 //! Developer tasks. `cargo xtask --help` lists them.
 mod demo;
+mod dist;
 mod fuzz;
+mod image;
 mod lint;
+mod sbom;
 mod setup;
 mod vm;
 
@@ -45,6 +48,10 @@ enum Task {
     /// Run the kernel-facing tests inside Debian's stock kernel under qemu (cached
     /// in target/vm; part of `test`).
     VmTest,
+    /// Build what a team installs into target/dist: the Debian packages (agent;
+    /// coordinator with the CLI), one OCI image archive with all three binaries, and
+    /// their SBOMs. Reproducible: SOURCE_DATE_EPOCH, or the commit's time.
+    Dist,
     /// Check the structure rules the compiler cannot: no catch-all arm or `matches!`
     /// over fault kinds (part of `test`).
     Lint,
@@ -114,7 +121,10 @@ pub fn build_daemons() -> Result<()> {
     ]))
 }
 
-fn build_workspace() -> Result<()> {
+/// Everything, tests included: one feature set for the whole workspace, so the
+/// test run, the demo and the VM lane reuse these artifacts instead of building
+/// the daemons again with other features.
+pub fn build_workspace() -> Result<()> {
     run(cargo().args(["build", "--workspace", "--all-targets"]))
 }
 
@@ -133,9 +143,23 @@ fn main() -> Result<()> {
             lint::lint()?;
             setup::setup()?;
             build_workspace()?;
+            // The packages and the image, which the container tests run.
+            dist::dist()?;
             // Each end-to-end test builds its own namespaces; two at a time keeps the
             // packet rates of the statistical tests well inside this machine's means.
             run(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))?;
+            // The image under a real runtime: alone, since these tests own the node's
+            // cgroup roots (see tests/tests/container.rs).
+            run(cargo().args([
+                "test",
+                "--package",
+                "faultline-tests",
+                "--test",
+                "container",
+                "--",
+                "--ignored",
+                "--test-threads=1",
+            ]))?;
             // The main job, as a new user runs it: it fails on any error or residue.
             // The workspace build above made its binaries; `build_daemons` would build
             // them again with other features (a second copy of every dependency).
@@ -144,6 +168,10 @@ fn main() -> Result<()> {
             // inputs. `cargo xtask fuzz` explores, for longer.
             fuzz::fuzz(fuzz::Budget::Runs(50_000), None)?;
             vm::vm_test()
+        }
+        Task::Dist => {
+            setup::setup()?;
+            dist::dist()
         }
         Task::VmTest => {
             require_root("vm-test")?;

@@ -37,6 +37,13 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // The dashboard test drives a real headless browser.
     "chromium",
+    // `cargo xtask dist`: cargo-deb's library dependencies (dpkg-shlibdeps) and
+    // `strip` for the image's binaries.
+    "dpkg-dev",
+    "binutils",
+    // The image's tests run it under a real OCI runtime.
+    "podman",
+    "runc",
 ];
 
 /// PyPI packages for the tests' Python clients, pinned; in `target/pyenv`.

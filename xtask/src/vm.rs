@@ -321,15 +321,10 @@ struct GuestBuild {
 
 /// Builds the guest test binaries and the workspace binaries they run.
 fn build_binaries() -> Result<GuestBuild> {
-    crate::build_daemons()?;
+    // The workspace's feature set, as `cargo xtask test` built it: nothing again.
+    crate::build_workspace()?;
     let out = crate::cargo()
-        .args([
-            "test",
-            "--package",
-            "faultline-tests",
-            "--tests",
-            "--no-run",
-        ])
+        .args(["test", "--workspace", "--tests", "--no-run"])
         .args(["--message-format=json"])
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
@@ -342,8 +337,13 @@ fn build_binaries() -> Result<GuestBuild> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        // Only faultline-tests' own tests (another crate may reuse a test's name).
+        let ours = msg["package_id"]
+            .as_str()
+            .is_some_and(|id| id.contains("#faultline-tests@"));
         let name = msg["target"]["name"].as_str().unwrap_or_default();
         if let Some(exe) = msg["executable"].as_str()
+            && ours
             && GUEST_TESTS.iter().any(|(t, _)| *t == name)
         {
             tests.push((name.to_owned(), PathBuf::from(exe)));
