@@ -15,7 +15,15 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Netns, TempPath, agent::binary, coordinator::Home, netns::ip};
+use std::{collections::BTreeMap, sync::Arc};
+
+use crate::{
+    Netns, TempPath,
+    agent::binary,
+    container::{Containers, manifest},
+    coordinator::Home,
+    netns::ip,
+};
 
 pub const NODE_IFACE: &str = "eth0";
 const GRPC_PORT: u16 = 7443;
@@ -45,6 +53,7 @@ pub struct Fleet {
     agents: Vec<Option<Child>>,
     /// The tmpfs under the store, unmounted on drop.
     store_mount: Option<PathBuf>,
+    containers: Option<Arc<Containers>>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -81,6 +90,12 @@ pub struct Options<'a> {
     /// Put the coordinator's store on a tmpfs of this size (`mount -o size=`), so a
     /// test can fill its disk.
     pub store_tmpfs: Option<&'a str>,
+    /// Run the coordinator and the agents as containers of the image under a real
+    /// runtime, with the manifests' pod templates; processes when None.
+    pub containers: Option<Arc<Containers>>,
+    /// Wait until every agent is connected (a test of an agent that must fail to
+    /// start says false).
+    pub wait_connected: bool,
 }
 
 impl Default for Options<'_> {
@@ -92,6 +107,8 @@ impl Default for Options<'_> {
             config: NODE_ONLY_CONFIG,
             node_args: Vec::new(),
             store_tmpfs: None,
+            containers: None,
+            wait_connected: true,
         }
     }
 }
@@ -183,12 +200,15 @@ impl Fleet {
             coordinator: None,
             agents: (0..n).map(|_| None).collect(),
             store_mount,
+            containers: o.containers,
         };
         fleet.start_coordinator();
         for i in 0..n {
             fleet.start_agent(i);
         }
-        fleet.wait_connected(n, Duration::from_secs(20));
+        if o.wait_connected {
+            fleet.wait_connected(n, Duration::from_secs(20));
+        }
         fleet
     }
 
@@ -216,8 +236,18 @@ impl Fleet {
     /// Starts the coordinator (again) on the fleet's store and waits for its port.
     pub fn start_coordinator(&mut self) {
         assert!(self.coordinator.is_none(), "coordinator already running");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ctl.name])
+        let child = match &self.containers {
+            Some(c) => self.coordinator_container(c).spawn(),
+            None => self.coordinator_process().spawn(),
+        }
+        .expect("spawn coordinator");
+        self.coordinator = Some(child);
+        self.wait_coordinator_ports();
+    }
+
+    fn coordinator_process(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ctl.name])
             .arg(&self.home.bin)
             .args(self.home.serve_args("store/coordinator.db"))
             .args(["--listen", &format!("0.0.0.0:{GRPC_PORT}")])
@@ -226,10 +256,75 @@ impl Fleet {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(self.log_file("coordinator"))
-            .stderr(self.log_file("coordinator"))
-            .spawn()
-            .expect("spawn coordinator");
-        self.coordinator = Some(child);
+            .stderr(self.log_file("coordinator"));
+        cmd
+    }
+
+    /// The coordinator's container: the Deployment's pod with this fleet's
+    /// certificates, tokens and config where its Secrets and ConfigMap would be
+    /// (the ConfigMap's limits and schedule, the fleet's config), owned as the
+    /// kubelet leaves them for `fsGroup: 65532`.
+    fn coordinator_container(&self, c: &Containers) -> Command {
+        let pod = self.dir.join("pod-coordinator");
+        let user = c.coordinator.user.unwrap_or(0) as u32;
+        let mut volumes = BTreeMap::new();
+        for (volume, files) in [
+            ("tls", vec!["ca.pem", "coordinator.pem", "coordinator.key"]),
+            ("tokens", vec!["tokens.yaml"]),
+        ] {
+            let dir = pod.join(volume);
+            std::fs::create_dir_all(&dir).expect("secret dir");
+            for f in files {
+                let from = match volume {
+                    "tls" => self.dir.join("tls").join(f),
+                    _ => self.dir.join(f),
+                };
+                let to = dir.join(f);
+                std::fs::copy(&from, &to).expect("secret file");
+                own(&to, 0, user, 0o440);
+            }
+            volumes.insert(volume.to_owned(), dir);
+        }
+        let config = pod.join("config");
+        std::fs::create_dir_all(&config).expect("config dir");
+        let map = manifest("coordinator-config.yaml")
+            .into_iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .expect("the coordinator's ConfigMap");
+        for key in ["limits.yaml", "schedule.yaml"] {
+            let text = map["data"][key].as_str().expect("ConfigMap key");
+            std::fs::write(config.join(key), text).expect("config file");
+        }
+        std::fs::copy(self.dir.join("config.yaml"), config.join("config.yaml"))
+            .expect("the fleet's config");
+        volumes.insert("config".to_owned(), config);
+        let store = pod.join("store");
+        std::fs::create_dir_all(&store).expect("store dir");
+        own(&store, user, user, 0o750);
+        volumes.insert("store".to_owned(), store);
+        let args = c.coordinator.run_args(
+            &c.podman,
+            &self.container_name("coordinator"),
+            &self.ctl.name,
+            &volumes,
+            &[],
+        );
+        let mut cmd = c.podman.command();
+        cmd.args(args)
+            .args(&self.coordinator_args)
+            .stdin(Stdio::null())
+            .stdout(self.log_file("coordinator"))
+            .stderr(self.log_file("coordinator"));
+        cmd
+    }
+
+    /// The name of this fleet's container for `what` (`coordinator`, `node-1`).
+    pub fn container_name(&self, what: &str) -> String {
+        let fleet = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        format!("{fleet}-{what}")
+    }
+
+    fn wait_coordinator_ports(&self) {
         let until = Instant::now() + Duration::from_secs(15);
         let port_open = || {
             self.ctl.enter(|| {
@@ -286,10 +381,84 @@ impl Fleet {
     /// Starts node i's agent (0-based), joined to the node's network namespace only, so
     /// it shares the host's cgroups like a real node's agent.
     pub fn start_agent(&mut self, i: usize) {
+        let child = match &self.containers {
+            Some(c) => self.agent_container(c, i).spawn(),
+            None => self.agent_process(i).spawn(),
+        }
+        .expect("spawn agent");
+        self.agents[i] = Some(child);
+    }
+
+    /// The volumes of node i's agent pod: the host's cgroup and BPF filesystems,
+    /// the node's state directory, the fleet's certificates as its Secret.
+    fn agent_volumes(&self, i: usize) -> BTreeMap<String, PathBuf> {
+        let state = self.agent_state_dir(i);
+        std::fs::create_dir_all(&state).expect("state dir");
+        [
+            ("cgroup", PathBuf::from("/sys/fs/cgroup")),
+            ("bpffs", PathBuf::from("/sys/fs/bpf")),
+            ("state", state),
+            ("tls", self.dir.join("tls")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Node i's agent container: the DaemonSet's pod on that node, its "host"
+    /// network the node's namespace, the coordinator's Service at its address.
+    fn agent_container(&self, c: &Containers, i: usize) -> Command {
+        let node = &self.nodes[i];
+        let env = [
+            ("NODE_NAME", node.name.clone()),
+            (
+                "FAULTLINE_COORDINATOR",
+                format!("https://{}:{GRPC_PORT}", node.ctl_addr),
+            ),
+        ];
+        let args = c.agent.run_args(
+            &c.podman,
+            &self.container_name(&node.name),
+            &node.ns.name,
+            &self.agent_volumes(i),
+            &env,
+        );
+        let mut cmd = c.podman.command();
+        cmd.args(args)
+            .args(&self.agent_args)
+            .args(self.node_args.get(i).into_iter().flatten())
+            .stdin(Stdio::null())
+            .stdout(self.log_file(&node.name))
+            .stderr(self.log_file(&node.name));
+        cmd
+    }
+
+    /// Runs node i's init container (`faultline-agent cleanup`) to its end, as the
+    /// kubelet does before the agent starts: its output, and whether it succeeded.
+    pub fn run_cleanup_container(&self, i: usize) -> (bool, String) {
+        let c = self.containers.as_ref().expect("a container fleet");
+        let node = &self.nodes[i];
+        let args = c.cleanup.run_args(
+            &c.podman,
+            &self.container_name(&format!("{}-cleanup", node.name)),
+            &node.ns.name,
+            &self.agent_volumes(i),
+            &[("NODE_NAME", node.name.clone())],
+        );
+        let out = c.podman.command().args(args).output().expect("podman run");
+        (out.status.success(), crate::container::text(&out))
+    }
+
+    /// The fleet's containers (a container fleet only).
+    pub fn containers(&self) -> &Containers {
+        self.containers.as_ref().expect("a container fleet")
+    }
+
+    fn agent_process(&self, i: usize) -> Command {
         let node = &self.nodes[i];
         let tls = self.dir.join("tls");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.ns.name))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", node.ns.name))
             .arg(binary("faultline-agent"))
             .arg("--state-dir")
             .arg(self.agent_state_dir(i))
@@ -311,10 +480,8 @@ impl Fleet {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(self.log_file(&node.name))
-            .stderr(self.log_file(&node.name))
-            .spawn()
-            .expect("spawn agent");
-        self.agents[i] = Some(child);
+            .stderr(self.log_file(&node.name));
+        cmd
     }
 
     /// Node i's agent state directory (its journal, locks and pid file).
@@ -344,15 +511,8 @@ impl Fleet {
     pub fn wait_connected(&self, n: usize, timeout: Duration) {
         let until = Instant::now() + timeout;
         loop {
-            let out = self.cli(Role::Viewer, &["nodes", "-o", "json"]);
-            if out.status.success() {
-                let nodes: Value = serde_json::from_slice(&out.stdout).expect("nodes json");
-                let up = nodes
-                    .as_array()
-                    .map_or(0, |a| a.iter().filter(|n| n["connected"] == true).count());
-                if up >= n {
-                    return;
-                }
+            if self.connected() >= n {
+                return;
             }
             assert!(
                 Instant::now() < until,
@@ -361,6 +521,25 @@ impl Fleet {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// How many agents the coordinator has connected now.
+    pub fn connected(&self) -> usize {
+        let out = self.cli(Role::Viewer, &["nodes", "-o", "json"]);
+        if !out.status.success() {
+            return 0;
+        }
+        let nodes: Value = serde_json::from_slice(&out.stdout).expect("nodes json");
+        nodes
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|n| n["connected"] == true).count())
+    }
+
+    /// Node i's agent's exit status if it has exited (it is reaped then).
+    pub fn agent_exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.agents[i].as_mut()?.try_wait().ok()??;
+        self.agents[i] = None;
+        Some(status)
     }
 
     /// The `faultline` CLI, run in the coordinator's namespace with `role`'s token.
@@ -520,4 +699,11 @@ impl Drop for Fleet {
             let _ = Command::new("umount").arg("-l").arg(m).status();
         }
     }
+}
+
+/// chown and chmod, as a kubelet leaves a volume's files.
+fn own(path: &std::path::Path, uid: u32, gid: u32, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }

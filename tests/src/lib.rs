@@ -6,6 +6,7 @@
 //! its own namespaces; no traffic ever leaves them.
 pub mod agent;
 pub mod checks;
+pub mod container;
 pub mod coordinator;
 pub mod fleet;
 pub mod lab;
