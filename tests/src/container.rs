@@ -142,9 +142,9 @@ fn str_of(v: &Value) -> Option<String> {
     v.as_str().map(str::to_owned)
 }
 
-/// The documents of a manifest file of deploy/kubernetes/.
+/// The documents of a manifest file of deploy/kubernetes/base/.
 pub fn manifest(file: &str) -> Vec<Value> {
-    let path = workspace().join("deploy/kubernetes").join(file);
+    let path = workspace().join("deploy/kubernetes/base").join(file);
     let text = std::fs::read_to_string(&path).expect("read manifest");
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("manifest yaml"))

@@ -162,11 +162,17 @@ fn kubernetes() -> PathBuf {
     deploy().join("kubernetes")
 }
 
+/// The Kubernetes objects: the base's manifests and the Secret templates (not the
+/// kustomization files, which are no objects).
 fn manifests() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(kubernetes())
-        .unwrap()
+    let mut files: Vec<PathBuf> = [kubernetes(), kubernetes().join("base")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml")
+                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
+        })
         .collect();
     files.sort();
     files
@@ -248,7 +254,7 @@ fn the_kubernetes_manifests_follow_the_projects_rules() {
             "no {want} in deploy/kubernetes"
         );
     }
-    let agent_text = std::fs::read_to_string(kubernetes().join("agent.yaml")).unwrap();
+    let agent_text = std::fs::read_to_string(kubernetes().join("base/agent.yaml")).unwrap();
     let mut containers = 0;
     for (file, d) in &docs {
         let Some(pod) = get(d, &["spec", "template", "spec"]) else {
@@ -465,4 +471,142 @@ fn the_agent_seccomp_profile_is_the_runtime_default_plus_bpf_for_cap_bpf() {
         ours, expected,
         "the profile drifted from the runtime default"
     );
+}
+
+/// `kubectl kustomize` of a directory of deploy/kubernetes/, offline.
+fn kustomize(dir: &str) -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(kubernetes().join(dir))
+        .output()
+        .expect("kubectl (with kustomize) on PATH");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "kubectl kustomize {dir} warned: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn rendered(text: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("rendered yaml"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Every container's image in rendered objects.
+fn images(docs: &[serde_yaml::Value]) -> Vec<String> {
+    docs.iter()
+        .flat_map(|d| {
+            let pod = &d["spec"]["template"]["spec"];
+            ["containers", "initContainers"]
+                .iter()
+                .flat_map(|k| pod[*k].as_sequence().cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|c| c["image"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The base and both overlays render offline with `kubectl kustomize`, pass the
+/// schema validation, and name the image `cargo xtask dist` builds: the base as it
+/// loads (`faultline:<version>`), the overlays as pushed to the registry they name,
+/// with the same tag. Staging runs the agents on the staging profile and the
+/// coordinator on the staging limits, which the coordinator accepts.
+#[test]
+fn the_kustomizations_render_offline_validate_and_name_the_image_dist_builds() {
+    let version = env!("CARGO_PKG_VERSION");
+    let (_, reference) = faultline_tests::container::image_archive();
+    assert_eq!(reference, format!("faultline:{version}"));
+    let validator =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/kubernetes-validate");
+    let dir = TempPath::dir("fl-kustomize");
+    for (overlay, image) in [
+        ("base", reference.clone()),
+        (
+            "overlays/production",
+            format!("registry.example.internal/faultline:{version}"),
+        ),
+        (
+            "overlays/staging",
+            format!("registry.example.internal/faultline:{version}"),
+        ),
+    ] {
+        let text = kustomize(overlay);
+        let docs = rendered(&text);
+        let found = images(&docs);
+        assert_eq!(
+            found.len(),
+            3,
+            "{overlay}: agent, its init container, coordinator"
+        );
+        assert!(
+            found.iter().all(|i| *i == image),
+            "{overlay}: images {found:?}, not {image}"
+        );
+        let file = dir.join(format!("{}.yaml", overlay.replace('/', "-")));
+        std::fs::write(&file, &text).unwrap();
+        let out = Command::new(&validator)
+            .args(["--strict", "--kubernetes-version", KUBERNETES])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{overlay}: {said}");
+        let valid = said
+            .lines()
+            .filter(|l| l.contains(" passed for resource "))
+            .count();
+        assert_eq!(valid, docs.len(), "{overlay}: {said}");
+        if overlay == "overlays/staging" {
+            let agent = docs
+                .iter()
+                .find(|d| d["kind"] == "DaemonSet")
+                .expect("DaemonSet");
+            let args = format!(
+                "{:?}",
+                agent["spec"]["template"]["spec"]["containers"][0]["args"]
+            );
+            assert!(
+                args.contains("--profile=staging") && !args.contains("--profile=production"),
+                "{args}"
+            );
+            let limits = docs
+                .iter()
+                .find(|d| d["kind"] == "ConfigMap")
+                .and_then(|d| d["data"]["limits.yaml"].as_str())
+                .expect("the staging limits");
+            let f = dir.join("staging-limits.yaml");
+            std::fs::write(&f, limits).unwrap();
+            let shown = Command::new(binary("faultline-coordinator"))
+                .args(["show-limits", "--profile", "staging"])
+                .output()
+                .unwrap();
+            let checked = Command::new(binary("faultline-coordinator"))
+                .arg("check-limits")
+                .arg(&f)
+                .output()
+                .unwrap();
+            assert!(
+                checked.status.success(),
+                "{}",
+                String::from_utf8_lossy(&checked.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&checked.stdout),
+                String::from_utf8_lossy(&shown.stdout),
+                "the staging overlay's limits are the staging profile's"
+            );
+        }
+    }
 }

@@ -645,7 +645,7 @@ fn stress_can_run_inside_a_target_cgroup() {
 }
 
 /// A share is of the node's CPUs even when the agent itself runs under a CPU limit,
-/// as the DaemonSet's 500m (deploy/kubernetes/agent.yaml) or a systemd CPUQuota
+/// as the DaemonSet's 500m (deploy/kubernetes/base/agent.yaml) or a systemd CPUQuota
 /// puts it: the standard library's count of usable CPUs then says 1, and the
 /// quota and the agent's node readings were sized on it (half the share, and
 /// twice the node's CPU, on 2 CPUs). The burners' fence group is outside the

@@ -150,10 +150,11 @@ fn main() -> Result<()> {
             run(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))?;
             // The image under a real runtime: alone, since these tests own the node's
             // cgroup roots (see tests/tests/container.rs).
+            // `--workspace`: the feature set the run above built with (with
+            // `--package` cargo would build the test's dependencies again).
             run(cargo().args([
                 "test",
-                "--package",
-                "faultline-tests",
+                "--workspace",
                 "--test",
                 "container",
                 "--",

@@ -101,7 +101,7 @@ pub async fn cpu(limits: LimitArgs, args: crate::faults::cpu::CpuArgs) -> Result
     caps.check_cpu(args.percent, args.stress.duration, &source)
         .map_err(|e| UsageError(e.to_string()))?;
     // The node's CPUs, not the agent's own allowance: under a Kubernetes limit of
-    // 500m (deploy/kubernetes/agent.yaml) or a systemd CPUQuota the standard
+    // 500m (deploy/kubernetes/base/agent.yaml) or a systemd CPUQuota the standard
     // library reports one CPU, and a share of the node would be sized on it.
     let cpus = crate::node::NodeSample::now(&args.stress.cgroup_root)?.cpus;
     let plan = crate::faults::cpu::plan(&args, cpus);
