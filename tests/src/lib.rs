@@ -67,6 +67,12 @@ impl TempPath {
         )))
     }
 
+    /// A path the caller made (e.g. under another scratch directory): removed on
+    /// drop like the others, so a failing test leaves nothing behind.
+    pub fn adopt(path: std::path::PathBuf) -> Self {
+        Self(path)
+    }
+
     /// Like `new`, created as an empty directory.
     pub fn dir(prefix: &str) -> Self {
         let t = Self::new(prefix);

@@ -26,7 +26,8 @@ pub struct Sandbox {
     pub services: Vec<SampleService>,
     pub fleet: Fleet,
     pub runtime: Workload,
-    pub components: Vec<PathBuf>,
+    /// The components' cached files (removed with the sandbox).
+    pub components: Vec<crate::TempPath>,
 }
 
 /// The coordinator config: sources for every production prerequisite (p99 from the
@@ -71,11 +72,12 @@ impl Sandbox {
     /// `coordinator_args` go to `serve` (e.g. `--schedule FILE`).
     pub fn start(coordinator_args: &[&str], service_args: &[&str]) -> Self {
         let runtime = Workload::new("sandbox-runtime");
-        let components: Vec<PathBuf> = ["consensus", "network", "scheduler"]
+        let components: Vec<crate::TempPath> = ["consensus", "network", "scheduler"]
             .iter()
             .map(|c| file_set(&format!("sandbox-{c}")))
             .collect();
-        let config = config(&runtime.rel, &components);
+        let paths: Vec<PathBuf> = components.iter().map(|c| c.to_path_buf()).collect();
+        let config = config(&runtime.rel, &paths);
         let fleet = Fleet::build(Options {
             nodes: NODES,
             coordinator_args,
@@ -117,14 +119,6 @@ impl Sandbox {
             fleet,
             runtime,
             components,
-        }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        for c in &self.components {
-            let _ = std::fs::remove_dir_all(c);
         }
     }
 }

@@ -102,10 +102,12 @@ pub fn scratch() -> PathBuf {
     std::env::var_os("FAULTLINE_TEST_CACHE_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
 }
 
-/// 8 files x 4 MiB of data, read once so they sit in the page cache.
-pub fn file_set(tag: &str) -> PathBuf {
-    let dir = scratch().join(format!("fl-cache-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// 8 files x 4 MiB of data, read once so they sit in the page cache; removed when
+/// the returned path is dropped (also when the test fails).
+pub fn file_set(tag: &str) -> crate::TempPath {
+    let dir =
+        crate::TempPath::adopt(scratch().join(format!("fl-cache-{tag}-{}", std::process::id())));
+    std::fs::create_dir_all(&*dir).unwrap();
     for i in 0..8u8 {
         let data: Vec<u8> = (0..4u32 << 20).map(|b| (b as u8) ^ i).collect();
         std::fs::write(dir.join(format!("f{i}")), data).unwrap();

@@ -154,6 +154,11 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
 
 pub fn setup() -> Result<()> {
     ensure_apt(APT_PACKAGES)?;
+    // The manifests' overlays are rendered by kubectl's built-in kustomize in the
+    // tests; Debian 12 ships no kubectl new enough (kubernetes-client is 1.20).
+    if output(Command::new("kubectl").args(["kustomize", "--help"])).is_none() {
+        bail!("kubectl with kustomize (1.21 or newer) is needed on PATH for the deploy tests");
+    }
     python_env()?;
 
     let linker = bpf_linker();
