@@ -2,6 +2,7 @@
 mod demo;
 mod dist;
 mod fuzz;
+mod guest;
 mod image;
 mod lint;
 mod sbom;
@@ -52,6 +53,10 @@ enum Task {
     /// coordinator with the CLI), one OCI image archive with all three binaries, and
     /// their SBOMs. Reproducible: SOURCE_DATE_EPOCH, or the commit's time.
     Dist,
+    /// The packages under systemd as PID 1: a Debian 12 guest (stock kernel, qemu)
+    /// installs what `dist` built, starts both units, runs an experiment, stops and
+    /// removes everything, and checks nothing is left.
+    SystemdTest,
     /// Check the structure rules the compiler cannot: no catch-all arm or `matches!`
     /// over fault kinds (part of `test`).
     Lint,
@@ -173,6 +178,10 @@ fn main() -> Result<()> {
         Task::Dist => {
             setup::setup()?;
             dist::dist()
+        }
+        Task::SystemdTest => {
+            require_root("systemd-test")?;
+            guest::systemd_test()
         }
         Task::VmTest => {
             require_root("vm-test")?;

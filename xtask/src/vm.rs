@@ -71,13 +71,13 @@ const GUEST_TESTS: &[(&str, &str)] = &[
 const GUEST_BINARIES: &[&str] = &["faultline-agent", "faultline-coordinator", "faultline"];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-struct Kernel {
-    version: String,
-    vmlinux: PathBuf,
-    root: PathBuf,
+pub(crate) struct Kernel {
+    pub(crate) version: String,
+    pub(crate) vmlinux: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     workspace_root().join("target").join("vm")
 }
 
@@ -91,7 +91,7 @@ fn kernel_package() -> Result<String> {
         .context("no kernel package behind linux-image-amd64 (run apt-get update)")
 }
 
-fn prepare_kernel(cache: &Path) -> Result<Kernel> {
+pub(crate) fn prepare_kernel(cache: &Path) -> Result<Kernel> {
     let package = kernel_package()?;
     let version = package.trim_start_matches("linux-image-").to_owned();
     let dir = cache.join(&package);
@@ -174,7 +174,8 @@ fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
 }
 
 /// Modules in load order (dependencies first), as paths relative to the modules dir.
-fn module_order(kernel: &Kernel) -> Result<Vec<String>> {
+/// `modules` and what they depend on, in an order `insmod` accepts.
+pub(crate) fn module_order(kernel: &Kernel, modules: &[&str]) -> Result<Vec<String>> {
     let moddir = kernel.root.join("lib/modules").join(&kernel.version);
     let dep = fs::read_to_string(moddir.join("modules.dep"))?;
     let deps: Vec<(String, Vec<String>)> = dep
@@ -201,7 +202,7 @@ fn module_order(kernel: &Kernel) -> Result<Vec<String>> {
         out.push(m.to_owned());
     }
     let mut order = Vec::new();
-    for name in MODULES {
+    for name in modules {
         let file = format!("/{name}.ko");
         if let Some((path, _)) = deps.iter().find(|(p, _)| p.ends_with(&file)) {
             visit(path, &deps, &mut order);
@@ -288,7 +289,7 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, libs: &BTreeSet<PathBuf>) -> R
         copy_into(&root, lib)?;
     }
     let moddir = kernel.root.join("lib/modules").join(&kernel.version);
-    let order = module_order(kernel)?;
+    let order = module_order(kernel, MODULES)?;
     for m in &order {
         let dest = root.join("lib/modules").join(m);
         fs::create_dir_all(dest.parent().expect("parent"))?;
