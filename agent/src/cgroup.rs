@@ -242,6 +242,39 @@ fn ensure_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// `parent/name`, made with its parent (and `prepare` run on the parent). A group's
+/// removal takes the shared parent away once it is empty (`Group::remove`), which
+/// can happen between the two mkdirs when another group goes at that moment: then
+/// the parent is made again, a few times at most.
+fn ensure_child(
+    parent: &Path,
+    name: &str,
+    prepare: impl Fn(&Path) -> std::io::Result<()>,
+) -> Result<PathBuf> {
+    let dir = parent.join(name);
+    for _ in 0..5 {
+        ensure_dir(parent)?;
+        match prepare(parent) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let what = format!("enabling controllers in {}", parent.display());
+                return Err(denied(e, what));
+            }
+            Ok(()) => {}
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(denied(e, format!("creating {}", dir.display()))),
+        }
+    }
+    bail!(
+        "creating {}: its parent was removed each time it was made",
+        dir.display()
+    )
+}
+
 impl CgroupFs for V1 {
     fn version(&self) -> u8 {
         1
@@ -254,10 +287,7 @@ impl CgroupFs for V1 {
     fn create(&self, name: &str) -> Result<Group> {
         let mut dirs = Vec::new();
         for parent in self.parents() {
-            ensure_dir(&parent)?;
-            let dir = parent.join(name);
-            ensure_dir(&dir)?;
-            dirs.push(dir);
+            dirs.push(ensure_child(&parent, name, |_| Ok(()))?);
         }
         Ok(Group { dirs })
     }
@@ -298,12 +328,11 @@ impl CgroupFs for V2 {
         vec![self.parent.clone()]
     }
     fn create(&self, name: &str) -> Result<Group> {
-        ensure_dir(&self.parent)?;
         // Children of the parent get the cpu and memory controllers; the parent
         // itself never holds processes, as v2 requires.
-        write(&self.parent.join("cgroup.subtree_control"), "+cpu +memory")?;
-        let dir = self.parent.join(name);
-        ensure_dir(&dir)?;
+        let dir = ensure_child(&self.parent, name, |parent| {
+            fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory")
+        })?;
         Ok(Group { dirs: vec![dir] })
     }
     fn set_cpu_quota(&self, g: &Group, quota_us: u64, burst_us: u64) -> Result<()> {
