@@ -7,8 +7,8 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -166,17 +166,7 @@ fn initramfs(cache: &Path, kernel: &vm::Kernel) -> Result<PathBuf> {
     fs::write(dir.join("init"), INIT)?;
     run(Command::new("chmod").arg("+x").arg(dir.join("init")))?;
     let image = cache.join("systemd-initramfs.cpio");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
-            dir.display(),
-            image.display()
-        ))
-        .status()?;
-    if !status.success() {
-        bail!("building the initramfs failed");
-    }
+    vm::cpio(&dir, &image)?;
     Ok(image)
 }
 
@@ -250,48 +240,14 @@ pub fn systemd_test() -> Result<()> {
     let initramfs = initramfs(&cache, &kernel)?;
     let disk = disk(&cache, &root, &kernel)?;
     println!("guest: booting Debian 12 with systemd under qemu (TCG)");
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .args(["-nic", "none", "-kernel"])
-        .arg(&kernel.vmlinux)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            bail!("guest: no result after {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let devices = [
+        "-drive".to_owned(),
+        format!("file={},if=virtio,format=raw", disk.display()),
+    ];
+    let result = vm::boot("guest", &kernel, &initramfs, &devices, TIMEOUT);
     let _ = fs::remove_file(&disk);
-    let code = status.code().unwrap_or(0);
-    println!(
-        "guest: qemu exited with {code} after {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    match (code % 2, code >> 1) {
-        (1, 0) => Ok(()),
-        (1, c) => bail!("guest: the package test failed (exit code {c})"),
-        _ => bail!("guest: stopped without reporting a result (poweroff or panic)"),
+    match result? {
+        0 => Ok(()),
+        code => bail!("guest: the package test failed (exit code {code})"),
     }
 }

@@ -216,19 +216,13 @@ pub(crate) fn module_order(kernel: &Kernel, modules: &[&str]) -> Result<Vec<Stri
     Ok(order)
 }
 
-/// Shared libraries (and the loader) that `binary` needs, by absolute path.
+/// Shared libraries (and the loader) that `binary` needs, by the path the loader asks for.
 fn libraries(binary: &Path, into: &mut BTreeSet<PathBuf>) -> Result<()> {
-    let out = setup::output(Command::new("ldd").arg(binary))
-        .with_context(|| format!("ldd {}", binary.display()))?;
-    for line in out.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            into.insert(PathBuf::from(p));
-        }
-    }
+    into.extend(
+        crate::image::libraries(binary)?
+            .into_iter()
+            .map(|l| l.wanted),
+    );
     Ok(())
 }
 
@@ -299,18 +293,79 @@ fn build_initramfs(cache: &Path, kernel: &Kernel, libs: &BTreeSet<PathBuf>) -> R
     fs::write(root.join("init"), INIT)?;
     run(Command::new("chmod").arg("+x").arg(root.join("init")))?;
     let image = cache.join("initramfs.cpio");
+    cpio(&root, &image)?;
+    Ok(image)
+}
+
+/// `dir` as a newc cpio archive (what the kernel unpacks as its initramfs).
+pub(crate) fn cpio(dir: &Path, image: &Path) -> Result<()> {
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
-            root.display(),
+            dir.display(),
             image.display()
         ))
         .status()?;
     if !status.success() {
-        bail!("building the initramfs failed");
+        bail!("building the initramfs {} failed", image.display());
     }
-    Ok(image)
+    Ok(())
+}
+
+/// Boots `kernel` with `initramfs` under qemu (TCG, 2 CPUs, 2 GiB, no network, the
+/// isa-debug-exit port) with `devices` added, and waits at most `timeout`: the code
+/// the guest wrote to the port, or why there is none. `who` prefixes the lines.
+pub(crate) fn boot(
+    who: &str,
+    kernel: &Kernel,
+    initramfs: &Path,
+    devices: &[String],
+    timeout: Duration,
+) -> Result<u8> {
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-nic", "none", "-kernel"])
+        .arg(&kernel.vmlinux)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(devices)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            bail!("{who}: no result after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let code = status.code().unwrap_or(0);
+    println!(
+        "{who}: qemu exited with {code} after {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    // The port makes qemu exit `(code << 1) | 1`; a poweroff or a panic exits 0.
+    if code % 2 == 1 {
+        Ok((code >> 1) as u8)
+    } else {
+        bail!("{who}: the guest stopped without reporting a result (poweroff or panic)")
+    }
 }
 
 /// What goes into the guest: test executables by name, and the workspace binaries
@@ -455,54 +510,17 @@ fn vm_run(bench: bool) -> Result<()> {
     run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk))?;
 
     println!("vm: booting {} under qemu (TCG)", kernel.version);
-    let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .args(["-nic", "none", "-kernel"])
-        .arg(&kernel.vmlinux)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
-        .arg("-virtfs")
-        .arg(format!(
+    let devices = [
+        "-drive".to_owned(),
+        format!("file={},if=virtio,format=raw", disk.display()),
+        "-virtfs".to_owned(),
+        format!(
             "local,path={},mount_tag=host0,security_model=none",
             share.display()
-        ))
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > BOOT_TIMEOUT {
-            let _ = child.kill();
-            bail!("vm: no result after {:?}", BOOT_TIMEOUT);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let code = status.code().unwrap_or(0);
-    println!(
-        "vm: qemu exited with {code} after {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
-    if code % 2 == 1 && code >> 1 == 0 {
-        Ok(())
-    } else if code % 2 == 1 {
-        bail!("vm: tests failed in the guest (exit code {})", code >> 1)
-    } else {
-        bail!("vm: the guest stopped without reporting a result (poweroff or panic)")
+        ),
+    ];
+    match boot("vm", &kernel, &initramfs, &devices, BOOT_TIMEOUT)? {
+        0 => Ok(()),
+        code => bail!("vm: tests failed in the guest (exit code {code})"),
     }
 }
