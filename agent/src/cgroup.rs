@@ -230,7 +230,56 @@ pub struct V1 {
 }
 
 pub struct V2 {
+    /// The hierarchy's root and the directories from it down to the `faultline`
+    /// parent's own parent (the root, then each level of a target cgroup).
+    ancestors: Vec<PathBuf>,
     parent: PathBuf,
+}
+
+/// The controllers a stress group needs, enabled for the children of `dir`.
+const CONTROLLERS: [&str; 2] = ["cpu", "memory"];
+
+/// Makes `cpu` and `memory` available to children at every level from the root
+/// down (v2 hands a controller to a cgroup only when its parent enables it in
+/// `cgroup.subtree_control`). Nobody else may have done so: systemd enables a
+/// controller at the root only while some unit asks for its accounting, and a host
+/// without an init that manages cgroups enables none. A level that already has
+/// both is left untouched; enabling never disturbs processes already there (the
+/// root may hold processes; a non-root level that does is refused by the kernel
+/// with EBUSY, named below).
+fn enable_controllers(ancestors: &[PathBuf]) -> Result<()> {
+    for dir in ancestors {
+        let file = dir.join("cgroup.subtree_control");
+        let enabled =
+            fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let missing: Vec<String> = CONTROLLERS
+            .iter()
+            .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let value = missing.join(" ");
+        fs::write(&file, &value).map_err(|e| {
+            let why = match e.raw_os_error() {
+                Some(libc::EBUSY) => {
+                    ": the cgroup holds processes itself, so v2 lets no controller reach \
+                     its children (name a target cgroup whose processes live in children)"
+                }
+                _ => "",
+            };
+            denied(
+                e,
+                format!(
+                    "enabling the cpu and memory controllers for faultline's groups: writing \
+                     '{value}' to {}{why}",
+                    file.display()
+                ),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
@@ -330,6 +379,7 @@ impl CgroupFs for V2 {
     fn create(&self, name: &str) -> Result<Group> {
         // Children of the parent get the cpu and memory controllers; the parent
         // itself never holds processes, as v2 requires.
+        enable_controllers(&self.ancestors)?;
         let dir = ensure_child(&self.parent, name, |parent| {
             fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory")
         })?;
@@ -383,7 +433,14 @@ pub fn detect(root: &Path, under: Option<&Path>) -> Result<Box<dyn CgroupFs>> {
         }
         let base = root.join(rel);
         check_target(&base, under)?;
+        let mut ancestors = vec![root.to_path_buf()];
+        let mut level = root.to_path_buf();
+        for part in rel.components() {
+            level.push(part);
+            ancestors.push(level.clone());
+        }
         return Ok(Box::new(V2 {
+            ancestors,
             parent: base.join(PARENT),
         }));
     }
@@ -486,5 +543,29 @@ mod tests {
             let e = check_relative(Path::new(bad)).unwrap_err().0;
             assert!(e.starts_with("--target-cgroup "), "{e}");
         }
+    }
+
+    /// Only the controllers a level lacks are written, and a level with both is
+    /// not written at all (a write is a change to a cgroup someone else manages).
+    #[test]
+    fn controllers_are_enabled_where_missing_and_nowhere_else() {
+        let tmp = std::env::temp_dir().join(format!("fl-controllers-{}", std::process::id()));
+        let levels: Vec<PathBuf> = ["", "a", "a/b"].iter().map(|l| tmp.join(l)).collect();
+        for (dir, enabled) in levels.iter().zip(["cpu io", "cpu memory pids", ""]) {
+            fs::create_dir_all(dir).unwrap();
+            fs::write(dir.join("cgroup.subtree_control"), enabled).unwrap();
+        }
+        enable_controllers(&levels).unwrap();
+        let now: Vec<String> = levels
+            .iter()
+            .map(|d| fs::read_to_string(d.join("cgroup.subtree_control")).unwrap())
+            .collect();
+        assert_eq!(now, ["+memory", "cpu memory pids", "+cpu +memory"]);
+        let e = enable_controllers(&[tmp.join("absent")]).unwrap_err();
+        fs::remove_dir_all(&tmp).unwrap();
+        assert!(
+            format!("{e:#}").contains("absent/cgroup.subtree_control"),
+            "{e:#}"
+        );
     }
 }

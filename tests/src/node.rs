@@ -420,6 +420,11 @@ impl TargetCgroup {
         let rel = format!("fltest-{tag}-{}", std::process::id());
         let root = PathBuf::from("/sys/fs/cgroup");
         let dirs: Vec<PathBuf> = if cgroup_v2() {
+            // What a workload's manager (systemd, the kubelet) does for the groups
+            // it runs: hand cpu and memory below the root. The agent does it for
+            // its own groups and must not rely on this (the VM lane's init leaves
+            // the root bare).
+            std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory").unwrap();
             vec![root.join(&rel)]
         } else {
             ["cpu", "memory", "cpuacct"]

@@ -244,8 +244,8 @@ mount -t tmpfs run /run
 mount -t tmpfs tmp /tmp
 ln -s /run /var/run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-# What systemd does on a v2 host: delegate cpu and memory below the root.
-echo "+cpu +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+# No controller is enabled below the root: the agent enables cpu and memory for its
+# own groups (a host's init may not have; systemd does only for units that ask).
 mount -t bpf bpf /sys/fs/bpf
 for m in $(cat /modules.load); do
     insmod "/lib/modules/$m" || echo "vm: insmod $m failed"
