@@ -21,7 +21,7 @@ use faultline_common::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The object aya-build compiled from `agent-ebpf/` (see build.rs).
+/// The object agent/build.rs compiled from `agent-ebpf/`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultline-ebpf"));
 
 /// Writes the kernel-side lease of the delay line (`FL_DIVERT_LEASE[0]`).

@@ -10,6 +10,7 @@ pub mod container;
 pub mod coordinator;
 pub mod fleet;
 pub mod lab;
+pub mod loaders;
 pub mod monitoring;
 pub mod netns;
 pub mod node;
@@ -48,6 +49,24 @@ pub fn kernel_version() -> (u32, u32) {
 /// TCX (tc BPF links) exists from Linux 6.6.
 pub fn has_tcx() -> bool {
     kernel_version() >= (6, 6)
+}
+
+/// A process the test started, stopped on drop: SIGTERM, up to 5 s to exit (a
+/// daemon undoes its mounts and sockets then), SIGKILL after; always reaped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        use std::time::{Duration, Instant};
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(5);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A path in the temp dir that is removed (file or directory tree) when dropped, so

@@ -9,23 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Netns, TempPath, agent::binary};
-
-/// A process that is killed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(5);
-        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::{Netns, Proc, TempPath, agent::binary};
 
 fn spawn_in(ns: &Netns, program: &str, args: &[String], log: &std::path::Path) -> Child {
     let file = std::fs::File::create(log).expect("log file");

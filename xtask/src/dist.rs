@@ -62,6 +62,23 @@ fn source_date_epoch() -> Result<u64> {
         .context("cannot read the commit's time: set SOURCE_DATE_EPOCH")
 }
 
+/// Where this checkout and the crates' sources are, written as fixed names into
+/// what the build embeds (panic locations, debug and BTF file names, generated
+/// files' paths), so the binaries and the image do not depend on either directory:
+/// one commit, one digest, whoever builds it where. agent/build.rs passes the same
+/// flags to the eBPF object's build.
+fn remap_flags() -> Result<String> {
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cargo"),
+    };
+    Ok(format!(
+        "--remap-path-prefix={}=/faultline\x1f--remap-path-prefix={}=/cargo",
+        workspace_root().display(),
+        cargo_home.display()
+    ))
+}
+
 fn revision() -> String {
     crate::setup::output(
         Command::new("git")
@@ -80,7 +97,8 @@ pub fn dist() -> Result<()> {
     run(cargo()
         .args(["build", "--release", "--locked"])
         .args(PACKAGES.iter().flat_map(|p| ["--package", p]))
-        .env("SOURCE_DATE_EPOCH", epoch.to_string()))?;
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("CARGO_ENCODED_RUSTFLAGS", remap_flags()?))?;
     let release = workspace_root().join("target/release");
     for bin in BINARIES {
         run(Command::new(release.join(bin))

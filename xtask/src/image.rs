@@ -242,6 +242,14 @@ pub fn write(entries: &[Entry], spec: &Spec, out: &Path) -> Result<Written> {
             br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
         ),
         Entry::file("index.json", 0o644, serde_json::to_vec(&index)?),
+        // Docker before 25 loads only its own archive format, whose `manifest.json`
+        // points into the same blobs: one archive serves every runtime (as
+        // BuildKit's docker exporter does).
+        Entry::file(
+            "manifest.json",
+            0o644,
+            docker_manifest(spec, &config, &blob)?,
+        ),
     ];
     for blob in [&config, &manifest, &blob] {
         let digest = sha256(blob);
@@ -259,6 +267,20 @@ pub fn write(entries: &[Entry], spec: &Spec, out: &Path) -> Result<Written> {
         id: sha256(&config),
         bytes: archive.len() as u64,
     })
+}
+
+/// `docker load`'s index: the config, the layers and the tag, as blob paths.
+fn docker_manifest(spec: &Spec, config: &[u8], layer: &[u8]) -> Result<Vec<u8>> {
+    let blob = |b: &[u8]| format!("blobs/sha256/{}", sha256(b).trim_start_matches("sha256:"));
+    let (name, tag) = spec
+        .reference
+        .split_once(':')
+        .context("image reference needs a tag")?;
+    Ok(serde_json::to_vec(&json!([{
+        "Config": blob(config),
+        "RepoTags": [format!("{name}:{tag}")],
+        "Layers": [blob(layer)],
+    }]))?)
 }
 
 /// A shared library a binary loads, as the dynamic loader finds it here.

@@ -44,6 +44,10 @@ const APT_PACKAGES: &[&str] = &[
     // The image's tests run it under a real OCI runtime.
     "podman",
     "runc",
+    // The image archive must load where teams load images: `ctr import` and
+    // `docker load` (tests/tests/image.rs starts both daemons on private state).
+    "containerd",
+    "docker.io",
 ];
 
 /// PyPI packages for the tests' Python clients, pinned; in `target/pyenv`.
@@ -181,7 +185,7 @@ pub fn setup() -> Result<()> {
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))?;
     }
 
-    // aya-build runs `rustup run <toolchain> cargo` when rustup is present.
+    // agent/build.rs runs `rustup run <toolchain> cargo` when rustup is present.
     if output(Command::new("rustup").arg("--version")).is_some() {
         let linked = output(Command::new("rustup").args(["toolchain", "list"]))
             .is_some_and(|l| l.lines().any(|t| t.starts_with(BPF_TOOLCHAIN)));
