@@ -51,11 +51,13 @@ enum Task {
     VmTest,
     /// Build what a team installs into target/dist: the Debian packages (agent;
     /// coordinator with the CLI), one OCI image archive with all three binaries, and
-    /// their SBOMs. Reproducible: SOURCE_DATE_EPOCH, or the commit's time.
+    /// their SBOMs. Reproducible: SOURCE_DATE_EPOCH (or the commit's time), and no
+    /// path of the building machine in the binaries.
     Dist,
     /// The packages under systemd as PID 1: a Debian 12 guest (stock kernel, qemu)
-    /// installs what `dist` built, starts both units, runs an experiment, stops and
-    /// removes everything, and checks nothing is left.
+    /// installs what `dist` built, starts both units, runs an experiment, upgrades
+    /// the agent with an effect active, stops and removes everything, and checks
+    /// nothing is left (part of `test`; needs `dist` first).
     SystemdTest,
     /// Check the structure rules the compiler cannot: no catch-all arm or `matches!`
     /// over fault kinds (part of `test`).
@@ -173,7 +175,9 @@ fn main() -> Result<()> {
             // Every fuzz target briefly, seeds (and fixed crashes) included, on fixed
             // inputs. `cargo xtask fuzz` explores, for longer.
             fuzz::fuzz(fuzz::Budget::Runs(50_000), None)?;
-            vm::vm_test()
+            vm::vm_test()?;
+            // The packages `dist` built, under systemd as PID 1 (the VM lane's kernel).
+            guest::systemd_test()
         }
         Task::Dist => {
             setup::setup()?;
