@@ -332,6 +332,18 @@ pub fn cgroup_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
+/// What a workload's manager (systemd, the kubelet) does before it runs workloads
+/// in their own cgroups on v2: hand cpu and memory below the root. The tests'
+/// workload groups need it; the agent does it for its own groups and must not rely
+/// on this (the VM lane's init leaves the root bare, so whichever test runs first
+/// shows it). A no-op on v1.
+pub fn delegate_below_root() {
+    if cgroup_v2() {
+        std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu +memory")
+            .expect("enable cpu and memory below the cgroup root");
+    }
+}
+
 /// The node's CPUs as its counters cover them: the `cpuN` lines of /proc/stat.
 pub fn online_cpus() -> usize {
     std::fs::read_to_string("/proc/stat")
@@ -420,11 +432,7 @@ impl TargetCgroup {
         let rel = format!("fltest-{tag}-{}", std::process::id());
         let root = PathBuf::from("/sys/fs/cgroup");
         let dirs: Vec<PathBuf> = if cgroup_v2() {
-            // What a workload's manager (systemd, the kubelet) does for the groups
-            // it runs: hand cpu and memory below the root. The agent does it for
-            // its own groups and must not rely on this (the VM lane's init leaves
-            // the root bare).
-            std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory").unwrap();
+            delegate_below_root();
             vec![root.join(&rel)]
         } else {
             ["cpu", "memory", "cpuacct"]

@@ -21,7 +21,8 @@ pub struct Workload {
 impl Workload {
     pub fn new(tag: &str) -> Self {
         let rel = format!("fltest-{tag}-{}", std::process::id());
-        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let v2 = crate::node::cgroup_v2();
+        crate::node::delegate_below_root();
         let dir = if v2 {
             PathBuf::from("/sys/fs/cgroup").join(&rel)
         } else {

@@ -65,6 +65,7 @@ fn evicts_a_workload_cgroups_file_cache_on_v2_and_refuses_on_v1() {
         return;
     }
     let dir = file_set("cg");
+    faultline_tests::node::delegate_below_root();
     let cg = PathBuf::from("/sys/fs/cgroup").join(&rel);
     std::fs::create_dir(&cg).unwrap();
     // The workload reads the files from inside its cgroup, so the cache is charged there.
