@@ -96,6 +96,58 @@ impl Podman {
     }
 }
 
+impl Podman {
+    /// SIGKILLs everything of `pod` the runtime runs at once: each container's
+    /// process and its monitor (conmon), as when the node's runtime goes down with
+    /// it, so podman records no exit and runs no cleanup of its own; then waits
+    /// until they are gone. Returns how many processes it killed.
+    pub fn kill_pod(&self, pod: &str) -> usize {
+        let filter = format!("pod={pod}");
+        let out = self.podman(&["ps", "--filter", &filter, "--format", "{{.ID}}"]);
+        assert!(out.status.success(), "podman ps: {}", text(&out));
+        let mut pids: Vec<i32> = Vec::new();
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let out = self.podman(&[
+                "inspect",
+                "--format",
+                "{{.State.Pid}} {{.State.ConmonPid}}",
+                id,
+            ]);
+            pids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .filter(|p| *p > 0),
+            );
+        }
+        assert!(!pids.is_empty(), "pod {pod} runs nothing");
+        for pid in &pids {
+            // SAFETY: kill(2) on processes the runtime reported for this pod.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pids.iter().any(|p| alive(*p)) {
+            assert!(
+                std::time::Instant::now() < until,
+                "pod {pod} outlived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        pids.len()
+    }
+}
+
+/// True while `pid` runs (a zombie has ended; its parent reaps it).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);

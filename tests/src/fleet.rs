@@ -405,9 +405,29 @@ impl Fleet {
         .collect()
     }
 
+    /// Node i's agent pod, as the runtime holds it: the init container and the
+    /// agent run in it (made on first use; no infra container, since the network is
+    /// the node's).
+    pub fn agent_pod(&self, i: usize) -> String {
+        let c = self.containers.as_ref().expect("a container fleet");
+        let pod = self.container_name(&format!("{}-pod", self.nodes[i].name));
+        if !c.podman.podman(&["pod", "exists", &pod]).status.success() {
+            let out = c
+                .podman
+                .podman(&["pod", "create", "--infra=false", "--name", &pod]);
+            assert!(
+                out.status.success(),
+                "podman pod create: {}",
+                crate::container::text(&out)
+            );
+        }
+        pod
+    }
+
     /// Node i's agent container: the DaemonSet's pod on that node, its "host"
     /// network the node's namespace, the coordinator's Service at its address.
     fn agent_container(&self, c: &Containers, i: usize) -> Command {
+        let pod = self.agent_pod(i);
         let node = &self.nodes[i];
         let env = [
             ("NODE_NAME", node.name.clone()),
@@ -424,7 +444,9 @@ impl Fleet {
             &env,
         );
         let mut cmd = c.podman.command();
-        cmd.args(args)
+        cmd.arg(&args[0])
+            .arg(format!("--pod={pod}"))
+            .args(&args[1..])
             .args(&self.agent_args)
             .args(self.node_args.get(i).into_iter().flatten())
             .stdin(Stdio::null())
@@ -437,6 +459,7 @@ impl Fleet {
     /// kubelet does before the agent starts: its output, and whether it succeeded.
     pub fn run_cleanup_container(&self, i: usize) -> (bool, String) {
         let c = self.containers.as_ref().expect("a container fleet");
+        let pod = self.agent_pod(i);
         let node = &self.nodes[i];
         let args = c.cleanup.run_args(
             &c.podman,
@@ -445,7 +468,14 @@ impl Fleet {
             &self.agent_volumes(i),
             &[("NODE_NAME", node.name.clone())],
         );
-        let out = c.podman.command().args(args).output().expect("podman run");
+        let out = c
+            .podman
+            .command()
+            .arg(&args[0])
+            .arg(format!("--pod={pod}"))
+            .args(&args[1..])
+            .output()
+            .expect("podman run");
         (out.status.success(), crate::container::text(&out))
     }
 

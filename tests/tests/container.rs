@@ -1,7 +1,8 @@
 //! The image under a real OCI runtime (podman + runc from Debian) with exactly the
 //! manifests' pod templates (tests/src/container.rs reads them): the agent's
 //! DaemonSet pod on a namespace node, the coordinator's Deployment pod, experiments
-//! through the CLI, a SIGKILLed agent container, its init container's cleanup, and
+//! through the CLI, a SIGKILLed agent container and then its whole pod (container and
+//! runtime monitor), its init container's cleanup, and
 //! the agent's capability list measured by removing each capability in turn.
 //!
 //! These tests own the node's cgroup roots (a removed CAP_DAC_OVERRIDE shows only
@@ -126,6 +127,36 @@ fn the_images_run_experiments_under_the_manifests_security_contexts_and_a_killed
         "run --node node-1 --fault loss --percent 1 --duration 2s --baseline 2s",
     );
     assert_eq!(code, Some(0), "loss after the restart: {e}");
+
+    // Then the runtime's whole pod, during a network fault: the agent's container
+    // and its monitor SIGKILLed together (podman records no exit, runs no hook).
+    let mut watch = fleet.watch_run(
+        Role::Operator,
+        "run --node node-1 --fault loss --percent 1 --duration 40s --baseline 2s",
+    );
+    watch.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    let pod = fleet.agent_pod(0);
+    let killed = fleet.containers().podman.kill_pod(&pod);
+    println!("pod {pod}: {killed} processes SIGKILLed");
+    let _ = fleet.stop_agent(0, libc::SIGKILL);
+    let (_, events) = watch.finish();
+    println!(
+        "the run ended with {:?}",
+        events.last().map(|e| &e["message"])
+    );
+    let left = faultline_leftovers(&fleet.nodes[0].ns, NODE_IFACE);
+    assert!(left.is_empty(), "a killed agent pod left: {left:?}");
+    let (ok, out) = fleet.run_cleanup_container(0);
+    assert!(ok, "the init container after the pod's kill failed: {out}");
+    assert_eq!(
+        stress_groups(),
+        Vec::<String>::new(),
+        "after the pod's kill"
+    );
 }
 
 /// Which fault shows each capability the agent's pod adds is needed. A capability
