@@ -18,7 +18,10 @@ use anyhow::{Context, Result};
 use faultline_proto::{
     endpoint::EndpointPolicy,
     limits::Profile,
-    spec::{AbortConditions, Dur, Health, Prerequisites, Recovery, RecoveryOptions, System},
+    spec::{
+        AbortConditions, Dur, Health, ImpactBounds, Prerequisites, Recovery, RecoveryOptions,
+        System, hypothesis,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +86,10 @@ pub struct ConfigFile {
     pub gc: Option<GcDefaults>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_endpoints: Option<NodeEndpoints>,
+    /// What each `expected_impact` name means, as bounds; a name here replaces the
+    /// default of the same name, a new name adds one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hypotheses: BTreeMap<String, ImpactBounds>,
 }
 
 const PRODUCTION: &str = "\
@@ -114,9 +121,10 @@ recovery:
 
 /// The embedded defaults of `profile`, as a config document.
 pub fn defaults_yaml(profile: Profile) -> String {
+    let production = format!("{PRODUCTION}{}", hypothesis::DEFAULTS_YAML);
     match profile {
-        Profile::Production => PRODUCTION.to_owned(),
-        Profile::Staging => PRODUCTION
+        Profile::Production => production,
+        Profile::Staging => production
             .replace("production profile", "staging profile")
             .replace(
                 "  required: [rollback, health_checker, incident_response, monitoring, alerting, recent_backup]",
@@ -137,6 +145,8 @@ pub struct Settings {
     pub components: BTreeMap<String, Component>,
     pub gc: GcDefaults,
     pub endpoints: EndpointPolicy,
+    /// `expected_impact` names and the bounds each means.
+    pub hypotheses: BTreeMap<String, ImpactBounds>,
     /// Where the settings came from, for messages.
     pub source: String,
 }
@@ -200,6 +210,7 @@ impl Settings {
             components: f.components,
             gc: f.gc.unwrap_or_default(),
             endpoints: EndpointPolicy::new(f.node_endpoints.unwrap_or_default().allow),
+            hypotheses: d.hypotheses.into_iter().chain(f.hypotheses).collect(),
             source,
         }
     }
@@ -240,6 +251,24 @@ mod tests {
         assert_eq!(s.recovery.hold.unwrap().0, Duration::from_secs(1));
         assert_eq!(s.recovery.timeout.unwrap().0, Duration::from_secs(120));
         assert!(s.components.contains_key("api"));
+        assert_eq!(
+            s.hypotheses["minimal"]
+                .throughput_drop_below
+                .map(|p| p.value()),
+            Some(5.0),
+            "the documented default"
+        );
+        std::fs::write(
+            &dir,
+            "hypotheses: {minimal: {error_rate_rise_below: 0.2%}, slow: {recovered_within: 1m}}\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&dir), Profile::Production).unwrap();
+        assert_eq!(
+            s.hypotheses["minimal"].throughput_drop_below, None,
+            "replaced whole"
+        );
+        assert!(s.hypotheses.contains_key("slow") && s.hypotheses.contains_key("none"));
         std::fs::write(&dir, "health:\n  prometheus: {url: 'ftp://x'}\n").unwrap();
         let e = format!(
             "{:#}",

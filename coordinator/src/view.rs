@@ -2,7 +2,7 @@
 //! CLI's `-o json` and the dashboard's API, so both say the same thing.
 use faultline_proto::v1::{
     Check, CheckStatus, Classification, Experiment, FaultCounters, GuardBreach, HealthReading,
-    MetricSample, Outcome, Phase, SignalSummary, Verdict,
+    Hypothesis, HypothesisResult, MetricSample, Outcome, Phase, SignalSummary, Verdict,
 };
 use serde_json::{Value, json};
 
@@ -20,6 +20,30 @@ fn enum_name(s: &str, prefix: &str) -> String {
 
 pub fn verdict(o: &Outcome) -> String {
     Verdict::try_from(o.verdict).map_or("-".into(), |v| enum_name(v.as_str_name(), "VERDICT_"))
+}
+
+/// held, refuted, unchecked; "-" when the experiment stated no hypothesis.
+pub fn hypothesis_result(o: &Outcome) -> String {
+    o.hypothesis.as_ref().map_or("-".into(), |h| {
+        HypothesisResult::try_from(h.result).map_or("-".into(), |r| {
+            enum_name(r.as_str_name(), "HYPOTHESIS_RESULT_")
+        })
+    })
+}
+
+pub fn hypothesis_json(h: &Hypothesis) -> Value {
+    let result = |r: i32| {
+        HypothesisResult::try_from(r).map_or("-".into(), |r| {
+            enum_name(r.as_str_name(), "HYPOTHESIS_RESULT_")
+        })
+    };
+    json!({
+        "name": h.name, "result": result(h.result), "summary": h.summary,
+        "checks": h.checks.iter().map(|c| json!({
+            "bound": c.bound, "unit": c.unit, "limit": c.limit, "measured": c.measured,
+            "result": result(c.result), "detail": c.detail,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 pub fn classification(o: &Outcome) -> String {
@@ -104,6 +128,7 @@ pub fn outcome_json(o: &Outcome) -> Value {
             "resolved_ms": millis(i.resolved.as_ref()), "time_to_resolve_s": secs(i.time_to_resolve.as_ref()),
         })).collect::<Vec<_>>(),
         "scenario": o.scenario, "expected_impact": o.expected_impact,
+        "hypothesis": o.hypothesis.as_ref().map(hypothesis_json),
     })
 }
 

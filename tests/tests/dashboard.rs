@@ -322,7 +322,7 @@ fn the_dashboard_follows_a_running_experiment_live_and_its_abort_button_ends_it(
     );
     let guarded = lab.run(
         "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 40s\n\
-         baseline: 2s\nabort_conditions: {latency_p99_above: 30ms}\n",
+         baseline: 2s\nabort_conditions: {latency_p99_above: 30ms}\nexpected_impact: minimal\n",
         "",
     );
     assert_eq!(guarded.code, Some(4), "{}", guarded.outcome);
@@ -351,6 +351,13 @@ fn the_dashboard_follows_a_running_experiment_live_and_its_abort_button_ends_it(
             .as_str()
             .is_some_and(|t| t.contains("latency_p99_above")),
         "no breach line in the detail"
+    );
+    // The stated hypothesis and the judgement on it, with what refuted it.
+    let line = eval(&tab, "document.getElementById('hypothesis').innerText");
+    assert!(
+        line.as_str()
+            .is_some_and(|t| t.starts_with("hypothesis minimal: refuted: guard")),
+        "{line}"
     );
     screenshot(&tab, "breach");
     let left = faultline_leftovers(&lab.fleet.nodes[0].ns, NODE_IFACE);

@@ -185,6 +185,21 @@ fn every_bad_spec_is_a_precise_error_naming_its_field_and_line_and_nothing_start
             "target_cgroup",
             "required: the workload cgroup to squeeze",
         ),
+        (
+            "scenario: cpu_stress\ntarget_node: node-1\ncpu_stress: 5%\nduration: 5s\nexpected_impact: minmal\n",
+            "line 5: expected_impact",
+            "unknown hypothesis 'minmal': the coordinator's config file",
+        ),
+        (
+            "scenario: cpu_stress\ntarget_node: node-1\ncpu_stress: 5%\nduration: 5s\nexpected_impact:\n  error_rate_rise: 1%\n",
+            "line 6",
+            "unknown field `error_rate_rise`",
+        ),
+        (
+            "scenario: cpu_stress\ntarget_node: node-1\ncpu_stress: 5%\nduration: 5s\nexpected_impact: {}\n",
+            "line 5: expected_impact",
+            "names no bound",
+        ),
     ];
     for (i, (spec, at, what)) in cases.iter().enumerate() {
         let path = spec_file(&fleet, &format!("bad-{i}"), spec);

@@ -260,7 +260,7 @@ fn a_latency_fault_against_an_http_p99_guard_aborts_within_a_second_of_the_breac
     let started = Instant::now();
     let run = lab.run(
         "scenario: latency_injection\ntarget_node: node-1\nlatency: 50ms\nduration: 40s\nbaseline: 2s\n\
-         abort_conditions: {latency_p99_above: 30ms}\n",
+         abort_conditions: {latency_p99_above: 30ms}\nexpected_impact: minimal\n",
         "",
     );
     assert_eq!(run.code, Some(4), "{}\n{}", run.outcome, run.stderr);
@@ -268,6 +268,16 @@ fn a_latency_fault_against_an_http_p99_guard_aborts_within_a_second_of_the_breac
     assert_eq!(b["guard"], "abort_conditions.latency_p99_above", "{b}");
     assert_eq!(b["source"], "http:api", "{b}");
     assert!(b["observed"].as_f64().unwrap() > 30.0, "{b}");
+    // A guard that had to stop the fault refutes "minimal", with what it saw.
+    let h = &run.outcome["hypothesis"];
+    assert_eq!(h["result"], "refuted", "{h}");
+    assert!(
+        h["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("refuted: guard abort_conditions.latency_p99_above "),
+        "{h}"
+    );
     let took = breach_to_removal(&run);
     eprintln!("http p99 breach visible -> removal confirmed: {took} ms; {b}");
     assert!((0..=slack(1000, 3000)).contains(&took), "{took} ms: {b}");
@@ -433,6 +443,18 @@ fn a_cache_with_a_known_warm_up_recovers_within_a_second_of_it_and_self_heals() 
         "recovery {rec} s for a 4 s warm-up: {}",
         run.outcome
     );
+    // temporary_cache_misses: a few errors at most, back within 30 s, nobody paged.
+    let h = &run.outcome["hypothesis"];
+    eprintln!("hypothesis: {}", h["summary"]);
+    assert_eq!(h["name"], "temporary_cache_misses", "{h}");
+    assert_eq!(h["result"], "held", "{h}");
+    let within = h["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["bound"] == "recovered_within")
+        .expect("the recovery bound");
+    assert_eq!(within["measured"].as_f64(), Some(rec), "{h}");
     assert!(lab.service.metrics().contains("sample_cache_drops_total 1"));
     nothing_left(&lab);
 }
@@ -441,9 +463,27 @@ fn a_cache_with_a_known_warm_up_recovers_within_a_second_of_it_and_self_heals() 
 fn a_small_cpu_stress_on_an_idle_service_is_absorbed() {
     let _g = serial();
     let lab = Lab::new(&[], &[]);
-    let run = lab.run(&cpu("6s", "baseline: 3s\n"), "");
+    let run = lab.run(&cpu("6s", "baseline: 3s\nexpected_impact: minimal\n"), "");
     assert_eq!(run.code, Some(0), "{}\n{}", run.outcome, run.stderr);
     assert_eq!(run.outcome["classification"], "absorbed", "{}", run.outcome);
+    let h = &run.outcome["hypothesis"];
+    eprintln!("hypothesis: {}", h["summary"]);
+    assert_eq!(h["result"], "held", "{h}");
+    let bounds: Vec<&str> = h["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["bound"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bounds,
+        [
+            "error_rate_rise_below",
+            "throughput_drop_below",
+            "no_incident"
+        ],
+        "{h}"
+    );
     assert_eq!(
         run.outcome["recovery_s"].as_f64(),
         Some(0.0),
@@ -479,7 +519,8 @@ fn an_incident_during_the_fault_is_classified_incident_with_its_time_to_resolve(
     // guarded.
     let spec = cpu(
         "8s",
-        "baseline: 1s\nabort_conditions: {new_incident: [P0], health_score_below: 0}\n",
+        "baseline: 1s\nabort_conditions: {new_incident: [P0], health_score_below: 0}\n\
+         expected_impact: minimal\n",
     );
     let run = lab.run_during(&spec, || {
         lab.alertmanager.fire("DiskFilling", "P2");
@@ -493,6 +534,16 @@ fn an_incident_during_the_fault_is_classified_incident_with_its_time_to_resolve(
     assert_eq!(i["severity"], "P2", "{i}");
     let ttr = i["time_to_resolve_s"].as_f64().expect("resolved");
     assert!((1.5..6.0).contains(&ttr), "{ttr} s: {i}");
+    // Recovered, so not an abort; but "minimal" promised nobody would be paged.
+    let h = &run.outcome["hypothesis"];
+    assert_eq!(h["result"], "refuted", "{h}");
+    assert!(
+        h["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no_incident 1.00 incidents (limit 0 incidents)"),
+        "{h}"
+    );
     nothing_left(&lab);
 }
 

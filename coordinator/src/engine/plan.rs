@@ -9,7 +9,10 @@ use std::{collections::BTreeSet, time::Duration};
 
 use faultline_proto::{
     limits::ChaosLimits,
-    spec::{AbortConditions, Prerequisites, Scenario, Severity, Spec, SpecError, System},
+    spec::{
+        AbortConditions, ExpectedImpact, ImpactBounds, Prerequisites, Scenario, Severity, Spec,
+        SpecError, System,
+    },
     v1::{AgentGuard, Capabilities, FaultSpec, ProbeSpec, StartRequest},
 };
 
@@ -81,7 +84,10 @@ pub struct Plan {
     pub abort: AbortPlan,
     pub recovery: RecoveryPlan,
     pub agent_guard: Option<AgentGuard>,
+    /// The hypothesis's name (`minimal`, ..., `custom`), empty when none was stated.
     pub expected_impact: String,
+    /// What it means, judged at the end (`experiment::hypothesis`).
+    pub hypothesis: Option<ImpactBounds>,
     pub require_health: bool,
     /// The interface the rollback self-test attaches to.
     pub self_test_iface: String,
@@ -176,6 +182,7 @@ pub fn resolve(text: &str, overrides: &str, ctx: &Context<'_>) -> Result<Plan, S
     let baseline = spec.baseline.map_or(ctx.settings.baseline, |b| b.0);
     check_baseline(baseline).map_err(|m| err("baseline", m))?;
     let self_test_iface = faults::interface(&fault, &first.default_interface).to_owned();
+    let (expected_impact, hypothesis) = hypothesis(&spec, ctx, text)?;
     Ok(Plan {
         name: spec.name.clone().unwrap_or_default(),
         scenario,
@@ -192,11 +199,45 @@ pub fn resolve(text: &str, overrides: &str, ctx: &Context<'_>) -> Result<Plan, S
         abort,
         recovery,
         agent_guard,
-        expected_impact: spec.expected_impact.clone().unwrap_or_default(),
+        expected_impact,
+        hypothesis,
         require_health: ctx.settings.require_health,
         self_test_iface,
         spec_yaml: spec.to_yaml(),
     })
+}
+
+/// The spec's `expected_impact` as a name and its bounds: a name the config
+/// defines, or bounds in place (at least one).
+fn hypothesis(
+    spec: &Spec,
+    ctx: &Context<'_>,
+    text: &str,
+) -> Result<(String, Option<ImpactBounds>), SpecError> {
+    let err = |msg: String| SpecError::at(text, "expected_impact", msg);
+    match &spec.expected_impact {
+        None => Ok((String::new(), None)),
+        Some(ExpectedImpact::Named(name)) => match ctx.settings.hypotheses.get(name) {
+            Some(bounds) => Ok((name.clone(), Some(bounds.clone()))),
+            None => Err(err(format!(
+                "unknown hypothesis '{name}': the coordinator's {} defines {} (or write \
+                 its bounds in place)",
+                ctx.settings.source,
+                ctx.settings
+                    .hypotheses
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        },
+        Some(ExpectedImpact::Custom(bounds)) if bounds == &ImpactBounds::default() => Err(err(
+            "names no bound: give at least one of error_rate_rise_below, \
+             latency_p99_rise_below, throughput_drop_below, recovered_within, no_incident"
+                .into(),
+        )),
+        Some(ExpectedImpact::Custom(bounds)) => Ok(("custom".into(), Some(bounds.clone()))),
+    }
 }
 
 /// The config's health sources with the spec's over them; a node-side probe's URL
@@ -475,6 +516,7 @@ pub fn from_request(req: &StartRequest, ctx: &Context<'_>) -> Result<Plan, tonic
         recovery,
         agent_guard: None,
         expected_impact: String::new(),
+        hypothesis: None,
         require_health: ctx.settings.require_health,
         spec_yaml: String::new(),
     })

@@ -2,6 +2,7 @@
 //! passed experiment succeeds; an aborted or unrecovered one fails with a message
 //! naming the guard or the recovery miss; a platform failure or an interruption is
 //! an error (the service was not judged); a refused one is skipped with its reasons.
+//! The hypothesis and its judgement are properties of the case.
 use std::{collections::BTreeMap, time::Duration};
 
 use faultline_proto::v1::{CheckStatus, Experiment, Verdict};
@@ -76,6 +77,12 @@ pub fn report(experiments: &[Experiment]) -> Result<String, quick_junit::Seriali
             .and_then(|o| secs(o.recovery_time.as_ref()))
         {
             case.add_property(("recovery_time_s", format!("{r:.3}").as_str()));
+        }
+        // A refuted hypothesis is not a failure (the service recovered), so it is a
+        // property a CI dashboard can show, with the value that refuted it.
+        if let Some(h) = e.outcome.as_ref().and_then(|o| o.hypothesis.as_ref()) {
+            case.add_property(("hypothesis", h.name.as_str()));
+            case.add_property(("hypothesis_result", h.summary.as_str()));
         }
         suites
             .entry(e.scenario.as_str())

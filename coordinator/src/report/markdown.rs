@@ -107,6 +107,20 @@ pub fn fleet(s: &Summary) -> String {
             bold(opt(r.avg_recovery_s, 1, "s"))
         );
     }
+    if s.total.hypotheses_held + s.total.hypotheses_refuted + s.total.hypotheses_unchecked > 0 {
+        let _ = writeln!(
+            out,
+            "\n## Hypotheses (expected_impact)\n\n| Scenario | Held | Refuted | Unchecked |"
+        );
+        let _ = writeln!(out, "|----------|------|---------|-----------|");
+        for r in s.scenarios.iter().chain(std::iter::once(&s.total)) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                r.title, r.hypotheses_held, r.hypotheses_refuted, r.hypotheses_unchecked
+            );
+        }
+    }
     let _ = writeln!(out, "\n## Impact Analysis\n\n```");
     let _ = writeln!(out, "Total Chaos Tests: {}", s.total.tests);
     let _ = writeln!(out, "Total Chaos Duration: {}", span(s.chaos_duration_s));
@@ -289,6 +303,15 @@ pub fn experiment(r: &ExperimentReport) -> String {
         );
     }
     let _ = writeln!(out, "- Recovery time: {}", opt(r.recovery_time_s, 2, " s"));
+    if let Some(h) = &r.hypothesis {
+        let _ = writeln!(out, "- Hypothesis ({}): **{}**", h.name, h.summary);
+        for c in &h.checks {
+            let _ = writeln!(out, "   - {c}");
+        }
+        if let Some(cmd) = &h.proposed_finding {
+            let _ = writeln!(out, "- Proposed finding: `{cmd}`");
+        }
+    }
     let _ = writeln!(
         out,
         "- Health recovered: {}",

@@ -66,6 +66,57 @@ pub struct Preflight {
     pub detail: String,
 }
 
+/// The stated hypothesis and the judgement on it; a refuted one comes with the
+/// finding it proposes, as the CLI command that records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HypothesisReport {
+    pub name: String,
+    /// held, refuted, unchecked.
+    pub result: String,
+    pub summary: String,
+    /// Each bound with what was measured against it.
+    pub checks: Vec<String>,
+    pub proposed_finding: Option<String>,
+}
+
+fn hypothesis(e: &Experiment, h: &faultline_proto::v1::Hypothesis) -> HypothesisReport {
+    let result = faultline_proto::v1::HypothesisResult::try_from(h.result)
+        .unwrap_or(faultline_proto::v1::HypothesisResult::Unspecified);
+    let refuted = result == faultline_proto::v1::HypothesisResult::Refuted;
+    HypothesisReport {
+        name: h.name.clone(),
+        result: enum_name(format!("{result:?}")),
+        summary: h.summary.clone(),
+        checks: h
+            .checks
+            .iter()
+            .map(|c| {
+                let r = faultline_proto::v1::HypothesisResult::try_from(c.result)
+                    .unwrap_or(faultline_proto::v1::HypothesisResult::Unspecified);
+                format!(
+                    "{}: {}",
+                    enum_name(format!("{r:?}")),
+                    crate::engine::experiment::hypothesis::describe(c)
+                )
+            })
+            .collect(),
+        // Single quotes: the summary is a value the shell must not expand.
+        proposed_finding: refuted.then(|| {
+            format!(
+                "faultline finding add --experiment {} --title '{} impact expected, {}' --detail '{}'",
+                e.id,
+                h.name,
+                h.summary.replace('\'', ""),
+                h.checks
+                    .iter()
+                    .map(|c| c.detail.replace('\'', ""))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }),
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ExperimentReport {
     pub id: String,
@@ -78,6 +129,7 @@ pub struct ExperimentReport {
     pub schedule: String,
     pub gameday_id: String,
     pub expected_impact: String,
+    pub hypothesis: Option<HypothesisReport>,
     /// The resolved spec it ran with.
     pub configuration: String,
     pub preflight: Vec<Preflight>,
@@ -200,6 +252,7 @@ pub fn experiment(
         schedule: e.schedule.clone(),
         gameday_id: e.gameday_id.clone(),
         expected_impact: o.expected_impact.clone(),
+        hypothesis: o.hypothesis.as_ref().map(|h| hypothesis(e, h)),
         configuration: e.spec_yaml.clone(),
         preflight: o
             .preflight

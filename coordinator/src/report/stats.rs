@@ -15,8 +15,8 @@
 use faultline_proto::{
     spec::Scenario,
     v1::{
-        Classification, Experiment, Finding, FindingStatus, Outcome, RunStatus, ScheduleRun,
-        SignalSummary, Verdict,
+        Classification, Experiment, Finding, FindingStatus, HypothesisResult, Outcome, RunStatus,
+        ScheduleRun, SignalSummary, Verdict,
     },
 };
 use serde::Serialize;
@@ -30,6 +30,11 @@ pub struct ScenarioRow {
     pub passed: u32,
     pub success_rate_percent: Option<f64>,
     pub avg_recovery_s: Option<f64>,
+    /// Tests whose stated hypothesis (expected_impact) held, was refuted, or could
+    /// not be checked; tests that stated none are in none of them.
+    pub hypotheses_held: u32,
+    pub hypotheses_refuted: u32,
+    pub hypotheses_unchecked: u32,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -221,6 +226,17 @@ fn row(scenario: &str, title: &str, tests: &[&Experiment]) -> ScenarioRow {
         .iter()
         .filter(|e| verdict(e.outcome.as_ref()) == Verdict::Passed)
         .count() as u32;
+    let judged = |r: HypothesisResult| {
+        tests
+            .iter()
+            .filter(|e| {
+                e.outcome
+                    .as_ref()
+                    .and_then(|o| o.hypothesis.as_ref())
+                    .is_some_and(|h| h.result == r as i32)
+            })
+            .count() as u32
+    };
     ScenarioRow {
         scenario: scenario.to_owned(),
         title: title.to_owned(),
@@ -230,6 +246,9 @@ fn row(scenario: &str, title: &str, tests: &[&Experiment]) -> ScenarioRow {
         success_rate_percent: (!tests.is_empty())
             .then(|| 100.0 * f64::from(passed) / tests.len() as f64),
         avg_recovery_s: mean(&times),
+        hypotheses_held: judged(HypothesisResult::Held),
+        hypotheses_refuted: judged(HypothesisResult::Refuted),
+        hypotheses_unchecked: judged(HypothesisResult::Unchecked),
     }
 }
 

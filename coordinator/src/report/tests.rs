@@ -396,3 +396,99 @@ fn the_histogram_and_tables_render_from_the_summary() {
     assert!(md.contains("Issues found: 3 (1 open, 0 mitigated, 2 resolved)"));
     assert!(md.contains("## Resilience score: 31/100"));
 }
+
+/// A judged hypothesis reaches every report: the experiment's (with the finding a
+/// refuted one proposes), JUnit's properties, and the fleet summary's counts.
+#[test]
+fn a_refuted_hypothesis_is_reported_counted_and_proposed_as_a_finding() {
+    use faultline_proto::v1::{Hypothesis, HypothesisCheck, HypothesisResult};
+    let judged = |n: i64, result: HypothesisResult, summary: &str| {
+        let mut e = exp(
+            n,
+            "packet_loss",
+            Verdict::Passed,
+            Classification::Absorbed,
+            Some(4),
+            Some(60),
+            vec![],
+        );
+        e.outcome.as_mut().unwrap().hypothesis = Some(Hypothesis {
+            name: "minimal".into(),
+            result: result as i32,
+            checks: vec![HypothesisCheck {
+                bound: "error_rate_rise_below".into(),
+                unit: "pp".into(),
+                limit: 0.05,
+                measured: Some(0.29),
+                result: result as i32,
+                detail: "prometheus: baseline 0.020 %, during 0.310 %".into(),
+            }],
+            summary: summary.into(),
+        });
+        e
+    };
+    let refuted = judged(
+        1,
+        HypothesisResult::Refuted,
+        "refuted: error_rate_rise_below 0.29 pp (limit 0.05 pp)",
+    );
+    let held = judged(2, HypothesisResult::Held, "held: ...");
+    let r = super::experiment(&refuted, &[], &[], None);
+    let md = super::markdown::experiment(&r);
+    assert!(
+        md.contains(
+            "- Hypothesis (minimal): **refuted: error_rate_rise_below 0.29 pp (limit 0.05 pp)**"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("- Proposed finding: `faultline finding add --experiment exp-000001 --title 'minimal impact expected, refuted: error_rate_rise_below 0.29 pp (limit 0.05 pp)'"),
+        "{md}"
+    );
+    let r = super::experiment(&held, &[], &[], None);
+    assert!(r.hypothesis.as_ref().unwrap().proposed_finding.is_none());
+
+    let xml = super::junit::report(&[refuted.clone(), held.clone()]).unwrap();
+    assert!(
+        xml.contains(r#"<property name="hypothesis_result" value="refuted: error_rate_rise_below 0.29 pp (limit 0.05 pp)"/>"#),
+        "{xml}"
+    );
+
+    let exps = vec![
+        refuted,
+        held,
+        exp(
+            3,
+            "packet_loss",
+            Verdict::Passed,
+            Classification::Absorbed,
+            Some(2),
+            Some(60),
+            vec![],
+        ),
+    ];
+    let s = summarize(&Records {
+        since_ms: 0,
+        until_ms: 30 * 86_400_000,
+        scenario: None,
+        experiments: &exps,
+        runs: &[],
+        findings: &[],
+    });
+    let row = s
+        .scenarios
+        .iter()
+        .find(|r| r.scenario == "packet_loss")
+        .unwrap();
+    assert_eq!(
+        (
+            row.tests,
+            row.hypotheses_held,
+            row.hypotheses_refuted,
+            row.hypotheses_unchecked
+        ),
+        (3, 1, 1, 0)
+    );
+    let md = super::markdown::fleet(&s);
+    assert!(md.contains("| Packet Loss | 1 | 1 | 0 |"), "{md}");
+}

@@ -16,6 +16,7 @@
 //! their line before anything is sent; the coordinator parses it again, fills the
 //! gaps from its config and the nodes (`resolve`), and checks it against the limits.
 pub mod health;
+pub mod hypothesis;
 pub mod values;
 
 use std::{collections::BTreeMap, fmt};
@@ -28,6 +29,7 @@ pub use self::{
         NodeProbe, ProbeFrom, PrometheusSource, Queries, Recovery, RecoveryOptions, ScoreWeights,
         System, Tolerance,
     },
+    hypothesis::{ExpectedImpact, ImpactBounds},
     values::{Dur, Rate, Severity, line_of},
 };
 use crate::limits::Percent;
@@ -359,9 +361,10 @@ pub struct Spec {
     pub nodes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<Dur>,
-    /// Recorded with the result (the report's `expected_impact`).
+    /// The hypothesis (the report's `expected_impact`): a name the coordinator's
+    /// config defines, or bounds in place; every experiment is judged against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_impact: Option<String>,
+    pub expected_impact: Option<ExpectedImpact>,
 
     // The scenarios' magnitudes, as the report names them.
     #[serde(default, alias = "delay", skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,9 @@ pub fn outcome_text(o: &Outcome) -> String {
     if let Some(b) = &o.breach {
         lines.push(format!("guard breach: {}", b.describe()));
     }
+    if let Some(h) = &o.hypothesis {
+        lines.push(format!("hypothesis {}: {}", h.name, h.summary));
+    }
     let failed: Vec<&Check> = o
         .preflight
         .iter()

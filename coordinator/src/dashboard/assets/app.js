@@ -121,7 +121,8 @@ async function experiment(id) {
   const result = o
     ? `<p>verdict <b>${esc(o.verdict)}</b>, classification <b>${esc(o.classification)}</b>, recovery ${num(o.recovery_s, 2, " s")}</p>
        ${o.breach ? `<p class="bad" id="breach">guard breach: ${esc(o.breach.guard)} (${esc(o.breach.source)}) observed ${num(o.breach.observed, 2, "")} ${esc(o.breach.unit)} against ${num(o.breach.threshold, 2, "")}</p>` : ""}
-       ${o.message ? `<p>${esc(o.message)}</p>` : ""}`
+       ${o.message ? `<p>${esc(o.message)}</p>` : ""}
+       ${o.hypothesis ? `<p id="hypothesis" class="${o.hypothesis.result === "refuted" ? "bad" : ""}">hypothesis <b>${esc(o.hypothesis.name)}</b>: ${esc(o.hypothesis.summary)}</p>` : ""}`
     : "";
   const events = e.events.map((v) => `<tr><td>${esc(when(v.at_ms))}</td><td>${esc(v.phase)}</td><td>${esc(v.message)}</td></tr>`).join("");
   return `<h2>${esc(e.id)} <small>${esc(e.summary)}</small></h2>

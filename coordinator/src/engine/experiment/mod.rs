@@ -20,6 +20,7 @@
 //!
 //! Every way out releases the lease and leaves a terminal phase and an `Outcome` in
 //! the store (`run`).
+pub mod hypothesis;
 pub mod outcome;
 pub mod recovery;
 pub mod window;
@@ -259,6 +260,18 @@ impl Run {
         let mut o = std::mem::take(&mut self.outcome);
         o.verdict = verdict as i32;
         o.message = message.into();
+        let plan = &self.exp.plan;
+        if let Some(bounds) = &plan.hypothesis {
+            let sources = hypothesis::Sources {
+                incidents: plan.health.alertmanager.is_some(),
+            };
+            o.hypothesis = Some(hypothesis::judge(
+                &plan.expected_impact,
+                bounds,
+                &o,
+                &sources,
+            ));
+        }
         o
     }
 
