@@ -22,21 +22,15 @@ pub fn verdict(o: &Outcome) -> String {
     Verdict::try_from(o.verdict).map_or("-".into(), |v| enum_name(v.as_str_name(), "VERDICT_"))
 }
 
-/// held, refuted, unchecked; "-" when the experiment stated no hypothesis.
-pub fn hypothesis_result(o: &Outcome) -> String {
-    o.hypothesis.as_ref().map_or("-".into(), |h| {
-        HypothesisResult::try_from(h.result).map_or("-".into(), |r| {
-            enum_name(r.as_str_name(), "HYPOTHESIS_RESULT_")
-        })
+/// A hypothesis's (or one check's) result: held, refuted, unchecked.
+pub fn hypothesis_result(r: i32) -> String {
+    HypothesisResult::try_from(r).map_or("-".into(), |r| {
+        enum_name(r.as_str_name(), "HYPOTHESIS_RESULT_")
     })
 }
 
 pub fn hypothesis_json(h: &Hypothesis) -> Value {
-    let result = |r: i32| {
-        HypothesisResult::try_from(r).map_or("-".into(), |r| {
-            enum_name(r.as_str_name(), "HYPOTHESIS_RESULT_")
-        })
-    };
+    let result = hypothesis_result;
     json!({
         "name": h.name, "result": result(h.result), "summary": h.summary,
         "checks": h.checks.iter().map(|c| json!({

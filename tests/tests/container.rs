@@ -54,6 +54,17 @@ fn run(fleet: &Fleet, line: &str) -> (Option<i32>, Value) {
     (code, fleet.experiment(&id))
 }
 
+/// Starts `line` and returns its event stream once the fault is applied.
+fn applied(fleet: &Fleet, line: &str) -> faultline_tests::fleet::RunEvents {
+    let mut watch = fleet.watch_run(Role::Operator, line);
+    watch.until(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("applied on"))
+    });
+    watch
+}
+
 #[test]
 #[ignore = "owns the cgroup roots: cargo xtask test runs it alone, after the others"]
 fn the_images_run_experiments_under_the_manifests_security_contexts_and_a_killed_agent_leaves_nothing()
@@ -76,15 +87,10 @@ fn the_images_run_experiments_under_the_manifests_security_contexts_and_a_killed
     // SIGKILL of the agent's container while a CPU stress runs: the PID namespace
     // goes with it (stressors included), the TCX links with their process; only
     // the emptied stress cgroups stay, for the init container to remove.
-    let mut watch = fleet.watch_run(
-        Role::Operator,
+    let watch = applied(
+        &fleet,
         "run --node node-1 --fault cpu --percent 10 --duration 40s --baseline 2s",
     );
-    watch.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
-    });
     assert!(
         !stress_groups().is_empty(),
         "no stress cgroup while the fault runs"
@@ -130,15 +136,10 @@ fn the_images_run_experiments_under_the_manifests_security_contexts_and_a_killed
 
     // Then the runtime's whole pod, during a network fault: the agent's container
     // and its monitor SIGKILLed together (podman records no exit, runs no hook).
-    let mut watch = fleet.watch_run(
-        Role::Operator,
+    let watch = applied(
+        &fleet,
         "run --node node-1 --fault loss --percent 1 --duration 40s --baseline 2s",
     );
-    watch.until(|e| {
-        e["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("applied on"))
-    });
     let pod = fleet.agent_pod(0);
     let killed = fleet.containers().podman.kill_pod(&pod);
     println!("pod {pod}: {killed} processes SIGKILLed");

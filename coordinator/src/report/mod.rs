@@ -80,22 +80,19 @@ pub struct HypothesisReport {
 }
 
 fn hypothesis(e: &Experiment, h: &faultline_proto::v1::Hypothesis) -> HypothesisReport {
-    let result = faultline_proto::v1::HypothesisResult::try_from(h.result)
-        .unwrap_or(faultline_proto::v1::HypothesisResult::Unspecified);
-    let refuted = result == faultline_proto::v1::HypothesisResult::Refuted;
+    use crate::view::hypothesis_result;
+    let refuted = h.result == faultline_proto::v1::HypothesisResult::Refuted as i32;
     HypothesisReport {
         name: h.name.clone(),
-        result: enum_name(format!("{result:?}")),
+        result: hypothesis_result(h.result),
         summary: h.summary.clone(),
         checks: h
             .checks
             .iter()
             .map(|c| {
-                let r = faultline_proto::v1::HypothesisResult::try_from(c.result)
-                    .unwrap_or(faultline_proto::v1::HypothesisResult::Unspecified);
                 format!(
                     "{}: {}",
-                    enum_name(format!("{r:?}")),
+                    hypothesis_result(c.result),
                     crate::engine::experiment::hypothesis::describe(c)
                 )
             })
