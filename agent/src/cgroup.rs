@@ -236,8 +236,17 @@ pub struct V2 {
     parent: PathBuf,
 }
 
-/// The controllers a stress group needs, enabled for the children of `dir`.
+/// The controllers a stress group needs from its parent.
 const CONTROLLERS: [&str; 2] = ["cpu", "memory"];
+
+/// `cgroup.subtree_control`'s value that enables `controllers` for the children.
+fn enabling(controllers: &[&str]) -> String {
+    controllers
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// Makes `cpu` and `memory` available to children at every level from the root
 /// down (v2 hands a controller to a cgroup only when its parent enables it in
@@ -252,15 +261,14 @@ fn enable_controllers(ancestors: &[PathBuf]) -> Result<()> {
         let file = dir.join("cgroup.subtree_control");
         let enabled =
             fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-        let missing: Vec<String> = CONTROLLERS
-            .iter()
-            .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
-            .map(|c| format!("+{c}"))
+        let missing: Vec<&str> = CONTROLLERS
+            .into_iter()
+            .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
             .collect();
         if missing.is_empty() {
             continue;
         }
-        let value = missing.join(" ");
+        let value = enabling(&missing);
         fs::write(&file, &value).map_err(|e| {
             let why = match e.raw_os_error() {
                 Some(libc::EBUSY) => {
@@ -381,7 +389,10 @@ impl CgroupFs for V2 {
         // itself never holds processes, as v2 requires.
         enable_controllers(&self.ancestors)?;
         let dir = ensure_child(&self.parent, name, |parent| {
-            fs::write(parent.join("cgroup.subtree_control"), "+cpu +memory")
+            fs::write(
+                parent.join("cgroup.subtree_control"),
+                enabling(&CONTROLLERS),
+            )
         })?;
         Ok(Group { dirs: vec![dir] })
     }

@@ -30,12 +30,11 @@ pub fn hypothesis_result(r: i32) -> String {
 }
 
 pub fn hypothesis_json(h: &Hypothesis) -> Value {
-    let result = hypothesis_result;
     json!({
-        "name": h.name, "result": result(h.result), "summary": h.summary,
+        "name": h.name, "result": hypothesis_result(h.result), "summary": h.summary,
         "checks": h.checks.iter().map(|c| json!({
             "bound": c.bound, "unit": c.unit, "limit": c.limit, "measured": c.measured,
-            "result": result(c.result), "detail": c.detail,
+            "result": hypothesis_result(c.result), "detail": c.detail,
         })).collect::<Vec<_>>(),
     })
 }

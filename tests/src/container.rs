@@ -126,7 +126,7 @@ impl Podman {
             unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while pids.iter().any(|p| alive(*p)) {
+        while pids.iter().any(|p| !crate::node::exited(*p as u64)) {
             assert!(
                 std::time::Instant::now() < until,
                 "pod {pod} outlived SIGKILL"
@@ -135,17 +135,6 @@ impl Podman {
         }
         pids.len()
     }
-}
-
-/// True while `pid` runs (a zombie has ended; its parent reaps it).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .is_some_and(|zombie| !zombie)
 }
 
 impl Drop for Podman {

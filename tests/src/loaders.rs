@@ -10,7 +10,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{Proc, TempPath, container::text};
@@ -35,10 +35,15 @@ fn member(archive: &Path, name: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// The blob `digest` names.
+fn blob(archive: &Path, digest: &str) -> Vec<u8> {
+    let name = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    member(archive, &name)
+}
+
 /// The blob `digest` names, read as JSON.
 fn json_blob(archive: &Path, digest: &str) -> serde_json::Value {
-    let name = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-    serde_json::from_slice(&member(archive, &name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    serde_json::from_slice(&blob(archive, digest)).unwrap_or_else(|e| panic!("{digest}: {e}"))
 }
 
 /// Reads the archive's `index.json` and its manifest blob.
@@ -56,24 +61,23 @@ pub fn digests(archive: &Path) -> Digests {
     Digests { manifest, config }
 }
 
-/// Waits until `socket` exists (the daemon is serving), or panics with its log.
+/// Waits until `socket` exists (the daemon is serving); a daemon that exits first
+/// fails at once, with its log.
 fn wait_for_socket(what: &str, socket: &Path, log: &Path, proc: &mut Proc) {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        if let Ok(Some(status)) = proc.0.try_wait() {
-            panic!(
-                "{what} exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < until,
-            "{what} did not listen on {} within 30 s: {}",
-            socket.display(),
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::monitoring::wait_for(
+        what,
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = proc.0.try_wait() {
+                panic!(
+                    "{what} exited ({status}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            socket.exists()
+        },
+        log,
+    );
 }
 
 fn spawn(program: &str, args: &[String], log: &Path) -> Proc {
@@ -207,11 +211,12 @@ impl Docker {
         wait_for_socket("dockerd", &socket, &log, &mut proc);
         let docker = Self { proc, socket, dir };
         // The socket comes before the API answers.
-        let until = Instant::now() + Duration::from_secs(30);
-        while !docker.docker(&["version"]).status.success() {
-            assert!(Instant::now() < until, "dockerd did not answer within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::monitoring::wait_for(
+            "dockerd's API",
+            Duration::from_secs(30),
+            || docker.docker(&["version"]).status.success(),
+            &log,
+        );
         docker
     }
 
@@ -252,10 +257,7 @@ pub fn layer(archive: &Path) -> Vec<u8> {
     let digest = manifest["layers"][0]["digest"]
         .as_str()
         .expect("the manifest names a layer");
-    let gz = member(
-        archive,
-        &format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")),
-    );
+    let gz = blob(archive, digest);
     let mut gunzip = Command::new("gzip")
         .arg("-dc")
         .stdin(Stdio::piped())

@@ -51,7 +51,13 @@ pub fn curl(ns: &str, method: &str, url: &str, body: Option<&str>) -> (u16, Stri
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool, log: &std::path::Path) {
+/// Polls `ok` until it holds, or fails with `log` after `timeout`.
+pub(crate) fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+    log: &std::path::Path,
+) {
     let until = Instant::now() + timeout;
     while !ok() {
         assert!(

@@ -252,13 +252,7 @@ pub fn write(entries: &[Entry], spec: &Spec, out: &Path) -> Result<Written> {
         ),
     ];
     for blob in [&config, &manifest, &blob] {
-        let digest = sha256(blob);
-        let hex = digest.trim_start_matches("sha256:");
-        files.push(Entry::file(
-            &format!("blobs/sha256/{hex}"),
-            0o644,
-            blob.to_vec(),
-        ));
+        files.push(Entry::file(&blob_path(blob), 0o644, blob.to_vec()));
     }
     let archive = layer(&files, spec.epoch)?;
     std::fs::write(out, &archive).with_context(|| format!("cannot write {}", out.display()))?;
@@ -269,17 +263,20 @@ pub fn write(entries: &[Entry], spec: &Spec, out: &Path) -> Result<Written> {
     })
 }
 
+/// Where a blob lives in the archive (the OCI layout's content-addressed path).
+fn blob_path(bytes: &[u8]) -> String {
+    format!(
+        "blobs/sha256/{}",
+        sha256(bytes).trim_start_matches("sha256:")
+    )
+}
+
 /// `docker load`'s index: the config, the layers and the tag, as blob paths.
 fn docker_manifest(spec: &Spec, config: &[u8], layer: &[u8]) -> Result<Vec<u8>> {
-    let blob = |b: &[u8]| format!("blobs/sha256/{}", sha256(b).trim_start_matches("sha256:"));
-    let (name, tag) = spec
-        .reference
-        .split_once(':')
-        .context("image reference needs a tag")?;
     Ok(serde_json::to_vec(&json!([{
-        "Config": blob(config),
-        "RepoTags": [format!("{name}:{tag}")],
-        "Layers": [blob(layer)],
+        "Config": blob_path(config),
+        "RepoTags": [spec.reference],
+        "Layers": [blob_path(layer)],
     }]))?)
 }
 

@@ -215,29 +215,36 @@ fn hypothesis(
     text: &str,
 ) -> Result<(String, Option<ImpactBounds>), SpecError> {
     let err = |msg: String| SpecError::at(text, "expected_impact", msg);
-    match &spec.expected_impact {
-        None => Ok((String::new(), None)),
-        Some(ExpectedImpact::Named(name)) => match ctx.settings.hypotheses.get(name) {
-            Some(bounds) => Ok((name.clone(), Some(bounds.clone()))),
-            None => Err(err(format!(
-                "unknown hypothesis '{name}': the coordinator's {} defines {} (or write \
+    let Some(impact) = &spec.expected_impact else {
+        return Ok((String::new(), None));
+    };
+    let bounds = match impact {
+        ExpectedImpact::Named(name) => match ctx.settings.hypotheses.get(name) {
+            Some(bounds) => bounds,
+            None => {
+                return Err(err(format!(
+                    "unknown hypothesis '{name}': the coordinator's {} defines {} (or write \
                  its bounds in place)",
-                ctx.settings.source,
-                ctx.settings
-                    .hypotheses
-                    .keys()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+                    ctx.settings.source,
+                    ctx.settings
+                        .hypotheses
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
         },
-        Some(ExpectedImpact::Custom(bounds)) if bounds == &ImpactBounds::default() => Err(err(
-            "names no bound: give at least one of error_rate_rise_below, \
-             latency_p99_rise_below, throughput_drop_below, recovered_within, no_incident"
-                .into(),
-        )),
-        Some(ExpectedImpact::Custom(bounds)) => Ok(("custom".into(), Some(bounds.clone()))),
-    }
+        ExpectedImpact::Custom(bounds) if bounds == &ImpactBounds::default() => {
+            return Err(err(
+                "names no bound: give at least one of error_rate_rise_below, \
+                 latency_p99_rise_below, throughput_drop_below, recovered_within, no_incident"
+                    .into(),
+            ));
+        }
+        ExpectedImpact::Custom(bounds) => bounds,
+    };
+    Ok((impact.name().to_owned(), Some(bounds.clone())))
 }
 
 /// The config's health sources with the spec's over them; a node-side probe's URL
